@@ -1,0 +1,17 @@
+"""Dassl datasets in CoOp's on-disk layout; importing the package registers all of them."""
+
+import importlib
+import pkgutil
+
+
+def add_config(cfg):
+    """Declare the DATASET keys this package reads on a Dassl cfg (before merging files)."""
+    # Base-to-new protocol: "all" classes, the "base" first half of sorted labels, or the "new" rest.
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    # Explicit opt-in to create a missing split_zhou_*.json at random (not comparable to papers).
+    cfg.DATASET.CREATE_SPLIT = False
+
+
+# Every module registers its readers on import, so adding a dataset edits no list here.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

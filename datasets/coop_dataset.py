@@ -1,0 +1,304 @@
+"""Shared machinery for datasets stored in CoOp's on-disk layout (see docs/DATASETS.md).
+
+A reader subclasses `CoOpDataset`, names its folders and split file, and overrides
+`read_split` (and `create_split`) only where its layout differs from a `split_zhou_*.json`.
+Everything is kept as `Sample` tuples until the very end so that a missing image is reported
+with the file that referenced it, rather than by `Datum`'s bare assert.
+"""
+
+import json
+import math
+import os
+import random
+from collections import defaultdict
+from typing import NamedTuple
+
+from dassl.data.datasets import Datum, DatasetBase
+
+SUBSAMPLE_MODES = ("all", "base", "new")
+# Few-shot validation sets stay small: CoOp takes at most 4 images per class from val.
+MAX_VAL_SHOTS = 4
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class Sample(NamedTuple):
+    path: str  # absolute image path
+    label: int
+    classname: str
+
+
+def dataset_key(cfg, key):
+    """Read cfg.DATASET.<key>, explaining how to declare the keys this package adds."""
+    if key not in cfg.DATASET:
+        raise KeyError(
+            f"cfg.DATASET.{key} is not declared: call datasets.add_config(cfg) "
+            "before merging config files."
+        )
+    return cfg.DATASET[key]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_new_json(obj, path):
+    """Write `path` atomically and never replace an existing file.
+
+    Runs with several seeds may start together: a hard link fails if the target exists and
+    readers never see a half-written file.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=0)
+    try:
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def require_path(path, what, hint):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} not found. {hint}")
+
+
+def list_files(folder):
+    """Sorted names of the non-hidden files in `folder`: sorted so that samples are reproducible."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+
+
+def list_folders(folder):
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+class CoOpDataset(DatasetBase):
+    """A dataset under DATASET.ROOT in CoOp's layout, with few-shot and base/new subsampling.
+
+    Attributes added to Dassl's: `all_classnames` (every class in label order, before
+    subsampling) and `subsample` (the DATASET.SUBSAMPLE_CLASSES mode).
+    """
+
+    folder = ""  # dataset folder under DATASET.ROOT, as named in CoOp's DATASETS.md
+    image_folder = ""  # folder inside `folder` that split paths are relative to
+    split_file = ""  # split_zhou_<Name>.json inside `folder`
+    # What to download, appended to every "not found" error.
+    download_hint = "See docs/DATASETS.md."
+    test_only = False  # ImageNet variants: train_x = test = the data, no val (as in CoOp)
+    val_is_test = False  # ImageNet: the official val set is the test set and also serves as val
+
+    def __init__(self, cfg):
+        self.dataset_dir = self._find_dataset_dir(cfg)
+        self.image_dir = os.path.join(self.dataset_dir, self.image_folder)
+        self.split_path = os.path.join(self.dataset_dir, self.split_file)
+        for path in self.required_paths():
+            require_path(path, "Image folder", self.download_hint)
+        self.create_split_if_missing = bool(dataset_key(cfg, "CREATE_SPLIT"))
+        self.subsample = dataset_key(cfg, "SUBSAMPLE_CLASSES")
+        if self.subsample not in SUBSAMPLE_MODES:
+            raise ValueError(
+                f"DATASET.SUBSAMPLE_CLASSES must be one of {SUBSAMPLE_MODES}, "
+                f"got {self.subsample!r}."
+            )
+        if self.test_only and self.subsample != "all":
+            raise ValueError(
+                f"{type(self).__name__} is a test-only dataset with fixed classes: "
+                f"DATASET.SUBSAMPLE_CLASSES must be 'all', got {self.subsample!r}."
+            )
+
+        self.all_classnames = list(self.read_classnames())
+        test = self.read_split("test")
+        if self.test_only:
+            train, val = test, None
+        else:
+            train, val = self._train_and_val(cfg, test)
+        train, val, test = self._subsample(train, val, test)
+
+        super().__init__(
+            train_x=self._to_datums(train), val=self._to_datums(val), test=self._to_datums(test)
+        )
+        # Dassl derives class names from train_x, which can lack a class (few images);
+        # the class list is known, so state it.
+        kept = self._kept_labels()
+        self._classnames = [self.all_classnames[y] for y in kept]
+        self._lab2cname = dict(enumerate(self._classnames))
+        self._num_classes = len(kept)
+
+    # ---- layout: overridden by readers whose files differ ----------------------------------
+
+    def required_paths(self):
+        return [self.image_dir]
+
+    def read_classnames(self):
+        """Class names in label order; by default the union of the split file's rows."""
+        names = {}
+        split = self._split_json()
+        for name in SPLIT_NAMES:
+            for _, label, classname in split[name]:
+                if names.setdefault(int(label), classname) != classname:
+                    raise ValueError(
+                        f"Split file {self.split_path} gives label {label} two class names: "
+                        f"{names[int(label)]!r} and {classname!r}."
+                    )
+        if sorted(names) != list(range(len(names))):
+            raise ValueError(f"Split file {self.split_path}: labels are not 0..{len(names) - 1}.")
+        return [names[y] for y in range(len(names))]
+
+    def read_split(self, name):
+        """Samples of split `name` ("train", "val" or "test"), images checked to exist."""
+        rows = self._split_json()[name]
+        return self.samples_from_rows(rows, self.image_dir, f"split file {self.split_path}")
+
+    def create_split(self):
+        """Return a new random {"train", "val", "test"} of rows; None when unsupported."""
+        return None
+
+    # ---- helpers for readers ---------------------------------------------------------------
+
+    def samples_from_rows(self, rows, base_dir, source):
+        """[relative_path, label, classname] rows -> Samples, checking images and labels."""
+        samples = []
+        for rel_path, label, classname in rows:
+            path = os.path.join(base_dir, rel_path)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"Image {path} listed in {source} not found. {self.download_hint}"
+                )
+            label = int(label)
+            expected = self.all_classnames[label] if 0 <= label < len(self.all_classnames) else None
+            if classname != expected:
+                raise ValueError(
+                    f"{source} has row {[rel_path, label, classname]}, but label {label} of "
+                    f"{type(self).__name__} is {expected!r}: the file does not belong to this "
+                    "dataset's class list."
+                )
+            samples.append(Sample(path, label, classname))
+        return samples
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _find_dataset_dir(self, cfg):
+        root = cfg.DATASET.ROOT
+        if not root:
+            raise ValueError(
+                f"DATASET.ROOT is not set: set it to the folder that holds {self.folder}/ "
+                "(see docs/DATASETS.md)."
+            )
+        root = os.path.abspath(os.path.expanduser(root))
+        require_path(root, "DATASET.ROOT", "Set DATASET.ROOT to an existing folder.")
+        dataset_dir = os.path.join(root, self.folder)
+        require_path(dataset_dir, "Dataset folder", self.download_hint)
+        return dataset_dir
+
+    def _split_json(self):
+        if not hasattr(self, "_split_rows"):
+            if not os.path.isfile(self.split_path):
+                self._create_missing_split()
+            self._split_rows = read_json(self.split_path)
+        return self._split_rows
+
+    def _create_missing_split(self):
+        name = type(self).__name__
+        where = f"Download it from the CoOp DATASETS.md link for {name}"
+        if not self.create_split_if_missing:
+            raise FileNotFoundError(
+                f"Split file {self.split_path} not found. {where}, or set "
+                "DATASET.CREATE_SPLIT True to create a new random split (numbers will not be "
+                "comparable to published ones)."
+            )
+        split = self.create_split()
+        if split is None:
+            raise FileNotFoundError(
+                f"Split file {self.split_path} not found, and creating a split is not "
+                f"supported for {name}. {where}."
+            )
+        write_new_json(split, self.split_path)
+        print(
+            f"Created a new random split {self.split_path} "
+            "(DATASET.CREATE_SPLIT True; numbers are not comparable to published ones)"
+        )
+
+    def _train_and_val(self, cfg, test):
+        num_shots = cfg.DATASET.NUM_SHOTS
+        if num_shots <= 0:
+            train = self.read_split("train")
+            return train, test if self.val_is_test else self.read_split("val")
+        seed = cfg.SEED
+        splits = ("train",) if self.val_is_test else ("train", "val")
+        if seed < 0:
+            print(
+                f"SEED {seed} < 0: sampling {num_shots} shots per class at random; "
+                "the sample is neither seeded nor cached"
+            )
+            sample = self._sample_shots(splits, num_shots, random.Random())
+        else:
+            cache = os.path.join(
+                self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json"
+            )
+            if os.path.exists(cache):
+                print(f"Reading few-shot sample from {cache}")
+                sample = self._read_cache(cache, splits)
+            else:
+                sample = self._sample_shots(splits, num_shots, random.Random(seed))
+                self._write_cache(cache, sample)
+        return sample["train"], test if self.val_is_test else sample["val"]
+
+    def _read_cache(self, cache, splits):
+        rows = read_json(cache)
+        missing = [name for name in splits if name not in rows]
+        if missing:
+            raise ValueError(f"Few-shot cache {cache} has no {missing} rows; move it away to resample.")
+        source = f"few-shot cache {cache}"
+        return {name: self.samples_from_rows(rows[name], self.dataset_dir, source) for name in splits}
+
+    def _sample_shots(self, splits, num_shots, rng):
+        sample = {}
+        for name in splits:
+            shots = num_shots if name == "train" else min(num_shots, MAX_VAL_SHOTS)
+            by_label = defaultdict(list)
+            for s in self.read_split(name):
+                by_label[s.label].append(s)
+            sample[name] = []
+            for label in sorted(by_label):
+                items = by_label[label]
+                # CoOp keeps every image of a class that has fewer than K.
+                sample[name] += rng.sample(items, shots) if len(items) > shots else items
+        return sample
+
+    def _write_cache(self, cache, sample):
+        # Relative paths, so that moving DATASET.ROOT keeps the cache valid.
+        rows = {
+            name: [
+                [os.path.relpath(s.path, self.dataset_dir).replace(os.sep, "/"), s.label, s.classname]
+                for s in samples
+            ]
+            for name, samples in sample.items()
+        }
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        try:
+            write_new_json(rows, cache)
+        except FileExistsError:
+            return  # another run with the same shots and seed wrote the same sample first
+        print(f"Saved few-shot sample to {cache}")
+
+    def _kept_labels(self):
+        n = len(self.all_classnames)
+        n_base = math.ceil(n / 2)
+        return {"all": range(n), "base": range(n_base), "new": range(n_base, n)}[self.subsample]
+
+    def _subsample(self, *splits):
+        if self.subsample == "all":
+            return splits
+        kept = self._kept_labels()
+        offset = kept.start  # new classes are relabelled from 0
+        return [
+            None
+            if samples is None
+            else [s._replace(label=s.label - offset) for s in samples if s.label in kept]
+            for samples in splits
+        ]
+
+    @staticmethod
+    def _to_datums(samples):
+        if samples is None:
+            return None
+        return [Datum(impath=s.path, label=s.label, classname=s.classname) for s in samples]
