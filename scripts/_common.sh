@@ -1,0 +1,153 @@
+# Helpers shared by the protocol scripts. Sourced (never run) by scripts/*.sh,
+# which set `set -euo pipefail` themselves. See docs/PROTOCOLS.md.
+
+OUTPUT=${OUTPUT:-output}
+SEEDS=${SEEDS:-"1 2 3"}
+SHOTS=${SHOTS:-16}
+DRY_RUN=${DRY_RUN:-0}
+PYTHON=${PYTHON:-python3}
+
+# The 11 datasets of the base-to-new and few-shot tables (CoOp's order).
+BENCHMARK_DATASETS="imagenet caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
+# Cross-dataset targets (the benchmark minus the ImageNet source) and the DG targets.
+XD_TARGETS="caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
+DG_TARGETS="imagenetv2 imagenet_sketch imagenet_a imagenet_r"
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# check_setup: the checks every script needs before it builds a command.
+check_setup() {
+    if [ ! -f train.py ] || [ ! -d configs ]; then
+        die "run the scripts from the repository root (no train.py and configs/ in $PWD)"
+    fi
+    if [ -z "${DATA:-}" ]; then
+        die "DATA is not set: DATA=/path/to/data bash $0 ... (the folder holding the datasets in CoOp's layout)"
+    fi
+    if [ "$DRY_RUN" != 1 ] && [ ! -d "$DATA" ]; then
+        die "DATA=$DATA is not a directory"
+    fi
+    local n
+    # train.py ignores --seed 0 (CoOp's `if args.seed:`), so it would silently run unseeded.
+    for n in $SEEDS; do
+        [[ $n =~ ^[1-9][0-9]*$ ]] || die "SEEDS must be positive integers, got '$n'"
+    done
+    for n in $SHOTS ${SHOTS_LIST:-}; do
+        [[ $n =~ ^[1-9][0-9]*$ ]] || die "SHOTS/SHOTS_LIST must be positive integers, got '$n'"
+    done
+}
+
+# dataset_config NAME: path of the dataset config, or an error.
+dataset_config() {
+    local f="configs/datasets/$1.yaml"
+    [ -f "$f" ] || die "unknown dataset '$1': $f does not exist"
+    echo "$f"
+}
+
+# trainer_config TRAINER CONFIG DATASET: the per-dataset config
+# configs/trainers/T/C/D.yaml when it exists, else configs/trainers/T/C.yaml.
+trainer_config() {
+    local per="configs/trainers/$1/$2/$3.yaml" shared="configs/trainers/$1/$2.yaml"
+    if [ -f "$per" ]; then
+        echo "$per"
+    elif [ -f "$shared" ]; then
+        echo "$shared"
+    else
+        die "no trainer config for $1/$2: neither $per nor $shared exists"
+    fi
+}
+
+# is_zero_shot TRAINER: true for trainers that are evaluated only, never trained.
+is_zero_shot() {
+    [ "$1" = ZeroshotCLIP ]
+}
+
+# newest_log DIR: Dassl writes log.txt first and log.txt-<timestamp> on every
+# later start, so the newest is the last time-stamped one, else log.txt.
+newest_log() {
+    local f newest=""
+    if [ -f "$1/log.txt" ]; then
+        newest="$1/log.txt"
+    fi
+    for f in "$1"/log.txt-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]; do
+        if [ -f "$f" ]; then
+            newest=$f
+        fi
+    done
+    echo "$newest"
+}
+
+# is_finished DIR: the last "=> result" block of the newest log has an accuracy
+# line (the same rule as tools/results.py).
+is_finished() {
+    local log
+    log=$(newest_log "$1")
+    [ -n "$log" ] || return 1
+    awk '/^=> result[[:space:]]*$/ { blk = 1; ok = 0; next }
+         blk && /^\* / { if (/^\* accuracy:/) ok = 1; next }
+         { blk = 0 }
+         END { exit !ok }' "$log"
+}
+
+# require_model DIR: a finished training run left */model.pth.tar-<epoch> there.
+require_model() {
+    [ "$DRY_RUN" = 1 ] && return 0
+    compgen -G "$1/*/model.pth.tar-*" >/dev/null ||
+        die "no trained model in $1 (expected */model.pth.tar-*): its training did not finish"
+}
+
+# print_cmd ARGS...: one shell-quoted line, the exact command.
+print_cmd() {
+    printf '%q' "$1"
+    shift
+    printf ' %q' "$@"
+    printf '\n'
+}
+
+# run_in DIR CMD...: run CMD (which writes into DIR) unless DIR holds a finished
+# run. An unfinished DIR is handed to train.py again, which resumes it. With
+# DRY_RUN=1 the command is only printed.
+run_in() {
+    local dir=$1
+    shift
+    if is_finished "$dir"; then
+        echo "# skip finished: $dir"
+        return 0
+    fi
+    if [ -d "$dir" ]; then
+        echo "# unfinished, train.py resumes it: $dir"
+    fi
+    print_cmd "$@"
+    if [ "$DRY_RUN" != 1 ]; then
+        "$@"
+    fi
+}
+
+# train_py SEED DATASET CONFIG_FILE OUTDIR: sets CMD to the train.py prefix
+# shared by every run; callers append flags and KEY VALUE options.
+train_py() {
+    CMD=("$PYTHON" train.py --root "$DATA" --seed "$1" --trainer "$TRAINER"
+        --dataset-config-file "configs/datasets/$2.yaml" --config-file "$3" --output-dir "$4")
+}
+
+# for_each_dataset SCRIPT TRAINER CONFIG: bash scripts/SCRIPT <dataset> TRAINER
+# CONFIG for each dataset of DATASETS (default: the 11). Every dataset's configs
+# are checked first, so a typo fails before hours of training, not after.
+for_each_dataset() {
+    local script=$1 d
+    shift
+    if [ $# -ne 2 ]; then
+        echo "usage: DATA=/path/to/data bash $0 <Trainer> <config>" >&2
+        exit 2
+    fi
+    check_setup
+    for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
+        dataset_config "$d" >/dev/null
+        trainer_config "$1" "$2" "$d" >/dev/null
+    done
+    for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
+        bash "$(dirname "$0")/$script" "$d" "$1" "$2"
+    done
+}

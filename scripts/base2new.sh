@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Base-to-new generalisation on one dataset: for each seed, train on the base
+# classes, then evaluate the finished model on the new classes (eval only).
+# ZeroshotCLIP is evaluated on base and on new, never trained.
+#
+#   DATA=/path/to/data bash scripts/base2new.sh <dataset> <Trainer> <config>
+#
+# env: OUTPUT (output), SEEDS ("1 2 3"), SHOTS (16), DRY_RUN=1, PYTHON (python3)
+set -euo pipefail
+source "$(dirname "$0")/_common.sh"
+
+if [ $# -ne 3 ]; then
+    echo "usage: DATA=/path/to/data bash $0 <dataset> <Trainer> <config>" >&2
+    exit 2
+fi
+DATASET=$1 TRAINER=$2 CFG=$3
+check_setup
+dataset_config "$DATASET" >/dev/null
+CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$DATASET")
+
+for SEED in $SEEDS; do
+    BASE_DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
+    NEW_DIR=$OUTPUT/base2new/test_new/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
+
+    train_py "$SEED" "$DATASET" "$CFG_FILE" "$BASE_DIR"
+    if is_zero_shot "$TRAINER"; then
+        CMD+=(--eval-only)
+    fi
+    run_in "$BASE_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base
+
+    train_py "$SEED" "$DATASET" "$CFG_FILE" "$NEW_DIR"
+    if ! is_zero_shot "$TRAINER"; then
+        require_model "$BASE_DIR"
+        CMD+=(--model-dir "$BASE_DIR")
+    fi
+    run_in "$NEW_DIR" "${CMD[@]}" --eval-only DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new
+done
