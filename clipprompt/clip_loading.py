@@ -1,0 +1,143 @@
+"""Load a frozen CLIP model from an OpenAI model name or a local checkpoint.
+
+`clip.load` cannot be used for local state dicts on today's torch: after its TorchScript
+attempt it does not rewind the file, so `torch.load` hits EOF. We therefore read the file
+ourselves (TorchScript archive, plain state dict, or a gzip-compressed state dict) and always
+build the model with `clip.model.build_model`, so every source goes through one path.
+"""
+
+import gzip
+import io
+import os
+import warnings
+import zipfile
+
+import torch
+
+# openai-clip imports pkg_resources, which warns on every setuptools < 81; the warning is noise.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+    from clip.model import CLIP, build_model
+
+
+class CheckpointError(RuntimeError):
+    """A CLIP checkpoint is missing, unreadable or does not describe a CLIP model."""
+
+
+def resolve_checkpoint(name, download_root=""):
+    """Map `name` (OpenAI model name or file path) to a local file, downloading if needed."""
+    if name in clip.available_models():
+        root = download_root or os.path.expanduser("~/.cache/clip")
+        # clip's own downloader verifies the SHA256 embedded in the URL.
+        return clip.clip._download(clip.clip._MODELS[name], root)
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        return path
+    raise CheckpointError(
+        f"MODEL.BACKBONE.NAME '{name}' is neither an OpenAI CLIP model "
+        f"({', '.join(clip.available_models())}) nor an existing checkpoint file. "
+        "Give a model name, or the path to a TorchScript archive or a state dict (.pt or .pt.gz)."
+    )
+
+
+def read_state_dict(path):
+    """Return the CLIP state dict stored at `path` (TorchScript, state dict, or gzip of either)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as err:
+        raise CheckpointError(f"Cannot read CLIP checkpoint {path}: {err}") from err
+    buffer = io.BytesIO(data)
+    if not zipfile.is_zipfile(buffer):
+        raise CheckpointError(
+            f"CLIP checkpoint {path} is not a torch archive (corrupt or truncated file?). "
+            "Delete it and download it again, or point MODEL.BACKBONE.NAME to a valid file."
+        )
+    try:
+        buffer.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+            return torch.jit.load(buffer, map_location="cpu").state_dict()
+    except RuntimeError:
+        pass  # not TorchScript: try a pickled state dict
+    try:
+        buffer.seek(0)
+        obj = torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"CLIP checkpoint {path} cannot be loaded: {err}") from err
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or "text_projection" not in obj:
+        raise CheckpointError(
+            f"{path} does not hold a CLIP state dict (no 'text_projection' tensor). "
+            "Expected a file saved from clip.model.CLIP.state_dict() or an OpenAI CLIP archive."
+        )
+    return obj
+
+
+def load_clip(name, download_root="", dtype=torch.float32):
+    """Build a frozen, eval-mode CLIP from `name`, with weights in `dtype`."""
+    path = resolve_checkpoint(name, download_root)
+    state_dict = read_state_dict(path)
+    try:
+        model = build_model(dict(state_dict))
+        # build_model rounds weights through fp16; reload so fp32 checkpoints stay exact.
+        model = model.to(dtype)
+        model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()})
+    except (KeyError, RuntimeError, AssertionError) as err:
+        raise CheckpointError(
+            f"{path} is not a complete CLIP state dict ({type(err).__name__}: {err})."
+        ) from err
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def build_tiny_clip(
+    embed_dim=32,
+    image_resolution=32,
+    vision_layers=2,
+    vision_width=64,
+    vision_patch_size=8,
+    context_length=77,
+    transformer_width=64,
+    transformer_layers=2,
+    seed=0,
+):
+    """A small randomly initialised `clip.model.CLIP` for tests and benchmarks.
+
+    Head counts follow `build_model`'s inference (width // 64), so a saved state dict
+    rebuilds the identical architecture through `load_clip`; widths must therefore be
+    multiples of 64. Pass a tuple as `vision_layers` for the ModifiedResNet image tower.
+    """
+    resnet = isinstance(vision_layers, (tuple, list))
+    if transformer_width % 64 or (not resnet and vision_width % 64):
+        raise ValueError("CLIP widths must be multiples of 64 (one attention head per 64 dims)")
+    if resnet:
+        vision_patch_size = None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIP(
+            embed_dim,
+            image_resolution,
+            vision_layers,
+            vision_width,
+            vision_patch_size,
+            context_length,
+            vocab_size=49408,  # the BPE vocabulary size: token ids must index it
+            transformer_width=transformer_width,
+            transformer_heads=transformer_width // 64,
+            transformer_layers=transformer_layers,
+        )
+    return model.eval()
+
+
+def save_clip_state_dict(model, path):
+    """Save `model` so that `load_clip(path)` rebuilds it (plain, weights-only state dict)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

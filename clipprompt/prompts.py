@@ -1,0 +1,112 @@
+"""Vectorised assembly of soft-prompt token embeddings.
+
+Every (form, class) prompt is a row of token ids in which some positions are learnable
+context slots. Assembly is one embedding lookup plus one indexed write of the context
+vectors, for all rows at once: no Python loop over classes or experts per step.
+"""
+
+import torch
+from torch import nn
+
+from .templates import EOT_ID
+
+
+class PromptAssembler(nn.Module):
+    """Token embeddings of `forms × classnames` prompts with learnable context slots.
+
+    Rows are ordered form-major: row `g * C + c` is form g filled with class c. Context
+    vectors are read from a flat table: with shared context (CoOp, MoCoOp experts) the table
+    has `sum_g n_ctx(g)` rows, form g owning a contiguous block (before-vectors, then
+    after-vectors); with class-specific context (CoOp's CSC) it has `C * sum_g n_ctx(g)`
+    rows, class c owning block c. A batch of tables `[B, S, d]` (CoCoOp: one context per
+    image) gives a batch of prompts `[B, rows, L, d]`.
+
+    Sequences are cut after the longest EOT (`truncate=True`): CLIP's causal mask makes the
+    EOT feature independent of later positions, so this is exact. `truncate=False` pads to
+    CLIP's context length, as `clip.tokenize` does (the reference path).
+    """
+
+    def __init__(self, forms, classnames, token_embedding, context_length=77,
+                 class_specific=False, truncate=True):
+        super().__init__()
+        self.forms = list(forms)
+        self.num_classes = len(classnames)
+        self.class_specific = class_specific
+        self.truncate = truncate
+        # Held outside the module tree: the embedding belongs to the frozen CLIP model.
+        self._token_embedding = [token_embedding]
+
+        ctx_per_class = sum(form.n_ctx for form in self.forms)
+        rows, slots = [], []
+        offset = 0
+        for form in self.forms:
+            for c, name in enumerate(classnames):
+                ids, is_ctx = form.token_row(name)
+                if len(ids) > context_length:
+                    raise ValueError(f"prompt for class {name!r} has {len(ids)} tokens (> {context_length})")
+                base = offset + (c * ctx_per_class if class_specific else 0)
+                slot, k = [], 0
+                for flag in is_ctx:
+                    slot.append(base + k if flag else -1)
+                    k += flag
+                rows.append(ids)
+                slots.append(slot)
+            offset += form.n_ctx
+        length = max(map(len, rows)) if truncate else context_length
+        token_ids = torch.zeros(len(rows), length, dtype=torch.long)
+        slot_ids = torch.full((len(rows), length), -1, dtype=torch.long)
+        for i, (ids, slot) in enumerate(zip(rows, slots)):
+            token_ids[i, : len(ids)] = torch.tensor(ids)
+            slot_ids[i, : len(slot)] = torch.tensor(slot)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("slot_ids", slot_ids, persistent=False)
+        self.register_buffer("eot", (token_ids == EOT_ID).int().argmax(dim=1), persistent=False)
+        self.table_size = ctx_per_class * (self.num_classes if class_specific else 1)
+
+    @property
+    def num_rows(self):
+        return self.token_ids.shape[0]
+
+    def init_table(self, std=0.02, generator=None):
+        """Initial context table: token embeddings of each form's init words, else N(0, std²)."""
+        weight = self.token_embedding.weight
+        per_class = []
+        for form in self.forms:
+            if form.init_ids is not None:
+                ids = torch.tensor(form.init_ids, device=weight.device)
+                per_class.append(weight[ids].detach().float().cpu())
+            else:
+                per_class.append(torch.randn(form.n_ctx, weight.shape[1], generator=generator) * std)
+        table = torch.cat(per_class) if per_class else torch.zeros(0, weight.shape[1])
+        if self.class_specific:
+            if any(form.init_ids is None for form in self.forms):
+                table = torch.randn(self.num_classes, *table.shape, generator=generator) * std
+            else:
+                table = table.repeat(self.num_classes, 1, 1)
+            table = table.flatten(0, 1)
+        return table
+
+    @property
+    def token_embedding(self):
+        return self._token_embedding[0]
+
+    def forward(self, table, rows=None):
+        """Assembled embeddings `[n, L', d]` (or `[B, n, L', d]`) and EOT positions `[n]`.
+
+        `rows` selects prompts (a slice or index tensor); L' is the longest EOT + 1 among them
+        when truncating, so chunks of short prompts run shorter sequences.
+        """
+        token_ids, slot_ids, eot = self.token_ids, self.slot_ids, self.eot
+        if rows is not None:
+            token_ids, slot_ids, eot = token_ids[rows], slot_ids[rows], eot[rows]
+            if self.truncate:
+                length = int(eot.max()) + 1
+                token_ids, slot_ids = token_ids[:, :length], slot_ids[:, :length]
+        embeds = self.token_embedding(token_ids)
+        is_ctx = slot_ids >= 0
+        ctx = table[..., slot_ids[is_ctx], :].to(embeds.dtype)
+        if table.dim() == 2:
+            return embeds.index_put((is_ctx,), ctx), eot
+        embeds = embeds.expand(table.shape[0], *embeds.shape).clone()
+        embeds[:, is_ctx] = ctx
+        return embeds, eot
