@@ -87,11 +87,6 @@ class CoOpDataset(DatasetBase):
     val_is_test = False  # ImageNet: the official val set is the test set and also serves as val
 
     def __init__(self, cfg):
-        self.dataset_dir = self._find_dataset_dir(cfg)
-        self.image_dir = os.path.join(self.dataset_dir, self.image_folder)
-        self.split_path = os.path.join(self.dataset_dir, self.split_file)
-        for path in self.required_paths():
-            require_path(path, "Image folder", self.download_hint)
         self.create_split_if_missing = bool(dataset_key(cfg, "CREATE_SPLIT"))
         self.subsample = dataset_key(cfg, "SUBSAMPLE_CLASSES")
         if self.subsample not in SUBSAMPLE_MODES:
@@ -105,6 +100,12 @@ class CoOpDataset(DatasetBase):
                 f"DATASET.SUBSAMPLE_CLASSES must be 'all', got {self.subsample!r}."
             )
 
+        self.dataset_dir = self._find_dataset_dir(cfg)
+        self.image_dir = os.path.join(self.dataset_dir, self.image_folder)
+        self.split_path = os.path.join(self.dataset_dir, self.split_file)
+        for path in self.required_paths():
+            require_path(path, "Image folder", self.download_hint)
+
         self.all_classnames = list(self.read_classnames())
         test = self.read_split("test")
         if self.test_only:
@@ -113,9 +114,11 @@ class CoOpDataset(DatasetBase):
             train, val = self._train_and_val(cfg, test)
         train, val, test = self._subsample(train, val, test)
 
-        super().__init__(
-            train_x=self._to_datums(train), val=self._to_datums(val), test=self._to_datums(test)
-        )
+        test = self._to_datums(test)
+        # Shared lists, not copies: ImageNet's test set has 50,000 images.
+        train = test if self.test_only else self._to_datums(train)
+        val = test if self.val_is_test else self._to_datums(val)
+        super().__init__(train_x=train, val=val, test=test)
         # Dassl derives class names from train_x, which can lack a class (few images);
         # the class list is known, so state it.
         kept = self._kept_labels()
