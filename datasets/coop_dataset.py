@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from typing import NamedTuple
 
-from dassl.data.datasets import Datum, DatasetBase
+from dassl.data.datasets import DatasetBase, Datum
 
 SUBSAMPLE_MODES = ("all", "base", "new")
 # Few-shot validation sets stay small: CoOp takes at most 4 images per class from val.
@@ -31,8 +31,7 @@ def dataset_key(cfg, key):
     """Read cfg.DATASET.<key>, explaining how to declare the keys this package adds."""
     if key not in cfg.DATASET:
         raise KeyError(
-            f"cfg.DATASET.{key} is not declared: call datasets.add_config(cfg) "
-            "before merging config files."
+            f"cfg.DATASET.{key} is not declared: call datasets.add_config(cfg) before merging config files."
         )
     return cfg.DATASET[key]
 
@@ -91,8 +90,7 @@ class CoOpDataset(DatasetBase):
         self.subsample = dataset_key(cfg, "SUBSAMPLE_CLASSES")
         if self.subsample not in SUBSAMPLE_MODES:
             raise ValueError(
-                f"DATASET.SUBSAMPLE_CLASSES must be one of {SUBSAMPLE_MODES}, "
-                f"got {self.subsample!r}."
+                f"DATASET.SUBSAMPLE_CLASSES must be one of {SUBSAMPLE_MODES}, got {self.subsample!r}."
             )
         if self.test_only and self.subsample != "all":
             raise ValueError(
@@ -103,6 +101,7 @@ class CoOpDataset(DatasetBase):
         self.dataset_dir = self._find_dataset_dir(cfg)
         self.image_dir = os.path.join(self.dataset_dir, self.image_folder)
         self.split_path = os.path.join(self.dataset_dir, self.split_file)
+        self._split_rows = None  # read on first use: FGVCAircraft and ImageNet have no split file
         for path in self.required_paths():
             require_path(path, "Image folder", self.download_hint)
 
@@ -152,8 +151,7 @@ class CoOpDataset(DatasetBase):
         return self.samples_from_rows(rows, self.image_dir, f"split file {self.split_path}")
 
     def create_split(self):
-        """Return a new random {"train", "val", "test"} of rows; None when unsupported."""
-        return None
+        """Return a new random {"train", "val", "test"} of rows; None (here) when unsupported."""
 
     # ---- helpers for readers ---------------------------------------------------------------
 
@@ -163,9 +161,7 @@ class CoOpDataset(DatasetBase):
         for rel_path, label, classname in rows:
             path = os.path.join(base_dir, rel_path)
             if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"Image {path} listed in {source} not found. {self.download_hint}"
-                )
+                raise FileNotFoundError(f"Image {path} listed in {source} not found. {self.download_hint}")
             label = int(label)
             expected = self.all_classnames[label] if 0 <= label < len(self.all_classnames) else None
             if classname != expected:
@@ -193,7 +189,7 @@ class CoOpDataset(DatasetBase):
         return dataset_dir
 
     def _split_json(self):
-        if not hasattr(self, "_split_rows"):
+        if self._split_rows is None:
             if not os.path.isfile(self.split_path):
                 self._create_missing_split()
             self._split_rows = read_json(self.split_path)
@@ -234,9 +230,7 @@ class CoOpDataset(DatasetBase):
             )
             sample = self._sample_shots(splits, num_shots, random.Random())
         else:
-            cache = os.path.join(
-                self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json"
-            )
+            cache = os.path.join(self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
             if os.path.exists(cache):
                 print(f"Reading few-shot sample from {cache}")
                 sample = self._read_cache(cache, splits)

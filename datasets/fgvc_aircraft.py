@@ -32,9 +32,7 @@ class FGVCAircraft(CoOpDataset):
                     f"which is not in {os.path.join(self.dataset_dir, 'variants.txt')}."
                 )
             rows.append([f"{image_id}.jpg", label_of[variant], variant])
-        return self.samples_from_rows(
-            rows, self.image_dir, os.path.join(self.dataset_dir, list_file)
-        )
+        return self.samples_from_rows(rows, self.image_dir, os.path.join(self.dataset_dir, list_file))
 
     def _read_lines(self, name):
         path = os.path.join(self.dataset_dir, name)

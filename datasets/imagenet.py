@@ -24,9 +24,7 @@ class ImageNetFolders(CoOpDataset):
     present_classes_only = False
 
     def read_classnames(self):
-        wnid_names = read_wnid_names(
-            os.path.join(self.dataset_dir, "classnames.txt"), self.download_hint
-        )
+        wnid_names = read_wnid_names(os.path.join(self.dataset_dir, "classnames.txt"), self.download_hint)
         self.class_wnids = self.select_wnids(list(wnid_names))
         return [wnid_names[w] for w in self.class_wnids]
 
@@ -58,8 +56,7 @@ class ImageNetFolders(CoOpDataset):
             class_dir = os.path.join(split_dir, folder)
             require_path(class_dir, "Class folder", self.download_hint)
             classname = self.all_classnames[label]
-            samples += [Sample(os.path.join(class_dir, f), label, classname)
-                        for f in list_files(class_dir)]
+            samples += [Sample(os.path.join(class_dir, f), label, classname) for f in list_files(class_dir)]
         return samples
 
 

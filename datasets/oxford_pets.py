@@ -17,8 +17,7 @@ class OxfordPets(CoOpDataset):
     )
 
     def create_split(self):
-        return split_train_val(self._read_annotations("trainval.txt"),
-                               self._read_annotations("test.txt"))
+        return split_train_val(self._read_annotations("trainval.txt"), self._read_annotations("test.txt"))
 
     def _read_annotations(self, name):
         # Rows "<Breed_name>_<n> <class id from 1> <species> <breed id>"; the breed name,

@@ -23,8 +23,10 @@ def split_class_folders(image_dir, ignored=(), renames=None):
     folders = [f for f in list_folders(image_dir) if f not in ignored]
     split = {name: [] for name in SPLIT_NAMES}
     for label, folder in enumerate(folders):
-        rows = [[f"{folder}/{im}", label, renames.get(folder, folder)]
-                for im in list_files(os.path.join(image_dir, folder))]
+        rows = [
+            [f"{folder}/{im}", label, renames.get(folder, folder)]
+            for im in list_files(os.path.join(image_dir, folder))
+        ]
         rng.shuffle(rows)
         n_train = max(1, round(len(rows) * TRAIN_FRACTION))
         n_val = max(1, round(len(rows) * VAL_FRACTION))
@@ -34,8 +36,8 @@ def split_class_folders(image_dir, ignored=(), renames=None):
                 "a train/val/test split needs at least 3."
             )
         split["train"] += rows[:n_train]
-        split["val"] += rows[n_train:n_train + n_val]
-        split["test"] += rows[n_train + n_val:]
+        split["val"] += rows[n_train : n_train + n_val]
+        split["test"] += rows[n_train + n_val :]
     return split
 
 

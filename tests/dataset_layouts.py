@@ -69,12 +69,11 @@ def _folder_per_class(image_dir, folders, names, per_class, image_name):
     return split
 
 
-def _split_json_dataset(root, name, folder, image_folder, split_file, folders, names,
-                        per_class, image_name, with_split):
+def _split_json_dataset(
+    root, name, folder, image_folder, split_file, folders, names, per_class, image_name, with_split
+):
     dataset_dir = os.path.join(root, folder)
-    split = _folder_per_class(
-        os.path.join(dataset_dir, image_folder), folders, names, per_class, image_name
-    )
+    split = _folder_per_class(os.path.join(dataset_dir, image_folder), folders, names, per_class, image_name)
     if with_split:
         write_split(os.path.join(dataset_dir, split_file), split)
     return Generated(name, dataset_dir, list(names), _counts(split))
@@ -82,7 +81,7 @@ def _split_json_dataset(root, name, folder, image_folder, split_file, folders, n
 
 def make_caltech101(root, num_classes=3, per_class=(4, 2, 2), with_split=True):
     # Real folder names that the reader renames, then generic ones.
-    folders = (["Faces", "Leopards", "airplanes"] + [f"class_{i:03d}" for i in range(num_classes)])
+    folders = ["Faces", "Leopards", "airplanes"] + [f"class_{i:03d}" for i in range(num_classes)]
     folders = folders[:num_classes]
     renames = {"Faces": "face", "Leopards": "leopard", "airplanes": "airplane"}
     names = [renames.get(f, f) for f in folders]
@@ -91,8 +90,16 @@ def make_caltech101(root, num_classes=3, per_class=(4, 2, 2), with_split=True):
         for k in range(3):
             write_image(os.path.join(image_dir, ignored, f"image_{k:04d}.jpg"))
     return _split_json_dataset(
-        root, "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
-        folders, names, per_class, lambda f, k: f"image_{k:04d}.jpg", with_split,
+        root,
+        "Caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        "split_zhou_Caltech101.json",
+        folders,
+        names,
+        per_class,
+        lambda f, k: f"image_{k:04d}.jpg",
+        with_split,
     )
 
 
@@ -101,34 +108,62 @@ def make_dtd(root, num_classes=3, per_class=(4, 2, 2), with_split=True):
     os.makedirs(os.path.join(root, "dtd", "imdb"), exist_ok=True)
     os.makedirs(os.path.join(root, "dtd", "labels"), exist_ok=True)
     return _split_json_dataset(
-        root, "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json",
-        folders, folders, per_class, lambda f, k: f"{f}_{k:04d}.jpg", with_split,
+        root,
+        "DescribableTextures",
+        "dtd",
+        "images",
+        "split_zhou_DescribableTextures.json",
+        folders,
+        folders,
+        per_class,
+        lambda f, k: f"{f}_{k:04d}.jpg",
+        with_split,
     )
 
 
 def make_food101(root, num_classes=3, per_class=(4, 2, 2), with_split=True):
     folders = [f"dish_{i:03d}" for i in range(num_classes)]
     return _split_json_dataset(
-        root, "Food101", "food-101", "images", "split_zhou_Food101.json",
-        folders, folders, per_class, lambda f, k: f"{k}.jpg", with_split,
+        root,
+        "Food101",
+        "food-101",
+        "images",
+        "split_zhou_Food101.json",
+        folders,
+        folders,
+        per_class,
+        lambda f, k: f"{k}.jpg",
+        with_split,
     )
 
 
 EUROSAT_NAMES = {
-    "AnnualCrop": "Annual Crop Land", "Forest": "Forest",
-    "HerbaceousVegetation": "Herbaceous Vegetation Land", "Highway": "Highway or Road",
-    "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
-    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings",
-    "River": "River", "SeaLake": "Sea or Lake",
+    "AnnualCrop": "Annual Crop Land",
+    "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "River": "River",
+    "SeaLake": "Sea or Lake",
 }
 
 
 def make_eurosat(root, num_classes=10, per_class=(4, 2, 2), with_split=True):
     folders = sorted(EUROSAT_NAMES)[:num_classes]
     return _split_json_dataset(
-        root, "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json",
-        folders, [EUROSAT_NAMES[f] for f in folders], per_class,
-        lambda f, k: f"{f}_{k}.jpg", with_split,
+        root,
+        "EuroSAT",
+        "eurosat",
+        "2750",
+        "split_zhou_EuroSAT.json",
+        folders,
+        [EUROSAT_NAMES[f] for f in folders],
+        per_class,
+        lambda f, k: f"{f}_{k}.jpg",
+        with_split,
     )
 
 
@@ -138,17 +173,32 @@ def make_sun397(root, num_classes=3, per_class=(4, 2, 2)):
     names = [f"indoor scene_{i:03d}" if i % 2 else f"scene_{i:03d}" for i in range(num_classes)]
     write_text(os.path.join(root, "sun397", "ClassName.txt"), [f"/{f}" for f in folders])
     return _split_json_dataset(
-        root, "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json",
-        folders, names, per_class, lambda f, k: f"sun_{k:06d}.jpg", True,
+        root,
+        "SUN397",
+        "sun397",
+        "SUN397",
+        "split_zhou_SUN397.json",
+        folders,
+        names,
+        per_class,
+        lambda f, k: f"sun_{k:06d}.jpg",
+        True,
     )
 
 
 def make_ucf101(root, num_classes=3, per_class=(4, 2, 2)):
     folders = [f"Play_Instrument_{i:03d}" for i in range(num_classes)]
     return _split_json_dataset(
-        root, "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-        folders, folders, per_class,
-        lambda f, k: f"v_{f.replace('_', '')}_g{k:02d}_c01.jpg", True,
+        root,
+        "UCF101",
+        "ucf101",
+        "UCF-101-midframes",
+        "split_zhou_UCF101.json",
+        folders,
+        folders,
+        per_class,
+        lambda f, k: f"v_{f.replace('_', '')}_g{k:02d}_c01.jpg",
+        True,
     )
 
 
@@ -201,8 +251,16 @@ def make_oxford_flowers(root, num_classes=3, per_class=(4, 2, 2)):
     """Flat jpg/image_<5 digits>.jpg, cat_to_name.json keyed by 1-based label."""
     names = [f"flower {i}" for i in range(num_classes)]
     generated = _split_json_dataset(
-        root, "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-        [""] * num_classes, names, per_class, lambda f, k: f"image_{k:05d}.jpg", True,
+        root,
+        "OxfordFlowers",
+        "oxford_flowers",
+        "jpg",
+        "split_zhou_OxfordFlowers.json",
+        [""] * num_classes,
+        names,
+        per_class,
+        lambda f, k: f"image_{k:05d}.jpg",
+        True,
     )
     with open(os.path.join(generated.dataset_dir, "cat_to_name.json"), "w") as f:
         json.dump({str(i + 1): n for i, n in enumerate(names)}, f)
@@ -234,8 +292,7 @@ def imagenet_classes(num_classes):
 
 def write_classnames(dataset_dir, num_classes):
     wnids, names = imagenet_classes(num_classes)
-    write_text(os.path.join(dataset_dir, "classnames.txt"),
-               [f"{w} {n}" for w, n in zip(wnids, names)])
+    write_text(os.path.join(dataset_dir, "classnames.txt"), [f"{w} {n}" for w, n in zip(wnids, names)])
     return wnids, names
 
 
@@ -257,38 +314,57 @@ def _variant(root, name, folder, image_folder, num_classes, per_class, class_fol
     kept = [label for label in range(num_classes) if keep(label)]
     for label in kept:
         for k in range(per_class):
-            write_image(os.path.join(dataset_dir, image_folder, class_folder(label, wnids[label]),
-                                     f"image_{k}.jpg"))
-    return Generated(name, dataset_dir, [names[y] for y in kept],
-                     {"test": per_class * len(kept)})
+            write_image(
+                os.path.join(dataset_dir, image_folder, class_folder(label, wnids[label]), f"image_{k}.jpg")
+            )
+    return Generated(name, dataset_dir, [names[y] for y in kept], {"test": per_class * len(kept)})
 
 
 def make_imagenetv2(root, num_classes=3, per_class=2):
-    return _variant(root, "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val",
-                    num_classes, per_class, lambda y, w: str(y), lambda y: True)
+    return _variant(
+        root,
+        "ImageNetV2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        num_classes,
+        per_class,
+        lambda y, w: str(y),
+        lambda y: True,
+    )
 
 
 def make_imagenet_sketch(root, num_classes=3, per_class=2):
-    return _variant(root, "ImageNetSketch", "imagenet-sketch", "images",
-                    num_classes, per_class, lambda y, w: w, lambda y: True)
+    return _variant(
+        root,
+        "ImageNetSketch",
+        "imagenet-sketch",
+        "images",
+        num_classes,
+        per_class,
+        lambda y, w: w,
+        lambda y: True,
+    )
 
 
 def _two_hundred_class_variant(root, name, folder, image_folder, num_classes, per_class):
     """Only every other ImageNet class has a folder (200 of 1000 in the real data)."""
-    generated = _variant(root, name, folder, image_folder, num_classes, per_class,
-                         lambda y, w: w, lambda y: y % 2 == 1)
+    generated = _variant(
+        root, name, folder, image_folder, num_classes, per_class, lambda y, w: w, lambda y: y % 2 == 1
+    )
     write_text(os.path.join(generated.dataset_dir, image_folder, "README.txt"), ["not a class"])
     return generated
 
 
 def make_imagenet_a(root, num_classes=6, per_class=2):
-    return _two_hundred_class_variant(root, "ImageNetA", "imagenet-adversarial", "imagenet-a",
-                                      num_classes, per_class)
+    return _two_hundred_class_variant(
+        root, "ImageNetA", "imagenet-adversarial", "imagenet-a", num_classes, per_class
+    )
 
 
 def make_imagenet_r(root, num_classes=6, per_class=2):
-    return _two_hundred_class_variant(root, "ImageNetR", "imagenet-rendition", "imagenet-r",
-                                      num_classes, per_class)
+    return _two_hundred_class_variant(
+        root, "ImageNetR", "imagenet-rendition", "imagenet-r", num_classes, per_class
+    )
 
 
 MAKERS = {

@@ -4,16 +4,17 @@ import json
 import os
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-from dassl.config import get_cfg_default  # noqa: E402
-from dassl.data.datasets import build_dataset  # noqa: E402
+from dassl.config import get_cfg_default
+from dassl.data.datasets import build_dataset
 
-import datasets  # noqa: E402
-from tests import dataset_layouts as layouts  # noqa: E402
+import datasets
+from tests import dataset_layouts as layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +45,7 @@ def cache_path(generated, shots, seed):
 
 # ---- every reader in its real layout -------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(layouts.MAKERS))
 def test_reader_reads_its_layout(tmp_path, name):
     generated = layouts.MAKERS[name](tmp_path)
@@ -73,7 +75,7 @@ def test_imagenet_a_keeps_present_classes_relabelled_in_classnames_order(tmp_pat
     ds = build(tmp_path, "ImageNetA")
     # Folders exist for classes 1, 3, 5 of classnames.txt; README.txt is not a class.
     assert ds.classnames == ["class name 1", "class name 3", "class name 5"]
-    first = sorted(ds.test, key=lambda d: d.impath)[0]
+    first = min(ds.test, key=lambda d: d.impath)
     assert first.label == 0 and "n00000001" in first.impath
 
 
@@ -97,11 +99,21 @@ def test_class_names_are_kept_as_in_the_split_file(tmp_path):
 
 def test_config_files_name_registered_datasets():
     expected = {
-        "caltech101": "Caltech101", "oxford_pets": "OxfordPets", "stanford_cars": "StanfordCars",
-        "oxford_flowers": "OxfordFlowers", "food101": "Food101", "fgvc_aircraft": "FGVCAircraft",
-        "sun397": "SUN397", "dtd": "DescribableTextures", "eurosat": "EuroSAT",
-        "ucf101": "UCF101", "imagenet": "ImageNet", "imagenetv2": "ImageNetV2",
-        "imagenet_sketch": "ImageNetSketch", "imagenet_a": "ImageNetA", "imagenet_r": "ImageNetR",
+        "caltech101": "Caltech101",
+        "oxford_pets": "OxfordPets",
+        "stanford_cars": "StanfordCars",
+        "oxford_flowers": "OxfordFlowers",
+        "food101": "Food101",
+        "fgvc_aircraft": "FGVCAircraft",
+        "sun397": "SUN397",
+        "dtd": "DescribableTextures",
+        "eurosat": "EuroSAT",
+        "ucf101": "UCF101",
+        "imagenet": "ImageNet",
+        "imagenetv2": "ImageNetV2",
+        "imagenet_sketch": "ImageNetSketch",
+        "imagenet_a": "ImageNetA",
+        "imagenet_r": "ImageNetR",
     }
     config_dir = os.path.join(REPO, "configs", "datasets")
     for stem, name in expected.items():
@@ -121,6 +133,7 @@ def test_add_config_declares_defaults():
 
 # ---- few-shot sampling and its cache -------------------------------------------------------
 
+
 def test_few_shot_counts_and_cache_with_relative_paths(tmp_path, capsys):
     generated = layouts.make_dtd(tmp_path, per_class=(6, 6, 2))
     ds = build(tmp_path, "DescribableTextures", shots=5, seed=1)
@@ -129,14 +142,13 @@ def test_few_shot_counts_and_cache_with_relative_paths(tmp_path, capsys):
     assert len(ds.test) == generated.counts["test"]
     cache = cache_path(generated, 5, 1)
     assert capsys.readouterr().out.count(f"Saved few-shot sample to {cache}") == 1
-    stored = json.load(open(cache))
+    stored = json.loads(Path(cache).read_bytes())
     assert set(stored) == {"train", "val"}
     for path, _, _ in stored["train"] + stored["val"]:
         assert not os.path.isabs(path) and str(tmp_path) not in path
         assert path.startswith("images/")
     assert [tuple(r) for r in stored["train"]] == [
-        (os.path.relpath(d.impath, generated.dataset_dir), d.label, d.classname)
-        for d in ds.train_x
+        (os.path.relpath(d.impath, generated.dataset_dir), d.label, d.classname) for d in ds.train_x
     ]
 
 
@@ -157,17 +169,17 @@ def test_existing_cache_is_read_not_regenerated(tmp_path):
     generated = layouts.make_dtd(tmp_path, per_class=(6, 3, 2))
     build(tmp_path, "DescribableTextures", shots=2, seed=1)
     cache = cache_path(generated, 2, 1)
-    original = open(cache, "rb").read()
+    original = Path(cache).read_bytes()
     build(tmp_path, "DescribableTextures", shots=2, seed=1)
-    assert open(cache, "rb").read() == original
+    assert Path(cache).read_bytes() == original
     # A hand-edited cache is used as it is (keep one train image only).
     stored = json.loads(original)
     stored["train"] = stored["train"][:1]
     edited = json.dumps(stored).encode()
-    open(cache, "wb").write(edited)
+    Path(cache).write_bytes(edited)
     ds = build(tmp_path, "DescribableTextures", shots=2, seed=1)
     assert len(ds.train_x) == 1
-    assert open(cache, "rb").read() == edited
+    assert Path(cache).read_bytes() == edited
 
 
 def test_seeds_give_different_files_and_seed_zero_is_valid(tmp_path):
@@ -220,7 +232,7 @@ def test_imagenet_few_shot_cache_skips_listing_train(tmp_path):
     first = build(tmp_path, "ImageNet", shots=2, seed=1)
     assert len(first.train_x) == 2 * 3
     assert len(first.val) == len(first.test) == generated.counts["test"]
-    assert set(json.load(open(cache_path(generated, 2, 1)))) == {"train"}
+    assert set(json.loads(Path(cache_path(generated, 2, 1)).read_bytes())) == {"train"}
     # Listing train would now fail on a folder that classnames.txt does not know.
     os.makedirs(os.path.join(generated.dataset_dir, "images", "train", "n99999999"))
     again = build(tmp_path, "ImageNet", shots=2, seed=1)
@@ -237,6 +249,7 @@ def test_test_only_variants_ignore_num_shots(tmp_path):
 
 
 # ---- base / new classes --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "maker, num_classes, n_base",
@@ -292,6 +305,7 @@ def test_variants_refuse_subsampling(tmp_path):
 
 
 # ---- errors name the path and what to do ---------------------------------------------------
+
 
 def test_missing_root_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="DATASET.ROOT is not set"):
@@ -363,10 +377,17 @@ def test_config_without_package_keys_is_an_error(tmp_path):
 
 # ---- creating a split only when asked ------------------------------------------------------
 
-@pytest.mark.parametrize("maker", [
-    layouts.make_caltech101, layouts.make_dtd, layouts.make_food101,
-    layouts.make_eurosat, layouts.make_oxford_pets,
-])
+
+@pytest.mark.parametrize(
+    "maker",
+    [
+        layouts.make_caltech101,
+        layouts.make_dtd,
+        layouts.make_food101,
+        layouts.make_eurosat,
+        layouts.make_oxford_pets,
+    ],
+)
 def test_create_split_when_asked(tmp_path, capsys, maker):
     generated = maker(tmp_path, with_split=False)
     ds = build(tmp_path, generated.name, create_split=True)
@@ -376,18 +397,18 @@ def test_create_split_when_asked(tmp_path, capsys, maker):
     total = sum(generated.counts.values())
     assert len(ds.train_x) + len(ds.val) + len(ds.test) == total
     assert min(len(ds.train_x), len(ds.val), len(ds.test)) > 0
-    created = open(split_file, "rb").read()
+    created = Path(split_file).read_bytes()
     build(tmp_path, generated.name, create_split=True)  # never overwritten
-    assert open(split_file, "rb").read() == created
+    assert Path(split_file).read_bytes() == created
     assert "Created" not in capsys.readouterr().out
 
 
 def test_create_split_never_overwrites_an_existing_split(tmp_path):
     generated = layouts.make_caltech101(tmp_path)
     split_file = os.path.join(generated.dataset_dir, "split_zhou_Caltech101.json")
-    original = open(split_file, "rb").read()
+    original = Path(split_file).read_bytes()
     ds = build(tmp_path, "Caltech101", create_split=True)
-    assert open(split_file, "rb").read() == original
+    assert Path(split_file).read_bytes() == original
     assert len(ds.train_x) == generated.counts["train"]
 
 
