@@ -1,0 +1,131 @@
+"""Finding the runs of an output tree and reading the result of each run.
+
+A run directory is `<protocol dir>/<dataset>/shots_<K>/<Trainer>/<config>/seed<s>`
+(see docs/PROTOCOLS.md). Its result is the last `=> result` block of its newest
+log: Dassl writes `log.txt` on the first start and `log.txt-<timestamp>` on every
+later one (resume, re-evaluation), so an earlier log never speaks for the run.
+scripts/_common.sh applies the same rule to decide what is finished.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+_STAMPED_LOG = re.compile(r"log\.txt-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}")
+_FIELD = re.compile(r"\* (\w+): ([\d,]+(?:\.\d+)?)%?")
+_SHOTS = re.compile(r"shots_(\d+)")
+_SEED = re.compile(r"seed(\d+)")
+
+# (protocol, part) -> directory below the output root.
+LAYOUTS = {
+    ("base2new", "train_base"): "base2new/train_base",
+    ("base2new", "test_new"): "base2new/test_new",
+    ("fewshot", ""): "fewshot",
+    ("xd", "train"): "xd/train",
+    ("xd", "test"): "xd/test",
+}
+
+
+class RunKey(NamedTuple):
+    protocol: str
+    part: str
+    dataset: str
+    shots: int
+    trainer: str
+    config: str
+
+    def path(self, seed):
+        """The run directory of `seed`, relative to the output root."""
+        return (
+            f"{LAYOUTS[self.protocol, self.part]}/{self.dataset}/shots_{self.shots}/"
+            f"{self.trainer}/{self.config}/seed{seed}"
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    path: Path
+    log: Path | None  # the newest log file, None when there is none
+    accuracy: float | None  # from the last result block of `log`, None when unfinished
+
+    @property
+    def finished(self):
+        return self.accuracy is not None
+
+    def problem(self):
+        if self.log is None:
+            return "unfinished: no log file"
+        return f"unfinished: no result block in {self.log.name}"
+
+
+def newest_log(run_dir):
+    run_dir = Path(run_dir)
+    stamped = sorted(p.name for p in run_dir.iterdir() if _STAMPED_LOG.fullmatch(p.name) and p.is_file())
+    if stamped:
+        return run_dir / stamped[-1]
+    plain = run_dir / "log.txt"
+    return plain if plain.is_file() else None
+
+
+def last_result(text):
+    """Fields of the last `=> result` block (the `* name: value` lines right after
+    it) as floats, or None when there is no block or the last one has no accuracy."""
+    blocks = []
+    in_block = False
+    for line in text.splitlines():
+        line = line.rstrip()
+        if line == "=> result":
+            blocks.append({})
+            in_block = True
+        elif in_block and line.startswith("* "):
+            m = _FIELD.fullmatch(line)
+            if m:
+                blocks[-1][m[1]] = float(m[2].replace(",", ""))
+        else:
+            in_block = False
+    if blocks and "accuracy" in blocks[-1]:
+        return blocks[-1]
+    return None
+
+
+def read_run(run_dir):
+    run_dir = Path(run_dir)
+    log = newest_log(run_dir)
+    block = last_result(log.read_text(errors="replace")) if log else None
+    accuracy = None
+    if block:
+        # Dassl prints the accuracy rounded to 0.1; correct/total is exact.
+        if block.get("total"):
+            accuracy = 100.0 * block.get("correct", 0.0) / block["total"]
+        else:
+            accuracy = block["accuracy"]
+    return RunState(run_dir, log, accuracy)
+
+
+def discover(root):
+    """All run directories under `root`: ({RunKey: {seed: RunState}}, problems),
+    problems being (relative path, what is wrong) for directories at run depth
+    whose names do not fit the layout."""
+    root = Path(root)
+    runs, problems = {}, []
+    for (protocol, part), sub in LAYOUTS.items():
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for run_dir in sorted(base.glob("*/*/*/*/*")):
+            if not run_dir.is_dir():
+                continue
+            dataset, shots, trainer, config, seed = run_dir.relative_to(base).parts
+            m_shots, m_seed = _SHOTS.fullmatch(shots), _SEED.fullmatch(seed)
+            if not (m_shots and m_seed):
+                problems.append(
+                    (
+                        str(run_dir.relative_to(root)),
+                        "not a run directory (expected <dataset>/shots_<K>/<Trainer>/<config>/seed<N>)",
+                    )
+                )
+                continue
+            key = RunKey(protocol, part, dataset, int(m_shots[1]), trainer, config)
+            runs.setdefault(key, {})[int(m_seed[1])] = read_run(run_dir)
+    return runs, problems
