@@ -27,14 +27,15 @@ def split_class_folders(image_dir, ignored=(), renames=None):
             [f"{folder}/{im}", label, renames.get(folder, folder)]
             for im in list_files(os.path.join(image_dir, folder))
         ]
-        rng.shuffle(rows)
-        n_train = max(1, round(len(rows) * TRAIN_FRACTION))
-        n_val = max(1, round(len(rows) * VAL_FRACTION))
-        if n_train + n_val >= len(rows):
+        if len(rows) < 3:
             raise ValueError(
                 f"Class folder {os.path.join(image_dir, folder)} has {len(rows)} images; "
                 "a train/val/test split needs at least 3."
             )
+        rng.shuffle(rows)
+        # Small classes still get one image in each split.
+        n_val = max(1, round(len(rows) * VAL_FRACTION))
+        n_train = max(1, min(round(len(rows) * TRAIN_FRACTION), len(rows) - n_val - 1))
         split["train"] += rows[:n_train]
         split["val"] += rows[n_train : n_train + n_val]
         split["test"] += rows[n_train + n_val :]
