@@ -1,0 +1,61 @@
+"""End to end: train.py trains CoOp and evaluates ZeroshotCLIP with the tiny CLIP."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+
+from tests.dataset_layouts import make_oxford_pets  # noqa: E402
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train  # noqa: E402
+
+COOP_B2N = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
+PETS = "configs/datasets/oxford_pets.yaml"
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
+    randomise_images(generated.dataset_dir)
+    return str(root), generated
+
+
+def common(root, clip_path, output_dir, *extra):
+    return ["--root", root, "--dataset-config-file", PETS, "--output-dir", output_dir,
+            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, *extra]
+
+
+@pytest.fixture(scope="module")
+def coop_base_run(pets, tiny_clip_path, tmp_path_factory):
+    root, _ = pets
+    out = str(tmp_path_factory.mktemp("coop") / "train_base")
+    run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
+              *common(root, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "4",
+                      "DATASET.SUBSAMPLE_CLASSES", "base"))
+    return out
+
+
+def test_coop_trains_and_reports(coop_base_run):
+    log = read_log(coop_base_run)
+    assert log.rstrip().splitlines()[-1].startswith("Elapsed")
+    assert 0 <= result_accuracy(log) <= 100
+    assert "epoch [2/2]" in log
+    ckpt = torch.load(os.path.join(coop_base_run, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+    assert list(ckpt["state_dict"]) == ["prompt_learner.ctx"]
+    assert ckpt["state_dict"]["prompt_learner.ctx"].shape == (4, 64)
+    for name in ("config.yaml", "invocations.jsonl"):
+        assert os.path.exists(os.path.join(coop_base_run, name))
+
+
+def test_coop_base_model_evaluates_on_new_classes(coop_base_run, pets, tiny_clip_path, tmp_path):
+    root, _ = pets
+    out = str(tmp_path / "test_new")
+    run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
+              "--eval-only", "--model-dir", coop_base_run, "--load-epoch", "2",
+              *common(root, tiny_clip_path, out, "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "new"))
+    log = read_log(out)
+    assert "model.pth.tar-2 (epoch 2)" in log
+    assert "* total: 9" in log  # 3 new classes x 3 test images
+    result_accuracy(log)

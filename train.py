@@ -1,0 +1,208 @@
+"""Train or evaluate a prompt learner: CoOp's command line, on today's stack.
+
+    python train.py --root DATA --seed 1 --trainer CoOp \
+        --dataset-config-file configs/datasets/oxford_pets.yaml \
+        --config-file configs/trainers/CoOp/vit_b16_ep50.yaml \
+        --output-dir output/... [KEY VALUE ...]
+
+Config precedence: Dassl defaults < keys declared by the datasets package, the shared trainer
+base and the chosen trainer < dataset config < trainer config < command-line flags < trailing
+KEY VALUE pairs. A config file may start with `_BASE_: other.yaml` (resolved next to it) to
+inherit another file.
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+import yaml
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Dassl's dependencies import pkg_resources
+    import dassl
+    from dassl.config import get_cfg_default
+    from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.engine import build_trainer
+    from dassl.utils import collect_env_info, set_random_seed, setup_logger
+from yacs.config import CfgNode as CN
+
+import datasets
+import trainers
+from trainers import prompt_trainer
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=str, default="", help="path to dataset root (DATASET.ROOT)")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory (OUTPUT_DIR)")
+    parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
+    parser.add_argument("--seed", type=int, default=-1, help="random seed; >= 0 fixes it (0 included)")
+    parser.add_argument("--trainer", type=str, default="", help="trainer name, e.g. CoOp or MoCoOp")
+    parser.add_argument("--backbone", type=str, default="", help="CLIP model name or checkpoint path")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="configs/datasets/<name>.yaml")
+    parser.add_argument("--config-file", type=str, default="", help="configs/trainers/<Trainer>/<config>.yaml")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate only")
+    parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory (eval)")
+    parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
+    parser.add_argument("--no-train", action="store_true", help="build everything but do not train")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
+    return parser.parse_args(argv)
+
+
+def read_config_file(path, seen=()):
+    """Key tree of a YAML config, with its `_BASE_` chain merged in (base first)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path} not found")
+    if os.path.abspath(path) in seen:
+        raise ValueError(f"Config file {path} includes itself through _BASE_")
+    with open(path) as f:
+        tree = yaml.safe_load(f) or {}
+    base = tree.pop("_BASE_", None)
+    if base is not None:
+        tree = deep_update(read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path))), tree)
+    return tree
+
+
+def deep_update(base, override):
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def merge(cfg, source, merge_fn):
+    """Apply `merge_fn`, turning yacs' bare KeyError into an error that names the source."""
+    try:
+        merge_fn()
+    except KeyError as err:
+        raise ValueError(
+            f"{source}: {err.args[0]}. Config keys are declared by Dassl, the datasets package, "
+            f"the shared trainer base and the trainer ({cfg.TRAINER.NAME}); check the spelling, or "
+            "whether this file or option belongs to another trainer."
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def setup_cfg(args):
+    if not args.trainer:
+        raise ValueError(f"--trainer is required: one of {', '.join(trainers.repository_trainers())}")
+    trainer_cls = trainers.get_trainer_class(args.trainer)
+    cfg = get_cfg_default()
+    datasets.add_config(cfg)
+    prompt_trainer.add_config(cfg)
+    trainer_cls.add_config(cfg)
+    cfg.TRAINER.NAME = args.trainer
+
+    for path in (args.dataset_config_file, args.config_file):
+        if path:
+            merge(cfg, path, lambda: cfg.merge_from_other_cfg(CN(read_config_file(path))))
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed >= 0:
+        cfg.SEED = args.seed
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.opts:
+        merge(cfg, "command-line options", lambda: cfg.merge_from_list(args.opts))
+    cfg.TRAINER.NAME = args.trainer
+
+    if cfg.DATASET.NAME not in DATASET_REGISTRY.registered_names():
+        raise ValueError(
+            f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME): choose one of "
+            f"{', '.join(sorted(DATASET_REGISTRY.registered_names()))} via --dataset-config-file"
+        )
+    cfg.freeze()
+    return cfg
+
+
+def git_revision():
+    def git(*cmd):
+        out = subprocess.run(["git", "-C", REPO, *cmd], capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def record_provenance(cfg, argv):
+    """Keep the resolved config, the command line, the git commit and the environment.
+
+    `config.yaml` is written once; re-running into the same directory with another config
+    is refused (results of two configs must not mix). Every invocation appends one line to
+    `invocations.jsonl`, so resumed and re-run evaluations stay on record.
+    """
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    resolved = cfg.dump()
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            if f.read() != resolved:
+                raise RuntimeError(
+                    f"{cfg.OUTPUT_DIR} holds a run with a different configuration ({config_path}). "
+                    "Use another --output-dir; results of different configs must not share a directory."
+                )
+    else:
+        with open(config_path, "w") as f:
+            f.write(resolved)
+    commit, dirty = git_revision()
+    record = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": [sys.executable, *argv],
+        "cwd": os.getcwd(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "dassl": getattr(dassl, "__version__", None),
+    }
+    with open(os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    args = parse_args(argv[1:])
+    cfg = setup_cfg(args)
+    record_provenance(cfg, argv)
+    setup_logger(cfg.OUTPUT_DIR)
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+
+    print("Command: " + " ".join(argv))
+    print("** Config **")
+    print(cfg)
+    print("Collecting env info ...")
+    print(f"** System info **\n{collect_env_info()}\n")
+
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return
+    if not args.no_train:
+        trainer.train()
+
+
+if __name__ == "__main__":
+    main()

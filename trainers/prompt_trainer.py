@@ -1,0 +1,329 @@
+"""Base class of every trainer in this repository: Dassl's TrainerX, fixed for today's stack.
+
+What it changes in Dassl (c61a1b5, used unmodified):
+- learning rate: `EpochLRSchedule` (Dassl's warm-up + cosine values per epoch) instead of
+  Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
+- checkpoints: only learnable tensors, plain optimiser/scheduler state, epoch counters and RNG
+  states, so `torch.load(weights_only=True)` (the torch >= 2.6 default) reads them; loading
+  checks that every tensor fits the model and names the one that does not; a checkpoint of
+  the base classes loads into a model built for the new classes when the learnable tensors do
+  not depend on the class list;
+- `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
+  and loads the newest checkpoint of a finished run when no epoch is given;
+- resume restores model, optimiser, schedule and RNG states, so an interrupted run continues
+  as if it had not stopped;
+- precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
+  same code in every mode, only the autocast context and gradient scaling differ;
+- evaluation encodes class prompts once per evaluation (`CachedTextFeatures`).
+"""
+
+import os.path as osp
+import random
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from dassl.engine import TrainerX
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_optimizer
+from dassl.utils import save_checkpoint
+from yacs.config import CfgNode as CN
+
+from clipprompt.caching import CachedTextFeatures
+from clipprompt.clip_loading import load_clip
+from clipprompt.schedule import EpochLRSchedule
+from clipprompt.templates import check_template
+from clipprompt.text_encoder import TextEncoder
+
+PRECISIONS = ("fp32", "fp16", "amp")
+
+
+def add_config(cfg):
+    """Keys shared by every trainer of this repository (each trainer adds its own)."""
+    # Directory for downloaded OpenAI CLIP weights ("" = clip's default, ~/.cache/clip).
+    cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+    # fp32: everything in fp32; fp16: frozen CLIP weights in fp16 (CoOp's default), learnable
+    # tensors and losses in fp32; amp: fp32 weights under torch.autocast.
+    cfg.TRAINER.PREC = "fp16"
+    # Autocast dtype for PREC amp: auto (bf16 where the device supports it, else fp16 with
+    # gradient scaling), bfloat16 or float16.
+    cfg.TRAINER.AMP_DTYPE = "auto"
+    # Clip the gradient norm of the learnable tensors to this value (0 = no clipping).
+    cfg.TRAINER.GRAD_CLIP_NORM = 0.0
+    cfg.TRAINER.TEXT_ENCODER = CN()
+    # Cut prompt sequences after the longest EOT (exact); False runs all 77 positions.
+    cfg.TRAINER.TEXT_ENCODER.TRUNCATE = True
+    # fused: scaled_dot_product_attention(is_causal=True); math: explicit softmax reference.
+    cfg.TRAINER.TEXT_ENCODER.ATTENTION = "fused"
+    # Encode at most this many prompts per transformer call (0 = all at once).
+    cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE = 0
+    # Recompute text-transformer activations in backward to save memory.
+    cfg.TRAINER.TEXT_ENCODER.CHECKPOINT = False
+    # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
+    # which makes an interrupted run start over).
+    cfg.TRAIN.CHECKPOINT_FREQ = 1
+    # Hand-crafted prompts of the dataset, set by configs/datasets/<dataset>.yaml.
+    cfg.DATASET.PROMPTS = CN()
+    # CoOp's per-dataset template (ZeroshotCLIP; KgCoOp unless KNOWLEDGE_TEMPLATE is set).
+    cfg.DATASET.PROMPTS.TEMPLATE = "a photo of a {}."
+    # KgCoOp's hard prompt where it differs from TEMPLATE ("" = TEMPLATE).
+    cfg.DATASET.PROMPTS.KNOWLEDGE_TEMPLATE = ""
+    # MoCoOp experts: group sizes and the flat template list (expert g starts from the first
+    # template of its group).
+    cfg.DATASET.PROMPTS.EXPERT_GROUPS = ()
+    cfg.DATASET.PROMPTS.EXPERT_TEMPLATES = ()
+    # MoPD's `task` teacher pool.
+    cfg.DATASET.PROMPTS.TEACHER_TEMPLATES = ()
+
+
+class PromptTrainer(TrainerX):
+    """Shared machinery; subclasses implement `build_model` and `forward_backward`."""
+
+    # Subclasses set this to their own `add_config(cfg)`; train.py calls it before merging files.
+    add_config = None
+
+    def check_cfg(self, cfg):
+        if cfg.TRAINER.PREC not in PRECISIONS:
+            raise ValueError(f"TRAINER.PREC must be one of {PRECISIONS}, not {cfg.TRAINER.PREC!r}")
+        if cfg.TRAINER.AMP_DTYPE not in ("auto", "bfloat16", "float16"):
+            raise ValueError(f"TRAINER.AMP_DTYPE must be auto, bfloat16 or float16, not {cfg.TRAINER.AMP_DTYPE!r}")
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def classnames(self):
+        """Class names of this run's classes, in label order."""
+        return self.dm.dataset.classnames
+
+    @property
+    def all_classnames(self):
+        """Every class name of the dataset (base + new), in label order."""
+        return getattr(self.dm.dataset, "all_classnames", self.dm.dataset.classnames)
+
+    def dataset_template(self, key="TEMPLATE"):
+        return check_template(self.cfg.DATASET.PROMPTS[key], f"DATASET.PROMPTS.{key}")
+
+    # ------------------------------------------------------------------ model
+
+    def load_clip(self):
+        """The frozen CLIP of MODEL.BACKBONE.NAME, in the dtype PREC asks for."""
+        cfg = self.cfg
+        dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
+        print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
+        model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
+        resolution = model.visual.input_resolution
+        if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
+            raise ValueError(
+                f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the image tower of "
+                f"{cfg.MODEL.BACKBONE.NAME} ({resolution} px): set INPUT.SIZE ({resolution}, {resolution})"
+            )
+        return model
+
+    def build_text_encoder(self, clip_model):
+        opts = self.cfg.TRAINER.TEXT_ENCODER
+        return TextEncoder(clip_model, opts.ATTENTION, opts.CHUNK_SIZE, opts.CHECKPOINT)
+
+    def register_learnable(self, model, name="prompt_learner", param_groups=None):
+        """Move `model` to the device and optimise its tensors that require grad.
+
+        `param_groups` (Dassl/torch format) overrides the single default group, e.g. to give
+        some tensors a different learning rate.
+        """
+        model.to(self.device)
+        learnable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        print(f"Learnable tensors ({sum(p.numel() for p in learnable.values()):,} values): {', '.join(learnable)}")
+        self.optim = self.sched = None
+        if learnable:
+            groups = param_groups if param_groups is not None else list(learnable.values())
+            self.optim = build_optimizer(None, self.cfg.OPTIM, param_groups=groups)
+            opt = self.cfg.OPTIM
+            warmup_lr = opt.WARMUP_CONS_LR if opt.WARMUP_TYPE == "constant" else opt.WARMUP_MIN_LR
+            self.sched = EpochLRSchedule(
+                self.optim, opt.MAX_EPOCH, opt.WARMUP_EPOCH, opt.WARMUP_TYPE, warmup_lr,
+                opt.WARMUP_RECOUNT, opt.LR_SCHEDULER,
+            )
+        self.register_model(name, model, self.optim, self.sched)
+        amp_fp16 = self.cfg.TRAINER.PREC == "amp" and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp_fp16 and learnable else None
+
+    @property
+    def amp_dtype(self):
+        choice = self.cfg.TRAINER.AMP_DTYPE
+        if choice == "auto":
+            cpu_or_bf16 = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cpu_or_bf16 else torch.float16
+        return getattr(torch, choice)
+
+    def autocast(self):
+        if self.cfg.TRAINER.PREC != "amp":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ training
+
+    def step(self, losses, logits=None, label=None):
+        """Backward the sum of the weighted loss terms, update, and return the log summary.
+
+        `losses` maps names to already weighted scalar terms; all of them are summed in every
+        precision mode. The learning rate advances after the last batch of an epoch.
+        """
+        loss = sum(term.float() for term in losses.values())
+        self.detect_anomaly(loss)
+        self.model_zero_grad()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optim)
+        else:
+            loss.backward()
+        if self.cfg.TRAINER.GRAD_CLIP_NORM > 0:
+            params = [p for group in self.optim.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.TRAINER.GRAD_CLIP_NORM)
+        if self.scaler is not None:
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            self.model_update()
+
+        summary = {"loss": loss.item()}
+        if len(losses) > 1:
+            summary.update({name: term.item() for name, term in losses.items()})
+        if logits is not None:
+            summary["acc"] = compute_accuracy(logits, label)[0].item()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, image):
+        with self.autocast():
+            return self.model(image).float()
+
+    @torch.no_grad()
+    def test(self, split=None):
+        cache = self.model.cached_text_features() if isinstance(self.model, CachedTextFeatures) else nullcontext()
+        with cache:
+            return super().test(split)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        for name in self.get_model_names():
+            model, optim, sched = self._models[name], self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": learnable_state(model),
+                "epoch": epoch + 1,
+                "max_epoch": self.max_epoch,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "rng": rng_state(),
+                "val_result": val_result,
+                "trainer": self.cfg.TRAINER.NAME,
+            }
+            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory):
+        names = self.get_model_names()
+        if not all(osp.exists(osp.join(directory, name, "checkpoint")) for name in names):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint in {directory}: resuming training")
+        for name in names:
+            path = latest_checkpoint(osp.join(directory, name))
+            ckpt = read_checkpoint(path)
+            load_learnable(self._models[name], ckpt["state_dict"], path)
+            if self._optims[name] is not None:
+                self._optims[name].load_state_dict(ckpt["optimizer"])
+            if self._scheds[name] is not None:
+                self._scheds[name].load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            print(f"Resumed {path} (finished epochs: {ckpt['epoch']})")
+        return ckpt["epoch"]
+
+    def load_model(self, directory, epoch=None):
+        if not directory:
+            if any(p.requires_grad for p in self.model.parameters()):
+                print("Note: no --model-dir given: evaluating the untrained initial prompts")
+            return
+        for name in self.get_model_names():
+            folder = osp.join(directory, name)
+            if epoch is None:
+                path = latest_checkpoint(folder)
+            else:
+                path = osp.join(folder, f"model.pth.tar-{epoch}")
+                if not osp.exists(path):
+                    raise FileNotFoundError(f"No checkpoint {path}: check --model-dir and --load-epoch")
+            ckpt = read_checkpoint(path)
+            if epoch is None and ckpt.get("epoch") != ckpt.get("max_epoch"):
+                raise RuntimeError(
+                    f"{path} is from an unfinished run (epoch {ckpt.get('epoch')} of {ckpt.get('max_epoch')}): "
+                    "re-run its training command to resume it, or pass --load-epoch to use this epoch"
+                )
+            load_learnable(self._models[name], ckpt["state_dict"], path)
+            print(f"Loaded {path} (epoch {ckpt['epoch']})")
+
+
+def learnable_state(model):
+    """The tensors of `model` that training changes (no frozen CLIP weights, no buffers)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_learnable(model, state, source):
+    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
+    problems += [f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected]
+    problems += [
+        f"'{n}' has shape {list(state[n].shape)} in the checkpoint but {list(p.shape)} in this model"
+        for n, p in expected.items()
+        if n in state and state[n].shape != p.shape
+    ]
+    if problems:
+        raise RuntimeError(
+            f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
+            + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
+        )
+    with torch.no_grad():
+        for n, p in expected.items():
+            p.copy_(state[n])
+
+
+def latest_checkpoint(folder):
+    marker = osp.join(folder, "checkpoint")
+    if not osp.exists(marker):
+        raise FileNotFoundError(f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)")
+    with open(marker) as f:
+        return osp.join(folder, f.readline().strip())
+
+
+def read_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"Cannot read checkpoint {path} ({type(err).__name__}: {err}). Checkpoints of other "
+            "CoOp-family repositories pickle Python objects and are not supported."
+        ) from err
+
+
+def rng_state():
+    """RNG states as plain tensors and tuples (readable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
