@@ -107,7 +107,7 @@ def setup_cfg(args):
 
     for path in (args.dataset_config_file, args.config_file):
         if path:
-            merge(cfg, path, lambda: cfg.merge_from_other_cfg(CN(read_config_file(path))))
+            merge(cfg, path, lambda path=path: cfg.merge_from_other_cfg(CN(read_config_file(path))))
     if args.root:
         cfg.DATASET.ROOT = args.root
     if args.output_dir:

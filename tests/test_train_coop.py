@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-from tests.dataset_layouts import make_oxford_pets  # noqa: E402
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train  # noqa: E402
+from tests.dataset_layouts import make_oxford_pets
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 
 COOP_B2N = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 PETS = "configs/datasets/oxford_pets.yaml"

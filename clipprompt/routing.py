@@ -1,0 +1,111 @@
+"""Top-k routing over experts or teachers, and statistics of what the routers select.
+
+MoCoOp's router and MoPD's gate both score G candidates per image from the normalised
+image feature, keep the top k scores and renormalise them with a softmax over the kept ones.
+"""
+
+import csv
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def topk_softmax(scores, k):
+    """(indices [B, k], weights [B, k]): the k largest scores and their softmax."""
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"top-k needs 1 <= k <= {scores.shape[-1]} candidates, got k = {k}")
+    top, index = scores.topk(k, dim=-1)
+    return index, top.softmax(dim=-1)
+
+
+class Router(nn.Module):
+    """Linear scores of G candidates from the normalised image feature.
+
+    MoCoOp: `bias=True` with PyTorch's default initialisation. MoPD's gate: `bias=False`,
+    zero-initialised, so every teacher starts with the same score.
+    """
+
+    def __init__(self, dim, num_candidates, bias=True, zero_init=False):
+        super().__init__()
+        self.linear = nn.Linear(dim, num_candidates, bias=bias)
+        if zero_init:
+            nn.init.zeros_(self.linear.weight)
+            if bias:
+                nn.init.zeros_(self.linear.bias)
+
+    def forward(self, image_features):
+        image_features = F.normalize(image_features.float(), dim=-1)
+        return self.linear(image_features.to(self.linear.weight.dtype))
+
+
+class RoutingStats:
+    """Per-epoch utilisation: share of the top-k selections and mean weight per candidate.
+
+    `selection_share[g]` = (times g is among an image's top k) / (images * k), so the shares
+    sum to 1; `mean_weight[g]` = the routing weight of g averaged over all images, 0 where it
+    was not selected (also sums to 1). Records accumulate over epochs and are written as JSON
+    (`{"names", "top_k", "records": [...]}`) and CSV (one row per epoch, split and candidate).
+    """
+
+    def __init__(self, names, top_k):
+        self.names = list(names)
+        self.top_k = top_k
+        self.records = []
+        self.reset()
+
+    def reset(self):
+        self._counts = torch.zeros(len(self.names), dtype=torch.float64)
+        self._weights = torch.zeros(len(self.names), dtype=torch.float64)
+        self._images = 0
+
+    @torch.no_grad()
+    def update(self, index, weight):
+        index, weight = index.detach().cpu(), weight.detach().cpu().double()
+        self._counts += torch.bincount(index.flatten(), minlength=len(self.names)).double()
+        self._weights.index_add_(0, index.flatten(), weight.flatten())
+        self._images += index.shape[0]
+
+    def close(self, epoch, split):
+        """Turn the accumulated counts into a record (if any images were seen) and reset."""
+        if not self._images:
+            return None
+        record = {
+            "epoch": epoch,
+            "split": split,
+            "count": self._images,
+            "selection_share": (self._counts / (self._images * self.top_k)).tolist(),
+            "mean_weight": (self._weights / self._images).tolist(),
+        }
+        self.records.append(record)
+        self.reset()
+        return record
+
+    def summary(self, record, width=40):
+        lines = [f"Routing on {record['split']} (epoch {record['epoch']}, {record['count']} images): share / mean weight"]
+        for name, share, weight in zip(self.names, record["selection_share"], record["mean_weight"]):
+            lines.append(f"  {share:6.1%}  {weight:.3f}  {name[:width]}")
+        return "\n".join(lines)
+
+    def restore(self, directory, stem, upto_epoch):
+        """Reload the records of epochs <= `upto_epoch` written by an interrupted run."""
+        path = os.path.join(directory, f"{stem}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["names"] != self.names:
+                raise RuntimeError(f"{path} describes other candidates than this model: {saved['names']}")
+            self.records = [r for r in saved["records"] if r["epoch"] <= upto_epoch]
+
+    def write(self, directory, stem):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"{stem}.json"), "w") as f:
+            json.dump({"names": self.names, "top_k": self.top_k, "records": self.records}, f, indent=1)
+        with open(os.path.join(directory, f"{stem}.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "split", "index", "name", "selection_share", "mean_weight"])
+            for r in self.records:
+                for g, name in enumerate(self.names):
+                    writer.writerow([r["epoch"], r["split"], g, name, r["selection_share"][g], r["mean_weight"][g]])
