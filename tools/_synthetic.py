@@ -49,19 +49,34 @@ def write_expert_stats(run_dir, shares, epochs=2, name="expert_stats.json"):
     after the last, all with selection shares `shares`."""
     names = [f"group{i}" for i in range(len(shares))]
     records = [
-        {"epoch": e, "split": split, "count": 100, "selection_share": list(shares), "mean_weight": list(shares)}
+        {
+            "epoch": e,
+            "split": split,
+            "count": 100,
+            "selection_share": list(shares),
+            "mean_weight": list(shares),
+        }
         for e, split in [(e, "train") for e in range(1, epochs + 1)] + [(epochs, "test")]
     ]
     path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"names": names, "top_k": 2, "records": records}))
     return path
 
 
 # Invented centres (not any paper's numbers): base and new accuracy per dataset.
 _DEMO_CENTRES = {
-    "imagenet": (75, 68), "caltech101": (97, 93), "oxford_pets": (94, 96), "stanford_cars": (72, 72),
-    "oxford_flowers": (94, 72), "food101": (89, 90), "fgvc_aircraft": (33, 30), "sun397": (79, 74),
-    "dtd": (78, 53), "eurosat": (87, 62), "ucf101": (83, 71),
+    "imagenet": (75, 68),
+    "caltech101": (97, 93),
+    "oxford_pets": (94, 96),
+    "stanford_cars": (72, 72),
+    "oxford_flowers": (94, 72),
+    "food101": (89, 90),
+    "fgvc_aircraft": (33, 30),
+    "sun397": (79, 74),
+    "dtd": (78, 53),
+    "eurosat": (87, 62),
+    "ucf101": (83, 71),
 }
 _DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0), ("MoCoOp", "vit_b16_c4_ep10", 1.5))
 
@@ -87,12 +102,29 @@ def write_demo(root, seed=0):
                 run("base2new", "test_new", d, 16, trainer, config, s, new + 2 * gain)
                 for k in (1, 2, 4, 8, 16):
                     run("fewshot", "", d, k, trainer, config, s, (base + new) / 2 - 12 + 3 * k**0.5 + gain)
-                run("xd", "train" if d == "imagenet" else "test", d, 16, trainer, config, s, new - 4 + gain / 3)
-            for d, acc in (("imagenetv2", 64), ("imagenet_sketch", 47), ("imagenet_a", 49), ("imagenet_r", 76)):
+                run(
+                    "xd",
+                    "train" if d == "imagenet" else "test",
+                    d,
+                    16,
+                    trainer,
+                    config,
+                    s,
+                    new - 4 + gain / 3,
+                )
+            for d, acc in (
+                ("imagenetv2", 64),
+                ("imagenet_sketch", 47),
+                ("imagenet_a", 49),
+                ("imagenet_r", 76),
+            ):
                 for s in (1, 2, 3):
                     run("xd", "test", d, 16, trainer, config, s, acc + gain / 3)
     # An interrupted evaluation (a newer log without a result block) and an absent seed.
-    write_log(root / "base2new/test_new/eurosat/shots_16/MoCoOp/vit_b16_c4_ep10/seed3", name="log.txt-2024-05-01-12-00-00")
+    write_log(
+        root / "base2new/test_new/eurosat/shots_16/MoCoOp/vit_b16_c4_ep10/seed3",
+        name="log.txt-2024-05-01-12-00-00",
+    )
     for log in (root / "fewshot/dtd/shots_8/CoOp/vit_b16_ep10/seed3").iterdir():
         log.rename(log.with_name(log.name + ".moved"))
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tools._runlog import discover  # noqa: E402
-from tools.results import BENCHMARK, Collector, _name, _ordered, fewshot_grids  # noqa: E402
+from tools._runlog import discover
+from tools.results import BENCHMARK, Collector, _name, _ordered, fewshot_grids
 
 STATS_FILES = ("expert_stats.json", "teacher_stats.json")
 NCOLS = 4
@@ -102,7 +102,9 @@ def read_selection(path):
         if records:
             rec = max(records, key=lambda r: r["epoch"])
             if not names or len(rec["selection_share"]) != len(names):
-                raise ValueError(f"{path}: selection_share of epoch {rec['epoch']} does not match names {names}")
+                raise ValueError(
+                    f"{path}: selection_share of epoch {rec['epoch']} does not match names {names}"
+                )
             return names, rec["selection_share"], split, rec["epoch"]
     raise ValueError(f"{path}: no train or test record")
 
@@ -115,7 +117,9 @@ def expert_figures(runs, out):
                 path = seeds[seed].path / fname
                 if path.is_file():
                     group = (Path(fname).stem, key.protocol, key.part, key.shots, key.trainer, key.config)
-                    groups.setdefault(group, {}).setdefault(key.dataset, []).append((path, read_selection(path)))
+                    groups.setdefault(group, {}).setdefault(key.dataset, []).append(
+                        (path, read_selection(path))
+                    )
     paths = []
     for (stem, protocol, part, shots, trainer, config), per_dataset in sorted(groups.items()):
         datasets = _ordered(BENCHMARK, per_dataset)
@@ -134,7 +138,11 @@ def expert_figures(runs, out):
             where = sorted({f"{split} epoch {epoch}" for _, (_, _, split, epoch) in selections})
             ax.set_title(f"{_name(d)} ({', '.join(where)}; {len(selections)} seeds)", fontsize=9)
             ax.set_ylabel("selection share")
-        fig.suptitle(f"{trainer} / {config}: {stem.replace('_', ' ')}, {protocol} {part} {shots} shots".replace("  ", " "))
+        fig.suptitle(
+            f"{trainer} / {config}: {stem.replace('_', ' ')}, {protocol} {part} {shots} shots".replace(
+                "  ", " "
+            )
+        )
         fig.tight_layout()
         name = "_".join(x for x in (stem, protocol, part, f"shots{shots}", trainer, config) if x) + ".png"
         fig.savefig(out / name, dpi=100)
@@ -156,7 +164,9 @@ def main(argv=None):
     grids = fewshot_grids(runs, [int(s) for s in args.seeds.split()], Collector(runs))
     paths = (fewshot_figures(grids, args.out) if grids else []) + expert_figures(runs, args.out)
     if not paths:
-        raise SystemExit(f"error: nothing to plot under {args.output_root} (no few-shot runs, no expert statistics)")
+        raise SystemExit(
+            f"error: nothing to plot under {args.output_root} (no few-shot runs, no expert statistics)"
+        )
     for path in paths:
         print(path)
 

@@ -13,8 +13,6 @@ runs are listed, and rows built from fewer seeds than expected are flagged.
 
 import argparse
 import csv
-import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -22,92 +20,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from tools._runlog import RunKey, discover
-
-DISPLAY = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "OxfordFlowers",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DTD",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-    "imagenetv2": "ImageNetV2",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-}
-BENCHMARK = list(DISPLAY)[:11]
-XD_SOURCE = "imagenet"
-XD_TARGETS = BENCHMARK[1:]
-DG_TARGETS = list(DISPLAY)[11:]
-
-PAPER_FILE = Path(__file__).with_name("paper_results.json")
-PAPER_TABLE = "mocoop_table1_base_to_new"
-PAPER_METHOD = {"ZeroshotCLIP": "CLIP"}  # the other trainers carry the paper's names
-# Printed cells have two decimals, so a recomputed value within this of the
-# printed one is rounding; anything further is a garbled or inconsistent cell.
-PAPER_TOLERANCE = 0.015
-
-# Two-sided 95% Student t quantiles t_{0.975}(df); between rows the table is
-# interpolated linearly in 1/df, the usual rule for printed t tables.
-_T975 = {
-    1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646,
-    8: 2.3060, 9: 2.2622, 10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448,
-    15: 2.1314, 16: 2.1199, 17: 2.1098, 18: 2.1009, 19: 2.0930, 20: 2.0860, 21: 2.0796,
-    22: 2.0739, 23: 2.0687, 24: 2.0639, 25: 2.0595, 26: 2.0555, 27: 2.0518, 28: 2.0484,
-    29: 2.0452, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799, math.inf: 1.9600,
-}
-
-
-def t975(df):
-    if df < 1:
-        raise ValueError(f"t quantile needs df >= 1, got {df}")
-    if df in _T975:
-        return _T975[df]
-    lo = max(k for k in _T975 if k < df)
-    hi = min(k for k in _T975 if k > df)
-    inv = lambda k: 0.0 if k == math.inf else 1.0 / k  # noqa: E731
-    frac = (inv(df) - inv(hi)) / (inv(lo) - inv(hi))
-    return _T975[hi] + frac * (_T975[lo] - _T975[hi])
-
-
-def harmonic(base, new):
-    return 2 * base * new / (base + new) if base + new else 0.0
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Values over seeds: mean, sample std (n - 1) and the 95% t-interval of the mean."""
-
-    values: tuple
-
-    @property
-    def n(self):
-        return len(self.values)
-
-    @property
-    def mean(self):
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self):
-        return statistics.stdev(self.values) if self.n > 1 else None
-
-    @property
-    def ci(self):
-        if self.n < 2:
-            return None
-        half = t975(self.n - 1) * self.std / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
-
-
-def summarize(values):
-    return Summary(tuple(values)) if values else None
+from tools import _paper
+from tools._runlog import BENCHMARK, DG_TARGETS, DISPLAY, XD_SOURCE, XD_TARGETS, RunKey, discover
+from tools._stats import harmonic, summarize
 
 
 def _f(x):
@@ -206,16 +121,18 @@ class Collector:
         self.runs = runs
         self.missing = []  # (relative path, problem)
 
-    def accuracies(self, key, expected, note_if=lambda seed: None):
-        """{seed: accuracy} of `key`'s finished runs. Records what is missing;
-        `note_if(seed)` (seed None: the whole key) may add to the problem."""
+    def accuracies(self, key, expected, dependents=(), note=None):
+        """{seed: accuracy} of `key`'s finished runs, recording each expected seed
+        without one; `note` is added where a seed of `dependents` (runs that need
+        this one, e.g. test_new for train_base) has a result all the same."""
         states = self.runs.get(key, {})
         if not states:
-            self.report(key.path("*"), "no runs", note_if(None))
+            self.report(key.path("*"), "no runs", note if dependents else None)
             return {}
         acc = {s: st.accuracy for s, st in states.items() if st.finished}
         for s in sorted(expected - acc.keys()):
-            self.report(key.path(s), states[s].problem() if s in states else "no run directory", note_if(s))
+            problem = states[s].problem() if s in states else "no run directory"
+            self.report(key.path(s), problem, note if s in dependents else None)
         return acc
 
     def report(self, path, problem, note=None):
@@ -238,52 +155,6 @@ def _expected(runs, keys, declared):
 # ---------------------------------------------------------------- base-to-new
 
 
-def load_paper(path=PAPER_FILE):
-    with open(path) as f:
-        return json.load(f)[PAPER_TABLE]
-
-
-def paper_cells(table, method):
-    """{display name | "Average": {"base"|"new"|"H": (value, printed or None)}} for
-    `method`: H recomputed from the printed Base/New, Average from the 11 printed
-    rows; `printed` is set where the printed value differs beyond rounding."""
-
-    def cells(values, printed):
-        return {
-            k: (v, printed[k] if printed and abs(v - printed[k]) > PAPER_TOLERANCE else None)
-            for k, v in values.items()
-        }
-
-    out = {}
-    for name, methods in table.items():
-        if name != "Average" and method in methods:
-            b, n = methods[method]["base"], methods[method]["new"]
-            out[name] = cells({"base": b, "new": n, "H": harmonic(b, n)}, methods[method])
-    rows = [out[_name(d)] for d in BENCHMARK if _name(d) in out]
-    if len(rows) == len(BENCHMARK):
-        b = statistics.fmean(r["base"][0] for r in rows)
-        n = statistics.fmean(r["new"][0] for r in rows)
-        out["Average"] = cells({"base": b, "new": n, "H": harmonic(b, n)}, table.get("Average", {}).get(method))
-    return out
-
-
-def _paper_note(method, cells):
-    differs = [
-        f"{name} {k} {printed:.2f}"
-        for name, row in cells.items()
-        for k, (_, printed) in row.items()
-        if printed is not None
-    ]
-    note = (
-        f"Paper: MoCoOp paper Table 1, method {method} (tools/paper_results.json). Some printed "
-        "cells are garbled (see the file's `_about`), so Paper H is recomputed as 2BN/(B+N) from "
-        "the printed Base and New, and Paper Average is the mean of the 11 printed dataset rows."
-    )
-    if differs:
-        note += " † differs from the printed value, which is: " + "; ".join(differs) + "."
-    return note
-
-
 def base2new_section(runs, declared, paper, col):
     intro = (
         "Cells: mean ± sample std over seeds [95% t-interval of the mean]. H = 2·B·N/(B+N) of the "
@@ -294,10 +165,7 @@ def base2new_section(runs, declared, paper, col):
     tables, csv_rows = [], []
     for (trainer, config, shots), keys in _groups(runs, "base2new", ("trainer", "config", "shots")).items():
         expected = _expected(runs, keys, declared)
-        method = PAPER_METHOD.get(trainer, trainer)
-        pub = paper_cells(paper, method) if paper is not None else None
-        if pub == {}:
-            pub = None
+        pub, notes = _paper.base2new_reference(paper, trainer) if paper is not None else ({}, [])
         headers = ["Dataset", "Seeds", "Base", "New", "H"]
         if pub:
             headers += ["Paper Base", "Paper New", "Paper H"]
@@ -307,15 +175,13 @@ def base2new_section(runs, declared, paper, col):
             bkey = RunKey("base2new", "train_base", d, shots, trainer, config)
             nkey = bkey._replace(part="test_new")
             if bkey not in runs and nkey not in runs:
-                col.report(f"base2new/*/{d}/shots_{shots}/{trainer}/{config}/seed*", "no runs for this dataset")
+                col.report(
+                    f"base2new/*/{d}/shots_{shots}/{trainer}/{config}/seed*", "no runs for this dataset"
+                )
                 continue
             new = col.accuracies(nkey, expected)
             base = col.accuracies(
-                bkey,
-                expected,
-                lambda s: "test_new has a result without it (new without base)"
-                if (s is None and new) or s in new
-                else None,
+                bkey, expected, new.keys(), "test_new has a result without it (new without base)"
             )
             flags = []
             if expected - base.keys():
@@ -329,7 +195,11 @@ def base2new_section(runs, declared, paper, col):
             h_seeds = summarize([harmonic(base[s], new[s]) for s in sorted(base.keys() & new.keys())])
             if d in BENCHMARK and b and n:
                 averaged.append((d, b.mean, n.mean, bool(flags)))
-            seeds = _seeds(base) if base.keys() == new.keys() else f"base {_seeds(base)}; new {_seeds(new)}"
+            seeds = (
+                _seeds(base)
+                if base.keys() == new.keys()
+                else f"base {_seeds(base) or 'none'}; new {_seeds(new) or 'none'}"
+            )
             h_cell = "—" if h is None else _f(h) + _spread(h_seeds, ci=True)
             row = [_name(d), seeds, _cell(b, ci=True), _cell(n, ci=True), h_cell]
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": _name(d)}
@@ -337,7 +207,7 @@ def base2new_section(runs, declared, paper, col):
             record |= {"new_seeds": _seeds(new)} | _stats_csv("new_", n)
             record |= {"H": _f(h)} | _stats_csv("H_seed_", h_seeds)
             if pub:
-                row += _paper_row(pub.get(_name(d)), record)
+                row += _paper_row(pub.get(_name(d), {}), record)
             row.append("; ".join(flags))
             record["flags"] = "; ".join(flags)
             rows.append(row)
@@ -354,16 +224,18 @@ def base2new_section(runs, declared, paper, col):
                 flags.append("includes flagged datasets")
             row = ["Average", "", _f(avg_b), _f(avg_n), _f(avg_h)]
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": "Average"}
-            record |= {"datasets": len(averaged), "base_mean": _f(avg_b), "new_mean": _f(avg_n), "H": _f(avg_h)}
+            record |= {
+                "datasets": len(averaged),
+                "base_mean": _f(avg_b),
+                "new_mean": _f(avg_n),
+                "H": _f(avg_h),
+            }
             if pub:
-                row += _paper_row(pub.get("Average"), record)
+                row += _paper_row(pub.get("Average", {}), record)
             row.append("; ".join(flags))
             record["flags"] = "; ".join(flags)
             rows.append(row)
             csv_rows.append(record)
-        notes = []
-        if paper is not None:
-            notes.append(_paper_note(method, pub) if pub else f"Paper: no published numbers for {trainer}.")
         tables.append(Table(f"{trainer} / {config} ({shots} shots)", headers, rows, notes))
     return Section("Base-to-new generalisation", intro, tables, "base2new.csv", csv_rows)
 
@@ -372,7 +244,7 @@ def _paper_row(cells, record):
     """Paper Base/New/H cells (and CSV fields) of one row; † marks recomputed cells."""
     out = []
     for k in ("base", "new", "H"):
-        value, printed = cells[k] if cells else (None, None)
+        value, printed = cells.get(k, (None, None))
         record[f"paper_{k}"] = _f(value)
         record[f"paper_{k}_printed"] = _f(printed)
         out.append("—" if value is None else _f(value) + ("†" if printed is not None else ""))
@@ -421,7 +293,7 @@ def fewshot_grids(runs, declared, col):
     return grids
 
 
-def fewshot_section(grids):
+def fewshot_section(grids, paper=None):
     intro = (
         "Cells: mean ± sample std over seeds (95% t-intervals in the CSV); ! = fewer seeds than "
         "expected (see the missing runs). Average: mean over the 11 datasets, with (k/11) when "
@@ -451,21 +323,25 @@ def fewshot_section(grids):
                     | {"complete": avg[1] == len(BENCHMARK) and avg[2]}
                 )
         rows.append(avg_row)
-        tables.append(Table(f"{g.trainer} / {g.config}", headers, rows))
+        notes = []
+        if paper is not None:
+            notes.append(
+                "Paper: the MoCoOp paper gives few-shot results only as a figure (Figure 3), not numbers."
+            )
+        tables.append(Table(f"{g.trainer} / {g.config}", headers, rows, notes))
     return Section("Few-shot learning (all classes)", intro, tables, "fewshot.csv", csv_rows)
 
 
 # ------------------------------------------------- cross-dataset and DG
 
 
-def xd_sections(runs, declared, col):
+def xd_sections(runs, declared, paper, col):
     intro = (
         "Trained once on ImageNet (all classes), evaluated on each target. Cells: mean ± sample "
         "std over seeds (95% t-intervals in the CSV); ! = fewer seeds than expected. Average: "
         "mean over the targets, with (k/n) when only k of the n targets have results and ! when "
         "any averaged cell has fewer seeds than expected."
     )
-    xd_rows, dg_rows, csv_rows = [], [], []
     extra_targets = set()
     groups = _groups(runs, "xd", ("trainer", "config", "shots"))
     results = {}
@@ -479,11 +355,7 @@ def xd_sections(runs, declared, col):
         tested_seeds = {s for k in tests.values() for s in runs[k] if runs[k][s].finished}
         cells = {}
         train_key = RunKey("xd", "train", XD_SOURCE, shots, trainer, config)
-        acc = col.accuracies(
-            train_key,
-            expected,
-            lambda s: "test results exist without it" if (s is None and tested_seeds) or s in tested_seeds else None,
-        )
+        acc = col.accuracies(train_key, expected, tested_seeds, "test results exist without it")
         cells[XD_SOURCE] = (summarize([acc[s] for s in sorted(acc)]), acc.keys() >= expected)
         for t in _ordered(XD_TARGETS + DG_TARGETS, tests.keys() | set(XD_TARGETS + DG_TARGETS)):
             acc = col.accuracies(train_key._replace(part="test", dataset=t), expected)
@@ -497,7 +369,9 @@ def xd_sections(runs, declared, col):
         for d, (s, complete) in cells.items():
             role = "source" if d == XD_SOURCE else "target"
             csv_rows.append(
-                group | {"dataset": _name(d), "role": role} | _stats_csv("", s)
+                group
+                | {"dataset": _name(d), "role": role}
+                | _stats_csv("", s)
                 | {"expected_n": expected_n, "complete": complete}
             )
         for rows, targets, shown, label in (
@@ -507,7 +381,8 @@ def xd_sections(runs, declared, col):
             avg = _average([cells[d] for d in targets])
             if avg:
                 csv_rows.append(
-                    group | {"dataset": f"Average ({label})", "role": "average", "n": avg[1]}
+                    group
+                    | {"dataset": f"Average ({label})", "role": "average", "n": avg[1]}
                     | {"mean": _f(avg[0]), "expected_n": len(targets)}
                     | {"complete": avg[1] == len(targets) and avg[2]}
                 )
@@ -517,23 +392,41 @@ def xd_sections(runs, declared, col):
 
     if not results:
         return []
+    xd_notes, dg_notes = [], []
+    if paper is not None:
+        xd_notes.append("Paper: tools/paper_results.json has no cross-dataset numbers.")
+        for trainer in dict.fromkeys(t for t, _, _ in results):
+            ref = _paper.dg_reference(paper, trainer)
+            if ref is None:
+                continue
+            name = f"{_paper.TABLE_NAME.get(trainer, trainer)} (paper)"
+            mean = statistics.fmean(ref[d] for d in DG_TARGETS)
+            dg_rows.append([name, "16"] + [_f(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [_f(mean)])
+            for d, value in ref.items():
+                csv_rows.append(
+                    {"trainer": name, "shots": 16, "dataset": _name(d), "role": "paper", "mean": _f(value)}
+                )
+        dg_notes.append(
+            "Rows (paper): MoCoOp paper Table 3 as printed (tools/paper_results.json), trained on 16 shots "
+            "of ImageNet; their Average is computed here over the four targets."
+        )
 
-    def table(title, targets, rows):
+    def table(title, targets, rows, notes):
         names = [_name(d) for d in [XD_SOURCE] + targets]
-        return Table(title, ["Method", "Shots"] + names + ["Average"], rows)
+        return Table(title, ["Method", "Shots"] + names + ["Average"], rows, notes)
 
     return [
         Section(
             "Cross-dataset transfer (source ImageNet)",
             intro,
-            [table("Cross-dataset", XD_TARGETS + extra, xd_rows)],
+            [table("Cross-dataset", XD_TARGETS + extra, xd_rows, xd_notes)],
             "xd.csv",
             csv_rows,
         ),
         Section(
             "Domain generalisation (source ImageNet)",
             "The same runs as the cross-dataset table, on the four ImageNet variants.",
-            [table("Domain generalisation", DG_TARGETS, dg_rows)],
+            [table("Domain generalisation", DG_TARGETS, dg_rows, dg_notes)],
             None,
             [],
         ),
@@ -547,7 +440,9 @@ def build_report(root, declared=(1, 2, 3), paper=None):
     """(sections, missing runs) of the output tree at `root`."""
     runs, problems = discover(root)
     if not runs and not problems:
-        raise SystemExit(f"error: no runs under {root} (expected base2new/, fewshot/ or xd/ as the scripts write them)")
+        raise SystemExit(
+            f"error: no runs under {root} (expected base2new/, fewshot/ or xd/ as the scripts write them)"
+        )
     col = Collector(runs)
     col.missing.extend(problems)
     sections = []
@@ -555,8 +450,8 @@ def build_report(root, declared=(1, 2, 3), paper=None):
         sections.append(base2new_section(runs, declared, paper, col))
     grids = fewshot_grids(runs, declared, col)
     if grids:
-        sections.append(fewshot_section(grids))
-    sections.extend(xd_sections(runs, declared, col))
+        sections.append(fewshot_section(grids, paper))
+    sections.extend(xd_sections(runs, declared, paper, col))
     return sections, sorted(col.missing)
 
 
@@ -584,14 +479,18 @@ def write_csv(path, rows, header=None):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.results", description=__doc__.split("\n\n")[0])
     p.add_argument("output_root", type=Path)
-    p.add_argument("--csv-dir", type=Path, help="where to write the CSV files (default: <output_root>/tables)")
-    p.add_argument("--paper", action="store_true", help="add the published numbers of tools/paper_results.json")
+    p.add_argument(
+        "--csv-dir", type=Path, help="where to write the CSV files (default: <output_root>/tables)"
+    )
+    p.add_argument(
+        "--paper", action="store_true", help="add the published numbers of tools/paper_results.json"
+    )
     p.add_argument("--seeds", default="1 2 3", help='seeds every group should have (default "1 2 3")')
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
         p.error(f"{args.output_root} is not a directory")
     declared = [int(s) for s in args.seeds.split()]
-    paper = load_paper() if args.paper else None
+    paper = _paper.load() if args.paper else None
     sections, missing = build_report(args.output_root, declared, paper)
     sys.stdout.write(render(args.output_root, sections, missing))
     csv_dir = args.csv_dir or args.output_root / "tables"

@@ -1,0 +1,353 @@
+"""tools.results and tools.plots on generated output trees with Dassl-format logs.
+
+The expected numbers were worked out by hand (and the t quantiles checked against
+scipy where it is installed): e.g. accuracies 70, 72, 74 give 72.00 ± 2.00 and the
+95% interval 72 ± 4.3027 * 2 / sqrt(3) = [67.03, 76.97].
+"""
+
+import csv
+import json
+
+import pytest
+
+from tools import _paper, results
+from tools._runlog import BENCHMARK, DISPLAY, LAYOUTS, last_result, read_run
+from tools._stats import t975
+from tools._synthetic import write_expert_stats, write_log
+
+OTHERS = "ImageNet, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, EuroSAT, UCF101"
+
+
+def run_dir(root, protocol, part, dataset, seed, trainer="CoOp", config="vit_b16", shots=16):
+    return root / LAYOUTS[protocol, part] / dataset / f"shots_{shots}" / trainer / config / f"seed{seed}"
+
+
+def finished(root, protocol, part, dataset, seed, acc, **kw):
+    """A finished run whose accuracy is `acc` (tenths of a percent of 1000 images)."""
+    return write_log(run_dir(root, protocol, part, dataset, seed, **kw), correct=round(acc * 10))
+
+
+def tables(sections, heading):
+    return next(s for s in sections if s.heading.startswith(heading)).tables
+
+
+@pytest.fixture
+def b2n_tree(tmp_path):
+    for seed, acc in ((1, 70), (2, 72), (3, 74)):
+        finished(tmp_path, "base2new", "train_base", "caltech101", seed, acc)
+    for seed, acc in ((1, 60), (2, 61), (3, 62)):
+        finished(tmp_path, "base2new", "test_new", "caltech101", seed, acc)
+    # Seed 2's first start logged 10%; the newer log (a re-run) is the one that counts.
+    write_log(run_dir(tmp_path, "base2new", "train_base", "caltech101", 2), correct=100)
+    write_log(
+        run_dir(tmp_path, "base2new", "train_base", "caltech101", 2), 720, name="log.txt-2024-01-02-03-04-05"
+    )
+    for seed, acc in ((1, 80), (2, 81), (3, 82)):
+        finished(tmp_path, "base2new", "train_base", "dtd", seed, acc)
+    for seed, acc in ((1, 50), (2, 52)):
+        finished(tmp_path, "base2new", "test_new", "dtd", seed, acc)
+    write_log(run_dir(tmp_path, "base2new", "test_new", "dtd", 3))  # interrupted: no result block
+    finished(tmp_path, "base2new", "test_new", "eurosat", 1, 90)  # new without base
+    return tmp_path
+
+
+def test_base2new_table(b2n_tree):
+    sections, missing = results.build_report(b2n_tree)
+    (table,) = tables(sections, "Base-to-new")
+    assert table.title == "CoOp / vit_b16 (16 shots)"
+    rows = {r[0]: r for r in table.rows}
+    assert rows["Caltech101"] == [
+        "Caltech101",
+        "1,2,3",
+        "72.00 ± 2.00 [67.03, 76.97]",
+        "61.00 ± 1.00 [58.52, 63.48]",
+        "66.05 ± 1.43 [62.50, 69.59]",  # H of the means; spread of the per-seed H
+        "",
+    ]
+    assert rows["DTD"] == [
+        "DTD",
+        "base 1,2,3; new 1,2",
+        "81.00 ± 1.00 [78.52, 83.48]",
+        "51.00 ± 1.41 [38.29, 63.71]",  # t(1) = 12.7062
+        "62.59 ± 1.27 [51.00, 73.87]",
+        "new missing seeds 3",
+    ]
+    assert rows["EuroSAT"] == [
+        "EuroSAT",
+        "base none; new 1",
+        "—",
+        "90.00",
+        "—",
+        "base missing seeds 1,2,3; new missing seeds 2,3; new without base: seeds 1",
+    ]
+    # H of the averaged Base (76.5) and New (56.0), not the mean of the H column (64.32);
+    # EuroSAT has no Base, so it is not averaged and the row says so.
+    assert rows["Average"] == [
+        "Average",
+        "",
+        "76.50",
+        "56.00",
+        "64.66",
+        f"over 2/11 datasets, without {OTHERS}; includes flagged datasets",
+    ]
+    assert list(rows) == ["Caltech101", "DTD", "EuroSAT", "Average"]
+    assert (
+        "base2new/test_new/dtd/shots_16/CoOp/vit_b16/seed3",
+        "unfinished: no result block in log.txt",
+    ) in missing
+    assert (
+        "base2new/train_base/eurosat/shots_16/CoOp/vit_b16/seed*",
+        "no runs; test_new has a result without it (new without base)",
+    ) in missing
+    assert ("base2new/test_new/eurosat/shots_16/CoOp/vit_b16/seed2", "no run directory") in missing
+    assert ("base2new/*/imagenet/shots_16/CoOp/vit_b16/seed*", "no runs for this dataset") in missing
+    assert len(missing) == 1 + 1 + 2 + 8  # dtd seed 3, eurosat base, eurosat new 2 and 3, 8 datasets
+
+
+def test_markdown_layout(tmp_path):
+    """The printed report of a one-dataset tree, character for character."""
+    for seed, (base, new) in enumerate(((70, 60), (72, 61), (74, 62)), start=1):
+        finished(tmp_path, "base2new", "train_base", "caltech101", seed, base)
+        finished(tmp_path, "base2new", "test_new", "caltech101", seed, new)
+    assert results.render("out", *results.build_report(tmp_path)) == GOLDEN_REPORT
+
+
+GOLDEN_REPORT = """\
+# Results: out
+
+## Base-to-new generalisation
+
+Cells: mean ± sample std over seeds [95% t-interval of the mean]. H = 2·B·N/(B+N) of the mean Base and mean New (the CoOp-family convention); its ± and interval are those of the per-seed H (Base and New of the same seed). Average: mean over the 11 datasets of the per-dataset means, its H from the averaged Base and New.
+
+### CoOp / vit_b16 (16 shots)
+
+| Dataset    | Seeds   | Base                        | New                         | H                           | Flags                                                                                                                              |
+|------------|---------|-----------------------------|-----------------------------|-----------------------------|------------------------------------------------------------------------------------------------------------------------------------|
+| Caltech101 | 1,2,3   | 72.00 ± 2.00 [67.03, 76.97] | 61.00 ± 1.00 [58.52, 63.48] | 66.05 ± 1.43 [62.50, 69.59] |                                                                                                                                    |
+| Average    |         | 72.00                       | 61.00                       | 66.05                       | over 1/11 datasets, without ImageNet, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101 |
+
+## Missing or unfinished runs (10)
+
+| Run                                                   | Problem                  |
+|-------------------------------------------------------|--------------------------|
+| base2new/*/dtd/shots_16/CoOp/vit_b16/seed*            | no runs for this dataset |
+| base2new/*/eurosat/shots_16/CoOp/vit_b16/seed*        | no runs for this dataset |
+| base2new/*/fgvc_aircraft/shots_16/CoOp/vit_b16/seed*  | no runs for this dataset |
+| base2new/*/food101/shots_16/CoOp/vit_b16/seed*        | no runs for this dataset |
+| base2new/*/imagenet/shots_16/CoOp/vit_b16/seed*       | no runs for this dataset |
+| base2new/*/oxford_flowers/shots_16/CoOp/vit_b16/seed* | no runs for this dataset |
+| base2new/*/oxford_pets/shots_16/CoOp/vit_b16/seed*    | no runs for this dataset |
+| base2new/*/stanford_cars/shots_16/CoOp/vit_b16/seed*  | no runs for this dataset |
+| base2new/*/sun397/shots_16/CoOp/vit_b16/seed*         | no runs for this dataset |
+| base2new/*/ucf101/shots_16/CoOp/vit_b16/seed*         | no runs for this dataset |
+"""
+
+
+def test_newest_log_and_last_block(tmp_path):
+    d = tmp_path / "run"
+    write_log(d, correct=500)
+    write_log(d, correct=800, name="log.txt-2024-01-02-00-00-00")
+    write_log(d, correct=100, name="log.txt-2024-01-01-00-00-00")
+    (d / "log.txt-notes").write_text("=> result\n* accuracy: 1.0%\n")  # not a Dassl log name
+    assert read_run(d).accuracy == 80.0 and read_run(d).log.name == "log.txt-2024-01-02-00-00-00"
+    # A newer start that has not finished makes the run unfinished, whatever older logs say.
+    write_log(d, name="log.txt-2024-01-03-00-00-00")
+    state = read_run(d)
+    assert (
+        not state.finished and state.problem() == "unfinished: no result block in log.txt-2024-01-03-00-00-00"
+    )
+
+    text = (
+        "=> result\n* total: 100\n* correct: 10\n* accuracy: 10.0%\n"
+        "epoch [2/2] ...\n"
+        "=> result\n* total: 10,000\n* correct: 7,123\n* accuracy: 71.2%\n* error: 28.8%\n"
+        "* macro_f1: 70.9%\nElapsed: 0:00:01\n"
+    )
+    assert last_result(text) == {
+        "total": 10000,
+        "correct": 7123,
+        "accuracy": 71.2,
+        "error": 28.8,
+        "macro_f1": 70.9,
+    }
+    assert last_result(text + "=> result\n* total: 5\n") is None  # the last block was cut off
+    assert last_result("no result here\n") is None
+    (tmp_path / "exact").mkdir()
+    (tmp_path / "exact" / "log.txt").write_text(text)
+    assert read_run(tmp_path / "exact").accuracy == pytest.approx(
+        71.23
+    )  # correct/total, not the rounded 71.2
+
+
+def test_fewshot_table(tmp_path):
+    for seed in (1, 2, 3):
+        finished(tmp_path, "fewshot", "", "caltech101", seed, 49 + seed, shots=1)
+        finished(tmp_path, "fewshot", "", "caltech101", seed, 59 + seed, shots=2)
+    for seed in (1, 2):
+        finished(tmp_path, "fewshot", "", "dtd", seed, 39 + seed, shots=1)
+    sections, missing = results.build_report(tmp_path)
+    (table,) = tables(sections, "Few-shot")
+    assert table.headers == ["Dataset", "1 shot", "2 shots"]
+    assert table.rows == [
+        ["Caltech101", "51.00 ± 1.00", "61.00 ± 1.00"],
+        ["DTD", "40.50 ± 0.71 !", "—"],
+        ["Average", "45.75 (2/11) !", "61.00 (1/11)"],
+    ]
+    assert ("fewshot/dtd/shots_1/CoOp/vit_b16/seed3", "no run directory") in missing
+    assert ("fewshot/dtd/shots_2/CoOp/vit_b16/seed*", "no runs") in missing
+    assert ("fewshot/sun397/shots_*/CoOp/vit_b16/seed*", "no runs for this dataset") in missing
+    assert len(missing) == 2 + 9
+
+
+def test_xd_and_dg_tables(tmp_path):
+    for seed in (1, 2):
+        finished(tmp_path, "xd", "train", "imagenet", seed, 69.5 + seed)
+        finished(tmp_path, "xd", "test", "caltech101", seed, 89.5 + seed)
+        finished(tmp_path, "xd", "test", "imagenet_a", seed, 49.5 + seed)
+    for seed in (1, 2, 3):
+        finished(tmp_path, "xd", "test", "dtd", seed, 39 + seed)
+    sections, missing = results.build_report(tmp_path)
+    (xd,) = tables(sections, "Cross-dataset")
+    (dg,) = tables(sections, "Domain generalisation")
+    assert xd.headers[:4] == ["Method", "Shots", "ImageNet", "Caltech101"] and xd.headers[-1] == "Average"
+    # Seed 3 exists for dtd only, so it is expected everywhere: 2-seed cells are flagged.
+    assert xd.rows == [
+        ["CoOp / vit_b16", "16", "71.00 ± 0.71 !", "91.00 ± 0.71 !"]
+        + ["—"] * 6
+        + ["41.00 ± 1.00", "—", "—", "66.00 (2/10) !"]
+    ]
+    assert dg.rows == [
+        ["CoOp / vit_b16", "16", "71.00 ± 0.71 !", "—", "—", "51.00 ± 0.71 !", "—", "51.00 (1/4) !"]
+    ]
+    assert (
+        "xd/train/imagenet/shots_16/CoOp/vit_b16/seed3",
+        "no run directory; test results exist without it",
+    ) in missing
+    assert ("xd/test/imagenet_a/shots_16/CoOp/vit_b16/seed3", "no run directory") in missing
+    assert ("xd/test/sun397/shots_16/CoOp/vit_b16/seed*", "no runs") in missing
+    assert len(missing) == 1 + 2 + 11  # train seed 3, caltech101/imagenet_a seed 3, 11 targets without runs
+
+
+def test_paper_columns(tmp_path):
+    for seed in (1, 2, 3):
+        for trainer in ("ZeroshotCLIP", "KgCoOp", "MoPD", "Other"):
+            finished(tmp_path, "base2new", "train_base", "imagenet", seed, 72, trainer=trainer)
+            finished(tmp_path, "base2new", "test_new", "imagenet", seed, 68, trainer=trainer)
+    finished(tmp_path, "xd", "train", "imagenet", 1, 71, trainer="KgCoOp")
+    finished(tmp_path, "xd", "test", "imagenet_r", 1, 76, trainer="KgCoOp")
+    sections, _ = results.build_report(tmp_path, declared=[1], paper=_paper.load())
+    by_trainer = {t.title.split(" /")[0]: t for t in tables(sections, "Base-to-new")}
+
+    clip = by_trainer["ZeroshotCLIP"]  # the paper's CLIP
+    assert clip.headers == [
+        "Dataset",
+        "Seeds",
+        "Base",
+        "New",
+        "H",
+        "Paper Base",
+        "Paper New",
+        "Paper H",
+        "Flags",
+    ]
+    assert clip.rows[0][:2] + clip.rows[0][5:8] == ["ImageNet", "1,2,3", "72.43", "68.14", "70.22"]
+    # Printed CLIP Average 70.25 / 74.22 / 71.57; the 11 printed rows average 69.34 / 74.22.
+    assert clip.rows[-1][5:8] == ["69.34†", "74.22", "71.70†"]
+    assert "Base / New / H 69.34 / 74.22 / 71.70" in clip.notes[1]  # CLIP's own report agrees
+
+    kg = by_trainer["KgCoOp"]
+    # Printed ImageNet H 71.89 is not the harmonic mean of 75.83 and 69.96 (72.78).
+    assert kg.rows[0][5:8] == ["75.83", "69.96", "72.78†"]
+    # The printed Average (73.63 / 76.90 / 83.22) is garbled; the mean of the 11 rows is shown.
+    assert kg.rows[-1][0] == "Average" and kg.rows[-1][5:8] == ["81.64†", "73.61†", "77.41†"]
+    assert "ImageNet H 71.89" in kg.notes[0]
+    assert "Average base 73.63; Average new 76.90; Average H 83.22" in kg.notes[0]
+    assert kg.notes[1] == (
+        "Average reported by the KgCoOp paper or its README (`base_to_new_average_anchors`): "
+        "Base / New / H 80.73 / 73.60 / 77.00."
+    )
+
+    mopd = by_trainer["MoPD"]  # only an average H is published
+    assert mopd.rows[0][5:8] == ["—", "—", "—"] and mopd.rows[-1][5:8] == ["—", "—", "77.90"]
+    assert by_trainer["Other"].headers[-1] == "Flags" and "Paper Base" not in by_trainer["Other"].headers
+    assert by_trainer["Other"].notes == ["Paper: no published numbers for Other."]
+
+    (dg,) = tables(sections, "Domain generalisation")
+    # MoCoOp's Table 3 order (ImageNet, -R, -A, -Sketch, -V2) mapped onto this table's columns.
+    assert dg.rows[1] == ["KgCoOp (paper)", "16", "71.20", "64.10", "48.97", "50.69", "76.70", "60.11"]
+    assert dg.notes and tables(sections, "Cross-dataset")[0].notes
+
+
+def test_paper_json_is_the_reference_data():
+    data = _paper.load()
+    table = data["mocoop_table1_base_to_new"]
+    assert [k for k in table if k != "Average"] == [DISPLAY[d] for d in BENCHMARK]
+    assert table["ImageNet"]["MoCoOp"] == {"base": 76.52, "new": 69.2, "H": 72.67}
+    assert data["mocoop_table3_domain_generalisation"]["columns"][0] == "ImageNet"
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 30, 35, 50, 100, 200, 1000])
+def test_t_quantiles(df):
+    scipy_stats = pytest.importorskip(
+        "scipy.stats", reason="scipy checks the t table; the tool does not need it"
+    )
+    assert t975(df) == pytest.approx(float(scipy_stats.t.ppf(0.975, df)), abs=2e-3)
+
+
+def test_cli_writes_csv(b2n_tree, tmp_path, capsys):
+    csv_dir = tmp_path / "csv"
+    results.main([str(b2n_tree), "--csv-dir", str(csv_dir)])
+    out = capsys.readouterr().out
+    assert "## Base-to-new generalisation" in out and "## Missing or unfinished runs (12)" in out
+    with open(csv_dir / "base2new.csv") as f:
+        rows = {r["dataset"]: r for r in csv.DictReader(f)}
+    assert rows["Caltech101"]["base_mean"] == "72.00" and rows["Caltech101"]["base_std"] == "2.00"
+    assert (rows["Caltech101"]["base_ci95_low"], rows["Caltech101"]["base_ci95_high"]) == ("67.03", "76.97")
+    assert rows["DTD"]["new_seeds"] == "1,2" and rows["DTD"]["flags"] == "new missing seeds 3"
+    assert rows["Average"]["H"] == "64.66" and rows["Average"]["datasets"] == "2"
+    with open(csv_dir / "missing_runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(SystemExit, match="no runs under"):
+        results.build_report(tmp_path)
+    (tmp_path / "fewshot/dtd/shots_1/CoOp/vit_b16/old-seed1").mkdir(parents=True)
+    _, missing = results.build_report(tmp_path)
+    assert missing == [
+        (
+            "fewshot/dtd/shots_1/CoOp/vit_b16/old-seed1",
+            "not a run directory (expected <dataset>/shots_<K>/<Trainer>/<config>/seed<N>)",
+        )
+    ]
+
+
+def test_plots(tmp_path):
+    from tools import plots
+
+    for seed in (1, 2, 3):
+        for k in (1, 2):
+            finished(tmp_path, "fewshot", "", "dtd", seed, 40 + k + seed, shots=k)
+            finished(tmp_path, "fewshot", "", "dtd", seed, 50 + k, shots=k, trainer="MoCoOp", config="c4")
+        stats = write_expert_stats(
+            run_dir(tmp_path, "base2new", "train_base", "dtd", seed, "MoCoOp", "c4"), [0.5] * 4
+        )
+    # No test record in the last file: its train record is used.
+    data = json.loads(stats.read_text())
+    data["records"] = [r for r in data["records"] if r["split"] == "train"]
+    stats.write_text(json.dumps(data))
+    assert plots.read_selection(stats)[2:] == ("train", 2)
+    out = tmp_path / "png"
+    plots.main([str(tmp_path), "--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "expert_stats_base2new_train_base_shots16_MoCoOp_c4.png",
+        "fewshot.png",
+        "fewshot_average.png",
+    ]
+    assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+
+    data["records"][-1]["selection_share"] = [1.0]
+    stats.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not match names"):
+        plots.read_selection(stats)
