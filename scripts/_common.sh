@@ -30,9 +30,8 @@ check_setup() {
         die "DATA=$DATA is not a directory"
     fi
     local n
-    # train.py ignores --seed 0 (CoOp's `if args.seed:`), so it would silently run unseeded.
     for n in $SEEDS; do
-        [[ $n =~ ^[1-9][0-9]*$ ]] || die "SEEDS must be positive integers, got '$n'"
+        [[ $n =~ ^[0-9]+$ ]] || die "SEEDS must be non-negative integers, got '$n'"
     done
     for n in $SHOTS ${SHOTS_LIST:-}; do
         [[ $n =~ ^[1-9][0-9]*$ ]] || die "SHOTS/SHOTS_LIST must be positive integers, got '$n'"
