@@ -546,20 +546,26 @@ def pretraining_batch(rng, batch_size):
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "unseen": 3}
 
 
-def render_class_set(seed, split, name, n):
-    """n downstream images (all cluttered, styles balanced) of composition `name`.
+def _class_stream(seed, split, name, n):
+    """The random stream of (seed, split, class) and its balanced styles (its first draw)."""
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], ALL_CLASSNAMES.index(name)])
+    return rng, rng.permutation(np.resize(np.arange(len(STYLES)), n))
+
+
+def render_class_set(seed, split, name, n, cluttered=True):
+    """n downstream images (cluttered, styles balanced) of composition `name`.
 
     Returns (uint8 images, style indices). Each (seed, split, class) has its own random stream,
     so a class's images do not depend on the other classes or on the split sizes of others.
+    cluttered=False gives the same scenes without the clutter (to measure the shift).
     """
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], ALL_CLASSNAMES.index(name)])
-    style_ids = rng.permutation(np.resize(np.arange(len(STYLES)), n))
+    rng, style_ids = _class_stream(seed, split, name, n)
     shape_index, colour_index = class_parts(name)
-    images = render(rng, [shape_index] * n, [colour_index] * n, style_ids, True)
+    images = render(rng, [shape_index] * n, [colour_index] * n, style_ids, cluttered)
     return images, style_ids
 
 
-def render_split(seed, split, n_per_class=None, classnames=None):
+def render_split(seed, split, n_per_class=None, classnames=None, cluttered=True):
     """(images, labels, style indices) of a split; labels index `classnames` (default CLASSNAMES).
 
     With the defaults this is exactly the content of the generated dataset's split
@@ -569,7 +575,7 @@ def render_split(seed, split, n_per_class=None, classnames=None):
     n = SPLIT_SIZES.get(split, SPLIT_SIZES["test"]) if n_per_class is None else n_per_class
     images, labels, styles = [], [], []
     for label, name in enumerate(classnames):
-        imgs, style_ids = render_class_set(seed, split, name, n)
+        imgs, style_ids = render_class_set(seed, split, name, n, cluttered)
         images.append(imgs)
         labels += [label] * n
         styles.append(style_ids)
@@ -582,20 +588,36 @@ def _png_bytes(image):
     return buffer.getvalue()
 
 
+def _image_path(name, split, i, style_index):
+    return f"{class_folder(name)}/{split}_{i:03d}_{STYLES[style_index]}.png"
+
+
+def world_split(seed=DEFAULT_SEED, split_sizes=None):
+    """The split file's content {split: [[path under images/, label, classname], ...]}.
+
+    Cheap (renders nothing): `generate` uses it to reject a different world early.
+    """
+    split_sizes = dict(SPLIT_SIZES if split_sizes is None else split_sizes)
+    split = {}
+    for split_name, n in split_sizes.items():
+        split[split_name] = [
+            [_image_path(name, split_name, i, style_index), label, name]
+            for label, name in enumerate(CLASSNAMES)
+            for i, style_index in enumerate(_class_stream(seed, split_name, name, n)[1])
+        ]
+    return split
+
+
 def build_world_files(seed=DEFAULT_SEED, split_sizes=None):
     """Every file of the dataset as {relative path under demo_world/: bytes}."""
     split_sizes = dict(SPLIT_SIZES if split_sizes is None else split_sizes)
-    files, split = {}, {}
+    files = {}
     for split_name, n in split_sizes.items():
-        rows = []
-        for label, name in enumerate(CLASSNAMES):
+        for name in CLASSNAMES:
             images, style_ids = render_class_set(seed, split_name, name, n)
             for i, (image, style_index) in enumerate(zip(images, style_ids)):
-                rel = f"{class_folder(name)}/{split_name}_{i:03d}_{STYLES[style_index]}.png"
-                files[f"{IMAGE_DIR}/{rel}"] = _png_bytes(image)
-                rows.append([rel, label, name])
-        split[split_name] = rows
-    files[SPLIT_FILE] = _split_json(split).encode()
+                files[f"{IMAGE_DIR}/{_image_path(name, split_name, i, style_index)}"] = _png_bytes(image)
+    files[SPLIT_FILE] = _split_json(world_split(seed, split_sizes)).encode()
     return files
 
 
@@ -608,14 +630,17 @@ def _split_json(split):
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _existing_files(directory):
     found = {}
     for dirpath, _, filenames in os.walk(directory):
         for filename in filenames:
             path = os.path.join(dirpath, filename)
-            rel = os.path.relpath(path, directory).replace(os.sep, "/")
-            with open(path, "rb") as f:
-                found[rel] = f.read()
+            found[os.path.relpath(path, directory).replace(os.sep, "/")] = _read(path)
     return found
 
 
@@ -624,16 +649,22 @@ def generate(root, seed=DEFAULT_SEED, split_sizes=None, log=print):
 
     An existing identical world is left as it is; an existing different one is an error.
     """
-    files = build_world_files(seed, split_sizes)
     target = os.path.join(root, DATASET_DIR)
+    different = FileExistsError(
+        f"{target} exists and differs from the world that seed {seed} generates. "
+        "Delete it yourself, or pass another --root."
+    )
     if os.path.exists(target):
-        if _existing_files(target) == files:
-            log(f"{target} already holds this world (seed {seed}): nothing to do.")
-            return target
-        raise FileExistsError(
-            f"{target} exists and differs from the world that seed {seed} generates. "
-            "Delete it yourself, or pass another --root."
-        )
+        split_path = os.path.join(target, SPLIT_FILE)
+        expected = _split_json(world_split(seed, split_sizes)).encode()
+        if not os.path.isfile(split_path) or _read(split_path) != expected:
+            raise different
+    files = build_world_files(seed, split_sizes)
+    if os.path.exists(target):
+        if _existing_files(target) != files:
+            raise different
+        log(f"{target} already holds this world (seed {seed}): nothing to do.")
+        return target
     os.makedirs(root, exist_ok=True)
     # Written to a sibling temporary folder then renamed, so that an interrupted run leaves
     # no half-written world behind.
