@@ -272,6 +272,12 @@ def test_paper_columns(tmp_path):
     assert by_trainer["Other"].headers[-1] == "Flags" and "Paper Base" not in by_trainer["Other"].headers
     assert by_trainer["Other"].notes == ["Paper: no published numbers for Other."]
 
+    finished(tmp_path, "base2new", "train_base", "imagenet", 1, 72, shots=4)
+    sections, _ = results.build_report(tmp_path, declared=[1], paper=_paper.load())
+    four_shots = tables(sections, "Base-to-new")[0]
+    assert four_shots.title == "CoOp / vit_b16 (4 shots)" and "Paper Base" not in four_shots.headers
+    assert four_shots.notes == ["Paper: the published numbers are for 16 shots; none are shown here."]
+
     (dg,) = tables(sections, "Domain generalisation")
     # MoCoOp's Table 3 order (ImageNet, -R, -A, -Sketch, -V2) mapped onto this table's columns.
     assert dg.rows[1] == ["KgCoOp (paper)", "16", "71.20", "64.10", "48.97", "50.69", "76.70", "60.11"]

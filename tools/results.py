@@ -165,7 +165,11 @@ def base2new_section(runs, declared, paper, col):
     tables, csv_rows = [], []
     for (trainer, config, shots), keys in _groups(runs, "base2new", ("trainer", "config", "shots")).items():
         expected = _expected(runs, keys, declared)
-        pub, notes = _paper.base2new_reference(paper, trainer) if paper is not None else ({}, [])
+        pub, notes = {}, []
+        if paper is not None and shots == _paper.SHOTS:
+            pub, notes = _paper.base2new_reference(paper, trainer)
+        elif paper is not None:
+            notes = [f"Paper: the published numbers are for {_paper.SHOTS} shots; none are shown here."]
         headers = ["Dataset", "Seeds", "Base", "New", "H"]
         if pub:
             headers += ["Paper Base", "Paper New", "Paper H"]
