@@ -125,10 +125,43 @@ run_in() {
 }
 
 # train_py SEED DATASET CONFIG_FILE OUTDIR: sets CMD to the train.py prefix
-# shared by every run; callers append flags and KEY VALUE options.
+# shared by every run.
 train_py() {
     CMD=("$PYTHON" train.py --root "$DATA" --seed "$1" --trainer "$TRAINER"
         --dataset-config-file "configs/datasets/$2.yaml" --config-file "$3" --output-dir "$4")
+}
+
+# train_cmd SEED DATASET CONFIG_FILE OUTDIR: sets CMD to train into OUTDIR (a
+# zero-shot trainer is evaluated instead); callers append KEY VALUE options.
+train_cmd() {
+    train_py "$@"
+    if is_zero_shot "$TRAINER"; then
+        CMD+=(--eval-only)
+    fi
+}
+
+# eval_cmd SEED DATASET CONFIG_FILE OUTDIR MODEL_DIR: sets CMD to evaluate the
+# finished run in MODEL_DIR into OUTDIR (a zero-shot trainer has no model to load).
+eval_cmd() {
+    train_py "$1" "$2" "$3" "$4"
+    if ! is_zero_shot "$TRAINER"; then
+        require_model "$5"
+        CMD+=(--model-dir "$5")
+    fi
+    CMD+=(--eval-only)
+}
+
+# dataset_script_args ARGS...: the checks of a one-dataset script
+# (<dataset> <Trainer> <config>); sets DATASET, TRAINER, CFG and CFG_FILE.
+dataset_script_args() {
+    if [ $# -ne 3 ]; then
+        echo "usage: DATA=/path/to/data bash $0 <dataset> <Trainer> <config>" >&2
+        exit 2
+    fi
+    DATASET=$1 TRAINER=$2 CFG=$3
+    check_setup
+    dataset_config "$DATASET" >/dev/null
+    CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$DATASET")
 }
 
 # for_each_dataset SCRIPT TRAINER CONFIG: bash scripts/SCRIPT <dataset> TRAINER

@@ -9,29 +9,15 @@
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 
-if [ $# -ne 3 ]; then
-    echo "usage: DATA=/path/to/data bash $0 <dataset> <Trainer> <config>" >&2
-    exit 2
-fi
-DATASET=$1 TRAINER=$2 CFG=$3
-check_setup
-dataset_config "$DATASET" >/dev/null
-CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$DATASET")
+dataset_script_args "$@"
 
 for SEED in $SEEDS; do
     BASE_DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
     NEW_DIR=$OUTPUT/base2new/test_new/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
 
-    train_py "$SEED" "$DATASET" "$CFG_FILE" "$BASE_DIR"
-    if is_zero_shot "$TRAINER"; then
-        CMD+=(--eval-only)
-    fi
+    train_cmd "$SEED" "$DATASET" "$CFG_FILE" "$BASE_DIR"
     run_in "$BASE_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base
 
-    train_py "$SEED" "$DATASET" "$CFG_FILE" "$NEW_DIR"
-    if ! is_zero_shot "$TRAINER"; then
-        require_model "$BASE_DIR"
-        CMD+=(--model-dir "$BASE_DIR")
-    fi
-    run_in "$NEW_DIR" "${CMD[@]}" --eval-only DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new
+    eval_cmd "$SEED" "$DATASET" "$CFG_FILE" "$NEW_DIR" "$BASE_DIR"
+    run_in "$NEW_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new
 done

@@ -9,22 +9,12 @@ set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 SHOTS_LIST=${SHOTS_LIST:-"1 2 4 8 16"}
 
-if [ $# -ne 3 ]; then
-    echo "usage: DATA=/path/to/data bash $0 <dataset> <Trainer> <config>" >&2
-    exit 2
-fi
-DATASET=$1 TRAINER=$2 CFG=$3
-check_setup
-dataset_config "$DATASET" >/dev/null
-CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$DATASET")
+dataset_script_args "$@"
 
 for K in $SHOTS_LIST; do
     for SEED in $SEEDS; do
         DIR=$OUTPUT/fewshot/$DATASET/shots_$K/$TRAINER/$CFG/seed$SEED
-        train_py "$SEED" "$DATASET" "$CFG_FILE" "$DIR"
-        if is_zero_shot "$TRAINER"; then
-            CMD+=(--eval-only)
-        fi
+        train_cmd "$SEED" "$DATASET" "$CFG_FILE" "$DIR"
         run_in "$DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$K" DATASET.SUBSAMPLE_CLASSES all
     done
 done

@@ -26,21 +26,12 @@ CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$SOURCE")
 
 for SEED in $SEEDS; do
     TRAIN_DIR=$OUTPUT/xd/train/$SOURCE/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-    train_py "$SEED" "$SOURCE" "$CFG_FILE" "$TRAIN_DIR"
-    if is_zero_shot "$TRAINER"; then
-        CMD+=(--eval-only)
-    fi
+    train_cmd "$SEED" "$SOURCE" "$CFG_FILE" "$TRAIN_DIR"
     run_in "$TRAIN_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all
 
-    if ! is_zero_shot "$TRAINER"; then
-        require_model "$TRAIN_DIR"
-    fi
     for T in $TARGETS; do
         TEST_DIR=$OUTPUT/xd/test/$T/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-        train_py "$SEED" "$T" "$CFG_FILE" "$TEST_DIR"
-        if ! is_zero_shot "$TRAINER"; then
-            CMD+=(--model-dir "$TRAIN_DIR")
-        fi
-        run_in "$TEST_DIR" "${CMD[@]}" --eval-only
+        eval_cmd "$SEED" "$T" "$CFG_FILE" "$TEST_DIR" "$TRAIN_DIR"
+        run_in "$TEST_DIR" "${CMD[@]}"
     done
 done
