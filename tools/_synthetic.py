@@ -93,7 +93,7 @@ def write_demo(root, seed=0):
         write_log(path, round(10 * acc))
         if trainer == "MoCoOp":
             raw = [rng.uniform(0.5, 1.5) for _ in range(4)]
-            write_expert_stats(path, [2 * r / sum(raw) for r in raw])  # top-2: shares sum to 2
+            write_expert_stats(path, [r / sum(raw) for r in raw])  # shares sum to 1, as RoutingStats writes
 
     for trainer, config, gain in _DEMO_METHODS:
         for d, (base, new) in _DEMO_CENTRES.items():
