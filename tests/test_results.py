@@ -336,7 +336,7 @@ def test_plots(tmp_path):
             finished(tmp_path, "fewshot", "", "dtd", seed, 40 + k + seed, shots=k)
             finished(tmp_path, "fewshot", "", "dtd", seed, 50 + k, shots=k, trainer="MoCoOp", config="c4")
         stats = write_expert_stats(
-            run_dir(tmp_path, "base2new", "train_base", "dtd", seed, "MoCoOp", "c4"), [0.5] * 4
+            run_dir(tmp_path, "base2new", "train_base", "dtd", seed, "MoCoOp", "c4"), [0.25] * 4
         )
     # No test record in the last file: its train record is used.
     data = json.loads(stats.read_text())
