@@ -18,7 +18,7 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import clip
-    from clip.model import CLIP, build_model
+    from clip.model import CLIP, build_model, convert_weights
 
 
 class CheckpointError(RuntimeError):
@@ -79,14 +79,18 @@ def read_state_dict(path):
 
 
 def load_clip(name, download_root="", dtype=torch.float32):
-    """Build a frozen, eval-mode CLIP from `name`, with weights in `dtype`."""
+    """Build a frozen, eval-mode CLIP from `name`, in fp32 or in OpenAI's fp16 layout."""
     path = resolve_checkpoint(name, download_root)
     state_dict = read_state_dict(path)
     try:
-        model = build_model(dict(state_dict))
+        model = build_model(dict(state_dict)).float()
         # build_model rounds weights through fp16; reload so fp32 checkpoints stay exact.
-        model = model.to(dtype)
         model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()})
+        if dtype == torch.float16:
+            # OpenAI's fp16 layout: matmul weights in fp16, LayerNorms and embeddings in fp32.
+            convert_weights(model)
+        elif dtype != torch.float32:
+            raise ValueError(f"CLIP weights can be float32 or float16, not {dtype}")
     except (KeyError, RuntimeError, AssertionError) as err:
         raise CheckpointError(
             f"{path} is not a complete CLIP state dict ({type(err).__name__}: {err})."

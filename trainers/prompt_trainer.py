@@ -262,6 +262,7 @@ class PromptTrainer(TrainerX):
                 )
             load_learnable(self._models[name], ckpt["state_dict"], path)
             print(f"Loaded {path} (epoch {ckpt['epoch']})")
+            self.epoch = ckpt["epoch"] - 1  # evaluation logs refer to the loaded epoch
 
 
 def learnable_state(model):

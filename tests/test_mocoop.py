@@ -1,0 +1,187 @@
+"""MoCoOp: the model (gradients, caching, class order), checkpoints, and end-to-end runs."""
+
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+
+import train  # noqa: E402
+from clipprompt import mixture  # noqa: E402
+from clipprompt.clip_loading import build_tiny_clip  # noqa: E402
+from clipprompt.templates import fill  # noqa: E402
+from clipprompt.text_encoder import TextEncoder, encode_texts  # noqa: E402
+from tests.dataset_layouts import make_oxford_pets  # noqa: E402
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train  # noqa: E402
+from trainers.mocoop import MixtureCLIP  # noqa: E402
+
+PETS = "configs/datasets/oxford_pets.yaml"
+PRESETS = {p: f"configs/trainers/MoCoOp/{p}_vit_b16_ep25.yaml" for p in ("paper", "release")}
+BASE = ["abyssinian", "beagle"]
+NEW = ["bengal", "boxer", "chihuahua"]
+
+
+def make_cfg(preset="paper", *opts):
+    args = ["--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", PRESETS[preset], *opts]
+    return train.setup_cfg(train.parse_args(args))
+
+
+def build(cfg, clip_model, classnames=BASE, text_classnames=BASE + NEW):
+    prompts = cfg.DATASET.PROMPTS
+    templates = list(prompts.EXPERT_TEMPLATES)
+    groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
+    return MixtureCLIP(cfg, groups, templates, classnames, text_classnames, clip_model, TextEncoder(clip_model))
+
+
+def fresh_clip():
+    """A frozen tiny CLIP of its own (FINETUNE_IMAGE_LN changes requires_grad in place)."""
+    return build_tiny_clip().requires_grad_(False)
+
+
+def batch():
+    return torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("preset", ["paper", "release"])
+def test_gradients_reach_exactly_the_learnable_tensors(preset):
+    model = build(make_cfg(preset), fresh_clip())
+    terms, *_ = model.losses(*batch())
+    assert set(terms) == {"loss_cls", "loss_router", "loss_text"}
+    sum(terms.values()).backward()
+    learnable = {"prompt_learner.ctx", "router.linear.weight", "router.linear.bias"}
+    if preset == "release":
+        learnable |= {"text_bias"} | {n for n, _ in model.image_encoder.named_parameters(prefix="image_encoder")
+                                      if ".ln_" in n or n.startswith("image_encoder.ln_")}
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert got == learnable
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == learnable
+
+
+def test_each_loss_term_trains_its_own_part(tiny_clip):
+    model = build(make_cfg("paper"), tiny_clip)
+    terms, *_ = model.losses(*batch())
+    expected = {
+        "loss_cls": {"prompt_learner.ctx", "router.linear.weight", "router.linear.bias"},
+        "loss_router": {"router.linear.weight", "router.linear.bias"},
+        "loss_text": {"prompt_learner.ctx"},
+    }
+    for name, term in terms.items():
+        model.zero_grad()
+        term.backward(retain_graph=True)
+        got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert got == expected[name], name
+
+
+def test_cached_evaluation_matches_uncached_forward(tiny_clip):
+    model = build(make_cfg("release"), tiny_clip).eval()
+    with torch.no_grad():
+        model.text_bias.add_(0.1)
+        image, _ = batch()
+        uncached = model(image)
+        with model.cached_text_features():
+            assert model._text_cache.shape == (model.num_experts, len(BASE), 32)
+            cached = model(image)
+    torch.testing.assert_close(cached, uncached)
+    assert model._text_cache is None
+
+
+def test_training_step_encodes_every_prompt_once(tiny_clip, monkeypatch):
+    model = build(make_cfg("paper"), tiny_clip)
+    calls = []
+    encode = model.text_encoder.forward
+    monkeypatch.setattr(model.text_encoder, "forward", lambda x, eot: calls.append(x.shape[0]) or encode(x, eot))
+    model.losses(*batch())
+    assert calls == [model.num_experts * (len(BASE) + len(NEW))]
+
+
+def test_base_to_new_targets_use_each_images_own_class(tiny_clip):
+    """Text classes are the base classes first, then the virtual new ones; the class-mode
+    router target of a base image is built from its own class's hard features."""
+    cfg = make_cfg("release")
+    model = build(cfg, tiny_clip)
+    templates = list(cfg.DATASET.PROMPTS.EXPERT_TEMPLATES)
+    groups = model.groups
+    encoder = TextEncoder(tiny_clip)
+    label = torch.tensor([1, 0])
+    for y in label.tolist():
+        own = torch.stack([encode_texts(encoder, tiny_clip.token_embedding, [fill(t, BASE[y])])[0] for t in templates])
+        for g, idx in enumerate(groups):
+            expected = torch.nn.functional.normalize(own[idx].mean(0), dim=0)
+            torch.testing.assert_close(model.prototypes[g, y], expected, atol=1e-5, rtol=1e-5)
+    v = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    target = mixture.router_target(v, label, model.prototypes, model.group_mean, "class", 0.0, 1.0)
+    sims = torch.stack([v[b] @ model.prototypes[:, label[b]].t() for b in range(2)])
+    torch.testing.assert_close(target, sims.softmax(dim=1))
+
+
+@pytest.mark.parametrize("prec", ["fp16", "amp"])
+def test_every_precision_keeps_every_loss_term(prec):
+    cfg = make_cfg("release", "TRAINER.PREC", prec)
+    clip_model = fresh_clip()
+    if prec == "fp16":
+        from clip.model import convert_weights
+
+        convert_weights(clip_model)
+    model = build(cfg, clip_model)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if prec == "amp" else torch.no_grad()
+    with context:
+        terms, logits, *_ = model.losses(*batch())
+    assert set(terms) == {"loss_cls", "loss_router", "loss_text"}
+    assert all(torch.isfinite(t) and t.dtype == torch.float32 for t in terms.values())
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
+    randomise_images(generated.dataset_dir)
+    return str(root)
+
+
+def mocoop_run(preset, root, clip_path, out, flags=(), opts=(), check=True):
+    return run_train("--seed", 1, "--trainer", "MoCoOp", "--config-file", PRESETS[preset], "--root", root,
+                     "--dataset-config-file", PETS, "--output-dir", out, *flags,
+                     "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4",
+                     "OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "1", *opts, check=check)
+
+
+@pytest.fixture(scope="module", params=["paper", "release"])
+def base_run(request, pets, tiny_clip_path, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp(request.param) / "train_base")
+    mocoop_run(request.param, pets, tiny_clip_path, out, opts=("DATASET.SUBSAMPLE_CLASSES", "base"))
+    return request.param, out
+
+
+def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
+    preset, train_dir = base_run
+    log = read_log(train_dir)
+    result_accuracy(log)
+    assert "6 experts, top-2, 6 text classes (3 virtual)" in log
+    with open(os.path.join(train_dir, "expert_stats.json")) as f:
+        stats = json.load(f)
+    assert [(r["epoch"], r["split"]) for r in stats["records"]] == [(1, "train"), (2, "test"), (2, "train")]
+    for record in stats["records"]:
+        assert sum(record["selection_share"]) == pytest.approx(1.0)
+        assert sum(record["mean_weight"]) == pytest.approx(1.0)
+
+    out = str(tmp_path / "test_new")
+    mocoop_run(preset, pets, tiny_clip_path, out, ("--eval-only", "--model-dir", train_dir),
+               ("DATASET.SUBSAMPLE_CLASSES", "new"))
+    log = read_log(out)
+    assert "model.pth.tar-2 (epoch 2)" in log and "* total: 9" in log
+    result_accuracy(log)
+
+
+def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_clip_path, tmp_path):
+    _, train_dir = base_run
+    opts = ("DATASET.SUBSAMPLE_CLASSES", "new", "TRAINER.MOCOOP.GROUPING", "single", "TRAINER.MOCOOP.TOPK", "1")
+    proc = mocoop_run("paper", pets, tiny_clip_path, str(tmp_path / "single"),
+                      ("--eval-only", "--model-dir", train_dir), opts, check=False)
+    assert proc.returncode != 0
+    assert "does not fit the model" in proc.stderr
+    assert "'prompt_learner.ctx' has shape" in proc.stderr and "'router.linear.weight' has shape" in proc.stderr
