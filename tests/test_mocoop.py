@@ -8,14 +8,14 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-import train  # noqa: E402
-from clipprompt import mixture  # noqa: E402
-from clipprompt.clip_loading import build_tiny_clip  # noqa: E402
-from clipprompt.templates import fill  # noqa: E402
-from clipprompt.text_encoder import TextEncoder, encode_texts  # noqa: E402
-from tests.dataset_layouts import make_oxford_pets  # noqa: E402
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train  # noqa: E402
-from trainers.mocoop import MixtureCLIP  # noqa: E402
+import train
+from clipprompt import mixture
+from clipprompt.clip_loading import build_tiny_clip
+from clipprompt.templates import fill
+from clipprompt.text_encoder import TextEncoder, encode_texts
+from tests.dataset_layouts import make_oxford_pets
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from trainers.mocoop import MixtureCLIP
 
 PETS = "configs/datasets/oxford_pets.yaml"
 PRESETS = {p: f"configs/trainers/MoCoOp/{p}_vit_b16_ep25.yaml" for p in ("paper", "release")}
@@ -127,7 +127,7 @@ def test_every_precision_keeps_every_loss_term(prec):
     model = build(cfg, clip_model)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if prec == "amp" else torch.no_grad()
     with context:
-        terms, logits, *_ = model.losses(*batch())
+        terms, *_ = model.losses(*batch())
     assert set(terms) == {"loss_cls", "loss_router", "loss_text"}
     assert all(torch.isfinite(t) and t.dtype == torch.float32 for t in terms.values())
 
