@@ -1,0 +1,179 @@
+"""CoCoOp: batched image-conditioned prompts, learnable tensors, base-to-new end to end."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+
+from dassl.config import get_cfg_default
+
+from clipprompt.clip_loading import clip
+from clipprompt.text_encoder import TextEncoder
+from tests.dataset_layouts import make_oxford_pets
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from trainers import cocoop, prompt_trainer
+
+CLASSES = ["abyssinian", "school bus", "globe_thistle", "Annual Crop Land", "dog"]
+CONFIG = "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
+PETS = "configs/datasets/oxford_pets.yaml"
+LEARNABLE = [
+    "prompt_learner.ctx",
+    "prompt_learner.meta_net.0.weight",
+    "prompt_learner.meta_net.0.bias",
+    "prompt_learner.meta_net.2.weight",
+    "prompt_learner.meta_net.2.bias",
+]
+
+
+def make_cfg(**opts):
+    cfg = get_cfg_default()
+    prompt_trainer.add_config(cfg)
+    cocoop.add_config(cfg)
+    for key, value in opts.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return cfg
+
+
+def build(clip_model, chunk_size=0, **opts):
+    cfg = make_cfg(**opts)
+    learner = cocoop.PromptLearner(cfg, CLASSES, clip_model)
+    return cocoop.CustomCLIP(learner, TextEncoder(clip_model, chunk_size=chunk_size), clip_model)
+
+
+def reference_logits(model, clip_model, image):
+    """One image at a time through CLIP's own text transformer on full 77-token prompts."""
+    n_ctx = model.prompt_learner.ctx.shape[0]
+    ids = clip.tokenize([" ".join(["x"] * n_ctx) + f" {c.replace('_', ' ')}." for c in CLASSES])
+    rows = []
+    for single in image:
+        feature = F.normalize(clip_model.encode_image(single[None]), dim=-1)[0]
+        ctx = model.prompt_learner.ctx + model.prompt_learner.meta_net(feature)
+        x = clip_model.token_embedding(ids).clone()
+        x[:, 1 : 1 + n_ctx] = ctx
+        x = x + clip_model.positional_embedding
+        x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        text = clip_model.ln_final(x)[torch.arange(len(CLASSES)), ids.argmax(dim=-1)] @ clip_model.text_projection
+        rows.append(clip_model.logit_scale.exp() * F.normalize(text, dim=-1) @ feature)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_batched_forward_equals_per_image_loop(tiny_clip, chunk_size):
+    model = build(tiny_clip, chunk_size)
+    image = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        batched = model(image)
+        looped = []
+        for single in image:
+            feature = model.encode_image(single[None])
+            prompts, eot = model.prompt_learner.assembler(model.prompt_learner.ctx + model.prompt_learner.meta_net(feature))
+            text = F.normalize(model.text_encoder(prompts, eot), dim=-1)
+            looped.append(model.logit_scale.exp() * text @ feature[0])
+        reference = reference_logits(model, tiny_clip, image)
+    assert batched.shape == (4, len(CLASSES))
+    torch.testing.assert_close(batched, torch.stack(looped), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched, reference, atol=1e-4, rtol=0)
+
+
+def test_prompts_depend_on_the_image(tiny_clip):
+    model = build(tiny_clip)
+    with torch.no_grad():
+        features = model.text_features(model.encode_image(torch.randn(2, 3, 32, 32)))
+    assert features.shape == (2, len(CLASSES), tiny_clip.text_projection.shape[1])
+    assert not torch.allclose(features[0], features[1])
+
+
+def test_context_starts_from_the_init_words_and_meta_net_shape(tiny_clip):
+    model = build(tiny_clip)
+    ids = clip.tokenize("a photo of a")[0, 1:5]
+    torch.testing.assert_close(model.prompt_learner.ctx.detach(), tiny_clip.token_embedding.weight[ids])
+    first, last = model.prompt_learner.meta_net[0], model.prompt_learner.meta_net[2]
+    image_dim, text_dim = tiny_clip.visual.output_dim, tiny_clip.token_embedding.weight.shape[1]
+    assert (first.in_features, first.out_features) == (image_dim, image_dim // 16)
+    assert (last.in_features, last.out_features) == (image_dim // 16, text_dim)
+
+
+def test_bad_meta_net_reduction_is_rejected(tiny_clip):
+    with pytest.raises(ValueError, match="META_NET_REDUCTION"):
+        build(tiny_clip, **{"TRAINER.COCOOP.META_NET_REDUCTION": 0})
+
+
+def test_gradients_reach_only_context_and_meta_net(tiny_clip):
+    model = build(tiny_clip)
+    logits = model(torch.randn(3, 3, 32, 32))
+    F.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
+    with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
+    assert with_grad == LEARNABLE
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in LEARNABLE)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == LEARNABLE
+
+
+def test_model_does_not_cache_text_features(tiny_clip):
+    from clipprompt.caching import CachedTextFeatures
+
+    assert not isinstance(build(tiny_clip), CachedTextFeatures)
+
+
+@pytest.mark.parametrize("name, batch, lr", [("vit_b16_c4_ep10_batch1_ctxv1", 1, 0.002),
+                                              ("vit_b16_c4_ep10_batch8_ctxv1", 8, 0.016)])
+def test_configs(name, batch, lr):
+    from train import parse_args, setup_cfg
+
+    cfg = setup_cfg(parse_args(["--trainer", "CoCoOp", "--dataset-config-file", PETS,
+                                "--config-file", f"configs/trainers/CoCoOp/{name}.yaml"]))
+    assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH) == (batch, lr, 10)
+    assert (cfg.TRAINER.COCOOP.N_CTX, cfg.TRAINER.COCOOP.CTX_INIT) == (4, "a photo of a")
+    assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR, cfg.TRAINER.PREC) == (1, 1e-5, "fp16")
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
+    randomise_images(generated.dataset_dir)
+    return str(root)
+
+
+def common(root, clip_path, output_dir, *extra):
+    return ["--seed", 1, "--trainer", "CoCoOp", "--config-file", CONFIG, "--root", root,
+            "--dataset-config-file", PETS, "--output-dir", output_dir,
+            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *extra]
+
+
+@pytest.fixture(scope="module")
+def base_run(pets, tiny_clip_path, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cocoop") / "train_base")
+    run_train(*common(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
+    return out
+
+
+def test_cocoop_trains_on_base_classes(base_run):
+    log = read_log(base_run)
+    assert "epoch [2/2]" in log
+    assert f"Learnable tensors (514 values): {', '.join(LEARNABLE)}\n" in log  # CLIP stays frozen
+    assert 0 <= result_accuracy(log) <= 100
+    assert log.rstrip().splitlines()[-1].startswith("Elapsed")
+    ckpt = torch.load(os.path.join(base_run, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+    assert sorted(ckpt["state_dict"]) == sorted(LEARNABLE)
+    assert ckpt["state_dict"]["prompt_learner.ctx"].shape == (4, 64)
+
+
+def test_cocoop_base_model_evaluates_on_new_classes(base_run, pets, tiny_clip_path, tmp_path):
+    out = str(tmp_path / "test_new")
+    run_train("--eval-only", "--model-dir", base_run,
+              *common(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"))
+    log = read_log(out)
+    assert "model.pth.tar-2 (epoch 2)" in log
+    assert "* total: 9" in log  # 3 new classes x 3 test images
+    result_accuracy(log)
+    assert log.rstrip().splitlines()[-1].startswith("* macro_f1")

@@ -1,0 +1,106 @@
+"""CoCoOp: Zhou, Yang, Loy, Liu. "Conditional Prompt Learning for Vision-Language Models". CVPR 2022.
+
+CoOp's M context vectors plus a small meta-net that maps the image feature to one token
+`π(x)`, added to every context vector: the prompt of class c for image x is
+`[SOS] v1+π(x) .. vM+π(x) CLASS . [EOS]`. The class text features therefore depend on the
+image and cannot be cached; a batch of B images is encoded as B × C prompts in one call of
+the truncated text encoder (`TRAINER.TEXT_ENCODER.CHUNK_SIZE` bounds its memory).
+
+As in the released code (KaiyangZhou/CoOp, trainers/cocoop.py), the meta-net reads the
+L2-normalised image feature, Linear(D → D/16) → ReLU → Linear(D/16 → d_text).
+"""
+
+import torch.nn.functional as F
+from dassl.engine import TRAINER_REGISTRY
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from clipprompt.prompts import PromptAssembler
+from clipprompt.templates import PromptForm
+
+from .prompt_trainer import PromptTrainer
+
+
+def add_config(cfg):
+    cfg.TRAINER.COCOOP = CN()
+    # Number of learnable context vectors M (the paper's base-to-new setting: 4).
+    cfg.TRAINER.COCOOP.N_CTX = 4
+    # Words initialising the context ("" = random N(0, 0.02^2)); must be N_CTX BPE tokens.
+    cfg.TRAINER.COCOOP.CTX_INIT = "a photo of a"
+    # Hidden width of the meta-net is the image-feature width divided by this (paper: 16).
+    cfg.TRAINER.COCOOP.META_NET_REDUCTION = 16
+
+
+class MetaNet(nn.Sequential):
+    """Linear(D → D/r) → ReLU → Linear(D/r → d_text): one context shift per image."""
+
+    def __init__(self, image_dim, text_dim, reduction):
+        if reduction < 1 or image_dim // reduction < 1:
+            raise ValueError(
+                f"TRAINER.COCOOP.META_NET_REDUCTION {reduction} does not fit image features of "
+                f"width {image_dim}: choose a value from 1 to {image_dim}"
+            )
+        hidden = image_dim // reduction
+        super().__init__(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, text_dim))
+
+
+class PromptLearner(nn.Module):
+    """Context table `[M, d]` shifted per image: `forward(image_features)` → `[B, rows, L, d]`."""
+
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__()
+        opts = cfg.TRAINER.COCOOP
+        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, "end")
+        self.assembler = PromptAssembler(
+            [form], classnames, clip_model.token_embedding, truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
+        )
+        self.ctx = nn.Parameter(self.assembler.init_table())
+        text_dim = clip_model.token_embedding.weight.shape[1]
+        self.meta_net = MetaNet(clip_model.visual.output_dim, text_dim, opts.META_NET_REDUCTION)
+
+    def forward(self, image_features):
+        shift = self.meta_net(image_features)  # [B, d]
+        return self.assembler(self.ctx + shift[:, None, :])
+
+
+class CustomCLIP(nn.Module):
+    def __init__(self, prompt_learner, text_encoder, clip_model):
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.text_encoder = text_encoder
+        self.image_encoder = clip_model.visual
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def encode_image(self, image):
+        return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
+
+    def text_features(self, image_features):
+        """Normalised class features per image, `[B, C, D]`, from one text-encoder call."""
+        prompts, eot = self.prompt_learner(image_features)
+        batch, rows = prompts.shape[:2]
+        feats = self.text_encoder(prompts.flatten(0, 1), eot.repeat(batch))
+        return F.normalize(feats.float(), dim=-1).view(batch, rows, -1)
+
+    def forward(self, image):
+        image_features = self.encode_image(image)
+        text_features = self.text_features(image_features)
+        logits = (text_features @ image_features[:, :, None]).squeeze(-1)
+        return self.logit_scale.exp() * logits
+
+
+@TRAINER_REGISTRY.register()
+class CoCoOp(PromptTrainer):
+    add_config = staticmethod(add_config)
+
+    def build_model(self):
+        clip_model = self.load_clip()
+        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
+        self.model = CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)
+        self.register_learnable(self.model)
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            logits = self.model(image).float()
+        return self.step({"loss_ce": F.cross_entropy(logits, label)}, logits, label)
