@@ -54,8 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory (eval)")
     parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
     parser.add_argument("--no-train", action="store_true", help="build everything but do not train")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
+    # Intermixed: flags may follow the KEY VALUE pairs too.
+    return parser.parse_intermixed_args(argv)
 
 
 def read_config_file(path, seen=()):
@@ -85,7 +86,7 @@ def merge(cfg, source, merge_fn):
     """Apply `merge_fn`, turning yacs' bare KeyError into an error that names the source."""
     try:
         merge_fn()
-    except KeyError as err:
+    except (KeyError, AssertionError) as err:  # yacs reports unknown keys with both
         raise ValueError(
             f"{source}: {err.args[0]}. Config keys are declared by Dassl, the datasets package, "
             f"the shared trainer base and the trainer ({cfg.TRAINER.NAME}); check the spelling, or "

@@ -9,7 +9,8 @@ What it changes in Dassl (c61a1b5, used unmodified):
   the base classes loads into a model built for the new classes when the learnable tensors do
   not depend on the class list;
 - `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
-  and loads the newest checkpoint of a finished run when no epoch is given;
+  and, when no epoch is given, loads the newest checkpoint of a finished run (or
+  `model-best.pth.tar` under `TEST.FINAL_MODEL best_val`);
 - resume restores model, optimiser, schedule and RNG states, so an interrupted run continues
   as if it had not stopped;
 - precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
@@ -161,6 +162,17 @@ class PromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ training
 
+    def set_model_mode(self, mode="train", names=None):
+        """Dassl's, except that frozen parts of CLIP stay in eval mode while training, so a
+        ResNet image tower keeps its BatchNorm statistics (as CoOp, which registers only the
+        prompt learner)."""
+        super().set_model_mode(mode, names)
+        if mode == "train":
+            for name in self.get_model_names(names):
+                for module in self._models[name].modules():
+                    if not any(p.requires_grad for p in module.parameters()):
+                        module.eval()
+
     def step(self, losses, logits=None, label=None):
         """Backward the sum of the weighted loss terms, update, and return the log summary.
 
@@ -246,16 +258,21 @@ class PromptTrainer(TrainerX):
             if any(p.requires_grad for p in self.model.parameters()):
                 print("Note: no --model-dir given: evaluating the untrained initial prompts")
             return
+        best = epoch is None and self.cfg.TEST.FINAL_MODEL == "best_val"
         for name in self.get_model_names():
             folder = osp.join(directory, name)
-            if epoch is None:
+            if best:
+                path = osp.join(folder, "model-best.pth.tar")
+                if not osp.exists(path):
+                    raise FileNotFoundError(f"No {path}: TEST.FINAL_MODEL best_val needs a run that validated")
+            elif epoch is None:
                 path = latest_checkpoint(folder)
             else:
                 path = osp.join(folder, f"model.pth.tar-{epoch}")
                 if not osp.exists(path):
                     raise FileNotFoundError(f"No checkpoint {path}: check --model-dir and --load-epoch")
             ckpt = read_checkpoint(path)
-            if epoch is None and ckpt.get("epoch") != ckpt.get("max_epoch"):
+            if epoch is None and not best and ckpt.get("epoch") != ckpt.get("max_epoch"):
                 raise RuntimeError(
                     f"{path} is from an unfinished run (epoch {ckpt.get('epoch')} of {ckpt.get('max_epoch')}): "
                     "re-run its training command to resume it, or pass --load-epoch to use this epoch"

@@ -1,0 +1,264 @@
+"""The shared trainer base and train.py: schedule, checkpoints, resume, precision, errors."""
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+
+import train
+from clipprompt.schedule import EpochLRSchedule
+from tests.dataset_layouts import make_oxford_pets
+from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from trainers.prompt_trainer import load_learnable
+
+PETS = "configs/datasets/oxford_pets.yaml"
+COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def dassl_reference_lrs(base_lr, max_epoch, warmup, warmup_lr):
+    """Dassl's ConstantWarmupScheduler(recount) around torch's CosineAnnealingLR, replayed by
+    hand (Dassl's own class cannot be built on torch 2.14)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=base_lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, float(max_epoch))
+    lrs, last_epoch = [], 0
+    for _ in range(max_epoch):
+        lrs.append(warmup_lr if last_epoch < warmup else cosine.get_last_lr()[0])
+        # Dassl's step(): before warm-up ends its own counter advances; afterwards the cosine.
+        if last_epoch >= warmup:
+            cosine.step()
+        else:
+            last_epoch += 1
+    return lrs
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("max_epoch, warmup", [(10, 1), (25, 3), (5, 0)])
+def test_learning_rate_per_epoch_matches_dassl(max_epoch, warmup):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param, torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    sched = EpochLRSchedule(opt, max_epoch, warmup, "constant", 1e-5)
+    got = []
+    for _ in range(max_epoch):
+        got.append(opt.param_groups[0]["lr"])
+        sched.step()
+    expected = dassl_reference_lrs(0.002, max_epoch, warmup, 1e-5)
+    assert got == pytest.approx(expected, rel=1e-12)
+    if warmup:
+        assert got[:warmup] == [1e-5] * warmup and got[warmup] == 0.002
+    assert got[-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * (max_epoch - 1 - warmup) / max_epoch)) / 2)
+
+
+def test_schedule_keeps_group_multipliers_and_resumes():
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    opt = torch.optim.SGD([{"params": [params[0]]}, {"params": [params[1]], "lr": 0.0002}], lr=0.002)
+    sched = EpochLRSchedule(opt, 10, 1, "constant", 1e-5)
+    assert sched.get_last_lr() == [1e-5, 1e-5]
+    for _ in range(3):
+        sched.step()
+    assert sched.get_last_lr()[1] == pytest.approx(sched.get_last_lr()[0] / 10)
+    again = EpochLRSchedule(opt, 10, 1, "constant", 1e-5)
+    again.load_state_dict(sched.state_dict())
+    assert again.get_last_lr() == sched.get_last_lr()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_load_learnable_names_every_misfit():
+    model = torch.nn.Module()
+    model.ctx = torch.nn.Parameter(torch.zeros(4, 8))
+    model.router = torch.nn.Linear(8, 3)
+    state = {"ctx": torch.ones(16, 8), "router.weight": torch.ones(3, 8), "extra": torch.ones(1)}
+    with pytest.raises(RuntimeError) as err:
+        load_learnable(model, state, "ckpt.pth")
+    message = str(err.value)
+    assert "ckpt.pth" in message
+    assert "'ctx' has shape [16, 8] in the checkpoint but [4, 8]" in message
+    assert "'router.bias' is missing" in message and "'extra' is in the checkpoint" in message
+    load_learnable(model, {"ctx": torch.ones(4, 8), "router.weight": torch.ones(3, 8), "router.bias": torch.ones(3)}, "x")
+    assert model.ctx.sum() == 32
+
+
+# ----------------------------------------------------------------------------- train.py config
+
+
+def setup(*argv):
+    return train.setup_cfg(train.parse_args(list(argv)))
+
+
+def test_unknown_trainer_dataset_and_key_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown trainer 'CoOOp': choose one of .*CoOp"):
+        setup("--trainer", "CoOOp")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("DATASET:\n  NAME: OxfordPet\n")
+    with pytest.raises(ValueError, match="Unknown dataset 'OxfordPet'.*OxfordPets"):
+        setup("--trainer", "CoOp", "--dataset-config-file", str(bad))
+    with pytest.raises(ValueError, match=r"vit_b16_ep25.yaml: Non-existent config key: TRAINER.MOCOOP"):
+        setup("--trainer", "CoOp", "--dataset-config-file", PETS,
+              "--config-file", "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml")
+    with pytest.raises(ValueError, match="command-line options: Non-existent key: TRAINER.COOP.NCTX"):
+        setup("--trainer", "CoOp", "--dataset-config-file", PETS, "TRAINER.COOP.NCTX", "4")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        setup("--trainer", "CoOp", "--config-file", "missing.yaml")
+
+
+def test_variant_configs_inherit_imagenet_prompts():
+    imagenet = setup("--trainer", "MoCoOp", "--dataset-config-file", "configs/datasets/imagenet.yaml")
+    for name, registered in [("imagenetv2", "ImageNetV2"), ("imagenet_sketch", "ImageNetSketch"),
+                             ("imagenet_a", "ImageNetA"), ("imagenet_r", "ImageNetR")]:
+        variant = setup("--trainer", "MoCoOp", "--dataset-config-file", f"configs/datasets/{name}.yaml")
+        assert variant.DATASET.NAME == registered
+        assert variant.DATASET.PROMPTS == imagenet.DATASET.PROMPTS
+        assert len(variant.DATASET.PROMPTS.EXPERT_GROUPS) == 20
+
+
+def test_seed_zero_is_kept():
+    assert setup("--trainer", "CoOp", "--dataset-config-file", PETS, "--seed", "0").SEED == 0
+    assert setup("--trainer", "CoOp", "--dataset-config-file", PETS).SEED == -1
+
+
+# ----------------------------------------------------------------------------- in-process trainer
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 5))
+    randomise_images(generated.dataset_dir)
+    return str(root), generated
+
+
+def build_trainer(root, clip_path, output_dir, *opts, trainer="CoOp", config=COOP):
+    from dassl.engine import build_trainer as dassl_build
+
+    cfg = setup("--trainer", trainer, "--root", root, "--dataset-config-file", PETS, "--config-file", config,
+                "--output-dir", str(output_dir), "--seed", "1",
+                "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *opts)
+    return dassl_build(cfg)
+
+
+def test_evaluation_encodes_prompts_once(pets, tiny_clip_path, tmp_path, monkeypatch):
+    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path, "DATALOADER.TEST.BATCH_SIZE", "4")
+    assert len(trainer.test_loader) > 2
+    calls = []
+    encode = trainer.model.text_encoder.forward
+    monkeypatch.setattr(trainer.model.text_encoder, "forward", lambda *a: calls.append(1) or encode(*a))
+    trainer.test()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("prec", ["fp32", "fp16", "amp"])
+def test_precision_modes_train(pets, tiny_clip_path, tmp_path, prec):
+    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path, "TRAINER.PREC", prec)
+    expected = {"fp32": torch.float32, "fp16": torch.float16, "amp": torch.float32}[prec]
+    assert trainer.model.image_encoder.conv1.weight.dtype == expected
+    assert trainer.model.prompt_learner.ctx.dtype == torch.float32
+    before = trainer.model.prompt_learner.ctx.detach().clone()
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert math.isfinite(summary["loss"]) and "acc" in summary
+    assert not torch.equal(before, trainer.model.prompt_learner.ctx)
+
+
+# ----------------------------------------------------------------------------- subprocess runs
+
+
+def coop_run(root, clip_path, out, *extra, seed=0, check=True):
+    return run_train("--seed", seed, "--trainer", "CoOp", "--config-file", COOP, "--root", root,
+                     "--dataset-config-file", PETS, "--output-dir", out, "MODEL.BACKBONE.NAME", clip_path,
+                     *TINY_OPTS, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "2", *extra, check=check)
+
+
+def test_interrupted_run_resumes_exactly(pets, tiny_clip_path, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    coop_run(pets[0], tiny_clip_path, straight)
+    assert "Setting fixed seed: 0" in read_log(straight)
+    # Interrupt after epoch 1: keep only what existed then.
+    os.makedirs(os.path.join(resumed, "prompt_learner"))
+    shutil.copy(os.path.join(straight, "prompt_learner", "model.pth.tar-1"), os.path.join(resumed, "prompt_learner"))
+    with open(os.path.join(resumed, "prompt_learner", "checkpoint"), "w") as f:
+        f.write("model.pth.tar-1\n")
+    coop_run(pets[0], tiny_clip_path, resumed)
+    log = read_log(resumed)
+    assert "Resumed" in log and "epoch [1/2]" not in log and "epoch [2/2]" in log
+    final = [torch.load(os.path.join(d, "prompt_learner", "model.pth.tar-2"), weights_only=True) for d in (straight, resumed)]
+    assert torch.equal(final[0]["state_dict"]["prompt_learner.ctx"], final[1]["state_dict"]["prompt_learner.ctx"])
+    assert result_accuracy(log) == result_accuracy(read_log(straight))
+
+
+def test_output_dir_with_another_config_is_refused(pets, tiny_clip_path, tmp_path):
+    out = str(tmp_path / "run")
+    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "1")
+    proc = coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "1", "OPTIM.LR", "0.1", check=False)
+    assert proc.returncode != 0 and "holds a run with a different configuration" in proc.stderr
+
+
+def test_unfinished_run_is_not_evaluated_silently(pets, tiny_clip_path, tmp_path):
+    out = str(tmp_path / "run")
+    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.NO_TEST", "True")
+    os.remove(os.path.join(out, "prompt_learner", "model.pth.tar-3"))
+    with open(os.path.join(out, "prompt_learner", "checkpoint"), "w") as f:
+        f.write("model.pth.tar-2\n")
+    proc = coop_run(pets[0], tiny_clip_path, str(tmp_path / "eval"), "--eval-only", "--model-dir", out, check=False)
+    assert proc.returncode != 0 and "unfinished run (epoch 2 of 3)" in proc.stderr
+
+
+def test_zeroshot_clip_matches_direct_clip(pets, tiny_clip, tiny_clip_path, tmp_path):
+    import json
+
+    from clip.clip import _transform
+    from PIL import Image
+
+    from clipprompt.templates import fill
+
+    root, generated = pets
+    out = str(tmp_path / "zs")
+    run_train("--trainer", "ZeroshotCLIP", "--config-file", "configs/trainers/ZeroshotCLIP/vit_b16.yaml",
+              "--root", root, "--dataset-config-file", PETS, "--output-dir", out, "--eval-only",
+              "MODEL.BACKBONE.NAME", tiny_clip_path, *TINY_OPTS)
+    with open(os.path.join(generated.dataset_dir, "split_zhou_OxfordPets.json")) as f:
+        test_rows = json.load(f)["test"]
+    preprocess = _transform(32)
+    images = torch.stack([preprocess(Image.open(os.path.join(generated.dataset_dir, "images", r[0]))) for r in test_rows])
+    labels = torch.tensor([r[1] for r in test_rows])
+    template = "a photo of a {}, a type of pet."
+    import clip
+
+    with torch.no_grad():
+        text = tiny_clip.encode_text(clip.tokenize([fill(template, c) for c in generated.classnames]))
+        image = tiny_clip.encode_image(images)
+    logits = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).t()
+    direct = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    assert result_accuracy(read_log(out)) == pytest.approx(round(direct, 1))
+
+
+def test_best_val_deploys_the_best_checkpoint(pets, tiny_clip_path, tmp_path):
+    out = str(tmp_path / "run")
+    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.FINAL_MODEL", "best_val")
+    log = read_log(out)
+    best = torch.load(os.path.join(out, "prompt_learner", "model-best.pth.tar"), weights_only=True)
+    assert f"model-best.pth.tar (epoch {best['epoch']})" in log.split("Deploy the model with the best val")[1]
+
+
+def test_frozen_clip_stays_in_eval_mode_while_training(pets, tmp_path):
+    from clipprompt.clip_loading import build_tiny_clip, save_clip_state_dict
+
+    resnet = save_clip_state_dict(build_tiny_clip(vision_layers=(1, 1, 1, 1), vision_width=16),
+                                  str(tmp_path / "rn.pt"))
+    trainer = build_trainer(pets[0], resnet, tmp_path / "out")
+    bn = next(m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    trainer.set_model_mode("train")
+    assert trainer.model.training and trainer.model.prompt_learner.training
+    assert not trainer.model.image_encoder.training and not trainer.model.text_encoder.training
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert torch.equal(before, bn.running_mean)
