@@ -22,7 +22,6 @@ import time
 import warnings
 
 import torch
-import yaml
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Dassl's dependencies import pkg_resources
@@ -36,6 +35,7 @@ from yacs.config import CfgNode as CN
 import datasets
 import trainers
 from trainers import prompt_trainer
+from trainers.config_files import read_config_file
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,29 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
     # Intermixed: flags may follow the KEY VALUE pairs too.
     return parser.parse_intermixed_args(argv)
-
-
-def read_config_file(path, seen=()):
-    """Key tree of a YAML config, with its `_BASE_` chain merged in (base first)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file {path} not found")
-    if os.path.abspath(path) in seen:
-        raise ValueError(f"Config file {path} includes itself through _BASE_")
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
-    base = tree.pop("_BASE_", None)
-    if base is not None:
-        tree = deep_update(read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path))), tree)
-    return tree
-
-
-def deep_update(base, override):
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def merge(cfg, source, merge_fn):

@@ -32,6 +32,11 @@ for SEED in $SEEDS; do
     for T in $TARGETS; do
         TEST_DIR=$OUTPUT/xd/test/$T/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
         eval_cmd "$SEED" "$T" "$CFG_FILE" "$TEST_DIR" "$TRAIN_DIR"
+        # A trained model is shaped by its training data's prompts (MoCoOp's experts,
+        # MoPD's teacher pool), not by the target's.
+        if ! is_zero_shot "$TRAINER"; then
+            CMD+=(DATASET.SOURCE_CONFIG "$(dataset_config "$SOURCE")")
+        fi
         run_in "$TEST_DIR" "${CMD[@]}"
     done
 done

@@ -150,11 +150,24 @@ def mocoop_run(preset, root, clip_path, out, flags=(), opts=(), check=True):
                      "OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "1", *opts, check=check)
 
 
-@pytest.fixture(scope="module", params=["paper", "release"])
-def base_run(request, pets, tiny_clip_path, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp(request.param) / "train_base")
-    mocoop_run(request.param, pets, tiny_clip_path, out, opts=("DATASET.SUBSAMPLE_CLASSES", "base"))
-    return request.param, out
+@pytest.fixture(scope="module")
+def trained(pets, tiny_clip_path, tmp_path_factory):
+    """train_base output directory of a preset, trained once per module on first use."""
+    runs = {}
+
+    def get(preset):
+        if preset not in runs:
+            out = str(tmp_path_factory.mktemp(preset) / "train_base")
+            mocoop_run(preset, pets, tiny_clip_path, out, opts=("DATASET.SUBSAMPLE_CLASSES", "base"))
+            runs[preset] = out
+        return runs[preset]
+
+    return get
+
+
+@pytest.fixture(params=["paper", "release"])
+def base_run(request, trained):
+    return request.param, trained(request.param)
 
 
 def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
@@ -164,7 +177,7 @@ def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
     assert "6 experts, top-2, 6 text classes (3 virtual)" in log
     with open(os.path.join(train_dir, "expert_stats.json")) as f:
         stats = json.load(f)
-    assert [(r["epoch"], r["split"]) for r in stats["records"]] == [(1, "train"), (2, "test"), (2, "train")]
+    assert [(r["epoch"], r["split"]) for r in stats["records"]] == [(1, "train"), (2, "train"), (2, "test")]
     for record in stats["records"]:
         assert sum(record["selection_share"]) == pytest.approx(1.0)
         assert sum(record["mean_weight"]) == pytest.approx(1.0)
@@ -185,3 +198,27 @@ def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_cl
     assert proc.returncode != 0
     assert "does not fit the model" in proc.stderr
     assert "'prompt_learner.ctx' has shape" in proc.stderr and "'router.linear.weight' has shape" in proc.stderr
+
+
+def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_path, tmp_path):
+    """A pets-trained model (6 experts) evaluated on DTD (5 experts of its own): it needs the
+    source's experts (DATASET.SOURCE_CONFIG); without them the checkpoint does not fit."""
+    preset, train_dir = "paper", trained("paper")
+    from tests.dataset_layouts import make_dtd
+
+    root = str(tmp_path / "data")
+    randomise_images(make_dtd(root, num_classes=3, per_class=(1, 1, 2)).dataset_dir)
+
+    def evaluate(out, *opts):
+        return run_train("--seed", 1, "--trainer", "MoCoOp", "--config-file", PRESETS[preset], "--root", root,
+                         "--dataset-config-file", "configs/datasets/dtd.yaml", "--output-dir", out,
+                         "--eval-only", "--model-dir", train_dir, "MODEL.BACKBONE.NAME", tiny_clip_path,
+                         *TINY_OPTS, *opts, check=False)
+
+    proc = evaluate(str(tmp_path / "own_experts"))
+    assert proc.returncode != 0 and "'prompt_learner.ctx' has shape" in proc.stderr
+    out = str(tmp_path / "source_experts")
+    proc = evaluate(out, "DATASET.SOURCE_CONFIG", PETS)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = read_log(out)
+    assert "6 experts, top-2" in log and "* total: 6" in log

@@ -15,9 +15,7 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from clipprompt.prompts import PromptAssembler
-from clipprompt.templates import PromptForm
-
+from . import coop
 from .prompt_trainer import PromptTrainer
 
 
@@ -44,17 +42,12 @@ class MetaNet(nn.Sequential):
         super().__init__(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, text_dim))
 
 
-class PromptLearner(nn.Module):
+class PromptLearner(coop.PromptLearner):
     """Context table `[M, d]` shifted per image: `forward(image_features)` → `[B, rows, L, d]`."""
 
     def __init__(self, cfg, classnames, clip_model):
-        super().__init__()
         opts = cfg.TRAINER.COCOOP
-        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, "end")
-        self.assembler = PromptAssembler(
-            [form], classnames, clip_model.token_embedding, truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
-        self.ctx = nn.Parameter(self.assembler.init_table())
+        super().__init__(cfg, classnames, clip_model, opts)
         text_dim = clip_model.token_embedding.weight.shape[1]
         self.meta_net = MetaNet(clip_model.visual.output_dim, text_dim, opts.META_NET_REDUCTION)
 

@@ -29,13 +29,17 @@ def add_config(cfg):
 
 
 class PromptLearner(nn.Module):
-    def __init__(self, cfg, classnames, clip_model):
+    """CoOp's context table over this run's classes; `opts` is the trainer's config node
+    (N_CTX, CTX_INIT and, for CoOp, CSC and CLASS_TOKEN_POSITION). KgCoOp, MoPD and CoCoOp
+    reuse it with their own nodes."""
+
+    def __init__(self, cfg, classnames, clip_model, opts=None):
         super().__init__()
-        opts = cfg.TRAINER.COOP
-        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, opts.CLASS_TOKEN_POSITION)
+        opts = cfg.TRAINER.COOP if opts is None else opts
+        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, opts.get("CLASS_TOKEN_POSITION", "end"))
         self.assembler = PromptAssembler(
             [form], classnames, clip_model.token_embedding,
-            class_specific=opts.CSC, truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
+            class_specific=opts.get("CSC", False), truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
         )
         self.ctx = nn.Parameter(self.assembler.init_table())
 

@@ -10,15 +10,13 @@ evaluation uses only the learned prompts, encoded once per evaluation.
 
 import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
-from torch import nn
 from yacs.config import CfgNode as CN
 
 from clipprompt.knowledge import knowledge_guided_loss
-from clipprompt.prompts import PromptAssembler
-from clipprompt.templates import PromptForm, fill
+from clipprompt.templates import fill
 from clipprompt.text_encoder import encode_texts
 
-from .coop import CustomCLIP
+from . import coop
 from .prompt_trainer import PromptTrainer
 
 
@@ -32,21 +30,12 @@ def add_config(cfg):
     cfg.TRAINER.KGCOOP.W = 8.0
 
 
-class PromptLearner(nn.Module):
+class PromptLearner(coop.PromptLearner):
     def __init__(self, cfg, classnames, clip_model):
-        super().__init__()
-        opts = cfg.TRAINER.KGCOOP
-        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, "end")
-        self.assembler = PromptAssembler(
-            [form], classnames, clip_model.token_embedding, truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
-        self.ctx = nn.Parameter(self.assembler.init_table())
-
-    def forward(self):
-        return self.assembler(self.ctx)
+        super().__init__(cfg, classnames, clip_model, cfg.TRAINER.KGCOOP)
 
 
-class KnowledgeGuidedCLIP(CustomCLIP):
+class KnowledgeGuidedCLIP(coop.CustomCLIP):
     """CoOp's model holding the hand-crafted class features `[C, D]` (a constant buffer)."""
 
     def __init__(self, prompt_learner, text_encoder, clip_model, hard_features):

@@ -21,7 +21,7 @@ from clipprompt.routing import Router, RoutingStats, topk_softmax
 from clipprompt.templates import PromptForm, check_template, fill
 from clipprompt.text_encoder import encode_texts
 
-from .prompt_trainer import PromptTrainer
+from .prompt_trainer import PromptTrainer, model_prompts
 
 
 def add_config(cfg):
@@ -168,6 +168,7 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
 @TRAINER_REGISTRY.register()
 class MoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    routing_stats_stem = "expert_stats"
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
@@ -183,7 +184,7 @@ class MoCoOp(PromptTrainer):
                 raise ValueError(f"TRAINER.MOCOOP.{key} must be one of {allowed}, not {opts[key]!r}")
 
     def expert_groups(self):
-        prompts = self.cfg.DATASET.PROMPTS
+        prompts = model_prompts(self.cfg)
         templates = [check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES]
         groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
         if self.cfg.TRAINER.MOCOOP.GROUPING == "single":
@@ -211,9 +212,7 @@ class MoCoOp(PromptTrainer):
         self.model = MixtureCLIP(cfg, groups, templates, self.classnames, text_names, clip_model,
                                  self.build_text_encoder(clip_model))
         self.register_learnable(self.model, param_groups=self.param_groups())
-        names = [templates[idx[0]] for idx in groups]
-        self.train_stats = RoutingStats(names, cfg.TRAINER.MOCOOP.TOPK)
-        self.test_stats = RoutingStats(names, cfg.TRAINER.MOCOOP.TOPK)
+        self.routing_stats = RoutingStats([templates[idx[0]] for idx in groups], cfg.TRAINER.MOCOOP.TOPK)
 
     def param_groups(self):
         """Image-encoder LayerNorms (release preset) learn at IMAGE_LN_LR_MULT x OPTIM.LR."""
@@ -229,36 +228,11 @@ class MoCoOp(PromptTrainer):
         image, label = self.parse_batch_train(batch)
         with self.autocast():
             terms, logits, index, weight = self.model.losses(image, label)
-        self.train_stats.update(index, weight)
+        self.routing_stats.update(index, weight)
         return self.step(terms, logits, label)
 
     def model_inference(self, image):
         with self.autocast():
             logits, index, weight = self.model.classify(image)
-        self.test_stats.update(index, weight)
+        self.routing_stats.update(index, weight)
         return logits.float()
-
-    def after_epoch(self):
-        self._log_stats(self.train_stats, "train")
-        super().after_epoch()
-
-    def test(self, split=None):
-        result = super().test(split)
-        self._log_stats(self.test_stats, split or self.cfg.TEST.SPLIT)
-        return result
-
-    def resume_model_if_exist(self, directory):
-        start_epoch = super().resume_model_if_exist(directory)
-        self.train_stats.restore(self.output_dir, "expert_stats", start_epoch)
-        return start_epoch
-
-    def _log_stats(self, stats, split):
-        record = stats.close(self.epoch + 1, split)
-        if record is None:
-            return
-        print(stats.summary(record))
-        # Both splits go into one file so a plot finds train and test records together.
-        merged = RoutingStats(stats.names, stats.top_k)
-        merged.records = sorted(self.train_stats.records + self.test_stats.records,
-                                key=lambda r: (r["epoch"], r["split"]))
-        merged.write(self.output_dir, "expert_stats")

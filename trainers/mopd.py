@@ -10,26 +10,18 @@ pulls the student towards the selected teachers, the selection term moves the ga
 teachers that are right on the true label. Inference uses the student prompt only.
 """
 
-import json
-import os.path as osp
 
-import torch
-import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
-from torch import nn
 from yacs.config import CfgNode as CN
 
-from clipprompt.caching import CachedTextFeatures
 from clipprompt.distillation import COMBINES, mopd_losses, teacher_logits
 from clipprompt.hard_prompts import POOLS
-from clipprompt.prompts import PromptAssembler
 from clipprompt.routing import Router, RoutingStats, topk_softmax
-from clipprompt.templates import PromptForm, check_template, fill
+from clipprompt.templates import check_template, fill
 from clipprompt.text_encoder import encode_texts
 
-from .prompt_trainer import PromptTrainer, latest_checkpoint, read_checkpoint
-
-STATS_STEM = "teacher_stats"
+from . import coop
+from .prompt_trainer import PromptTrainer, model_prompts
 
 
 def add_config(cfg):
@@ -83,46 +75,23 @@ def teacher_pool(pool, task_templates):
     return templates
 
 
-class PromptLearner(nn.Module):
+class PromptLearner(coop.PromptLearner):
     def __init__(self, cfg, classnames, clip_model):
-        super().__init__()
-        opts = cfg.TRAINER.MOPD
-        form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, "end")
-        self.assembler = PromptAssembler(
-            [form], classnames, clip_model.token_embedding, truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
-        self.ctx = nn.Parameter(self.assembler.init_table())
-
-    def forward(self):
-        return self.assembler(self.ctx)
+        super().__init__(cfg, classnames, clip_model, cfg.TRAINER.MOPD)
 
 
-class CustomCLIP(CachedTextFeatures, nn.Module):
-    """Student prompt, frozen teacher features `[H, C, D]` and the gate over the H teachers."""
+class CustomCLIP(coop.CustomCLIP):
+    """CoOp's model (the student) plus frozen teacher features `[H, C, D]` and the gate."""
 
     def __init__(self, prompt_learner, text_encoder, clip_model, teacher_features):
-        super().__init__()
-        self.prompt_learner = prompt_learner
-        self.text_encoder = text_encoder
-        self.image_encoder = clip_model.visual
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
+        super().__init__(prompt_learner, text_encoder, clip_model)
         num_teachers, _, dim = teacher_features.shape
         self.gate = Router(dim, num_teachers, bias=False, zero_init=True)
         # Rebuilt from the frozen CLIP and the config: never saved in checkpoints.
         self.register_buffer("teacher_features", teacher_features, persistent=False)
 
-    def compute_text_features(self):
-        return F.normalize(self.text_encoder(*self.prompt_learner()).float(), dim=-1)
-
-    def encode_image(self, image):
-        return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
-
     def student_logits(self, image_features):
         return self.logit_scale.exp() * image_features @ self.text_features().t()
-
-    def forward(self, image):
-        return self.student_logits(self.encode_image(image))
 
     def forward_train(self, image):
         """Student logits `[B, C]`, teacher logits `[B, H, C]` and gate scores `[B, H]`."""
@@ -134,12 +103,13 @@ class CustomCLIP(CachedTextFeatures, nn.Module):
 @TRAINER_REGISTRY.register()
 class MoPD(PromptTrainer):
     add_config = staticmethod(add_config)
+    routing_stats_stem = "teacher_stats"
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MOPD
         # Resolved here so that a bad pool fails before the data are read.
-        self.teacher_templates = teacher_pool(opts.POOL, cfg.DATASET.PROMPTS.TEACHER_TEMPLATES)
+        self.teacher_templates = teacher_pool(opts.POOL, model_prompts(cfg).TEACHER_TEMPLATES)
         num = len(self.teacher_templates)
         if not 1 <= opts.NUM_TEACHERS <= num:
             raise ValueError(f"TRAINER.MOPD.NUM_TEACHERS must be in 1..{num} (pool {opts.POOL!r}), not {opts.NUM_TEACHERS}")
@@ -162,11 +132,7 @@ class MoPD(PromptTrainer):
         prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
         self.model = CustomCLIP(prompt_learner, encoder, clip_model, teacher_features)
         self.register_learnable(self.model)
-        self.teacher_stats = RoutingStats(templates, opts.NUM_TEACHERS)
-        # Epoch of the model an evaluation's statistics describe: the loaded checkpoint's,
-        # else the current training epoch, else 0 (the untrained initial model).
-        self.loaded_epoch = None
-        self.training_started = False
+        self.routing_stats = RoutingStats(templates, opts.NUM_TEACHERS)
 
     def forward_backward(self, batch):
         opts = self.cfg.TRAINER.MOPD
@@ -177,30 +143,8 @@ class MoPD(PromptTrainer):
             student, teachers, scores, label, opts.NUM_TEACHERS, opts.W, opts.W2,
             opts.DISTILL_TEMPERATURE, opts.TEACHER_COMBINE,
         )
-        self.teacher_stats.update(index, weights)
+        self.routing_stats.update(index, weights)
         return self.step(losses, student.float(), label)
-
-    # ------------------------------------------------------------------ gate statistics
-
-    def before_train(self):
-        super().before_train()
-        self.training_started = True
-        # Keep the records of the epochs a resumed run has already finished.
-        self.teacher_stats.restore(self.output_dir, STATS_STEM, self.start_epoch)
-
-    def before_epoch(self):
-        self.teacher_stats.reset()
-
-    def after_epoch(self):
-        self.close_stats(self.epoch + 1, "train")
-        super().after_epoch()
-
-    def close_stats(self, epoch, split, show=True):
-        record = self.teacher_stats.close(epoch, split)
-        if record is not None:
-            if show:
-                print(self.teacher_stats.summary(record))
-            self.teacher_stats.write(self.output_dir, STATS_STEM)
 
     def model_inference(self, image):
         # The gate does not change the prediction; its choices are recorded for the statistics.
@@ -208,37 +152,5 @@ class MoPD(PromptTrainer):
             image_features = self.model.encode_image(image)
             logits = self.model.student_logits(image_features)
             scores = self.model.gate(image_features)
-        self.teacher_stats.update(*topk_softmax(scores.float(), self.cfg.TRAINER.MOPD.NUM_TEACHERS))
+        self.routing_stats.update(*topk_softmax(scores.float(), self.cfg.TRAINER.MOPD.NUM_TEACHERS))
         return logits.float()
-
-    @torch.no_grad()
-    def test(self, split=None):
-        split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is None:
-            split = "test"  # as Dassl does
-        self.teacher_stats.reset()
-        result = super().test(split)
-        if self.loaded_epoch is not None:
-            epoch = self.loaded_epoch
-        else:
-            epoch = self.epoch + 1 if self.training_started else 0
-        # Written to the files only, so that a log still ends with its result block.
-        self.close_stats(epoch, split, show=False)
-        return result
-
-    def load_model(self, directory, epoch=None):
-        super().load_model(directory, epoch)
-        if not directory:
-            return
-        folder = osp.join(directory, self.get_model_names()[0])
-        path = latest_checkpoint(folder) if epoch is None else osp.join(folder, f"model.pth.tar-{epoch}")
-        self.loaded_epoch = read_checkpoint(path)["epoch"]
-        # Gate output h is teacher h of the pool the model was trained with; a cross-dataset
-        # evaluation configures the target's pool, so the statistics take the trained names.
-        trained = osp.join(directory, f"{STATS_STEM}.json")
-        if osp.exists(trained):
-            with open(trained) as f:
-                names = json.load(f)["names"]
-            if names != self.teacher_stats.names and len(names) == len(self.teacher_stats.names):
-                print(f"Gate statistics use the teacher names of the trained model ({trained})")
-                self.teacher_stats = RoutingStats(names, self.teacher_stats.top_k)

@@ -36,6 +36,8 @@ from clipprompt.schedule import EpochLRSchedule
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
 
+from .config_files import read_config_file
+
 PRECISIONS = ("fp32", "fp16", "amp")
 
 
@@ -63,18 +65,42 @@ def add_config(cfg):
     # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
     # which makes an interrupted run start over).
     cfg.TRAIN.CHECKPOINT_FREQ = 1
-    # Hand-crafted prompts of the dataset, set by configs/datasets/<dataset>.yaml.
-    cfg.DATASET.PROMPTS = CN()
+    # Cross-dataset evaluation: the dataset config of the training data. Trainers whose model
+    # is shaped by the dataset's prompts (MoCoOp's experts, MoPD's teacher pool) build it from
+    # that file's DATASET.PROMPTS, so that it fits the checkpoint ("" = this dataset's).
+    cfg.DATASET.SOURCE_CONFIG = ""
+    cfg.DATASET.PROMPTS = prompt_defaults()
+
+
+def model_prompts(cfg):
+    """The DATASET.PROMPTS that shape the model: the training dataset's in cross-dataset
+    evaluation (DATASET.SOURCE_CONFIG), else this dataset's."""
+    path = cfg.DATASET.SOURCE_CONFIG
+    if not path:
+        return cfg.DATASET.PROMPTS
+    source = read_config_file(path).get("DATASET", {}).get("PROMPTS")
+    if not source:
+        raise ValueError(f"DATASET.SOURCE_CONFIG {path} has no DATASET.PROMPTS")
+    prompts = prompt_defaults()
+    prompts.merge_from_other_cfg(CN(source))
+    print(f"Model prompts taken from the source dataset config {path}")
+    return prompts
+
+
+def prompt_defaults():
+    """DATASET.PROMPTS: the dataset's hand-crafted prompts, set by configs/datasets/<dataset>.yaml."""
+    prompts = CN()
     # CoOp's per-dataset template (ZeroshotCLIP; KgCoOp unless KNOWLEDGE_TEMPLATE is set).
-    cfg.DATASET.PROMPTS.TEMPLATE = "a photo of a {}."
+    prompts.TEMPLATE = "a photo of a {}."
     # KgCoOp's hard prompt where it differs from TEMPLATE ("" = TEMPLATE).
-    cfg.DATASET.PROMPTS.KNOWLEDGE_TEMPLATE = ""
+    prompts.KNOWLEDGE_TEMPLATE = ""
     # MoCoOp experts: group sizes and the flat template list (expert g starts from the first
     # template of its group).
-    cfg.DATASET.PROMPTS.EXPERT_GROUPS = ()
-    cfg.DATASET.PROMPTS.EXPERT_TEMPLATES = ()
+    prompts.EXPERT_GROUPS = ()
+    prompts.EXPERT_TEMPLATES = ()
     # MoPD's `task` teacher pool.
-    cfg.DATASET.PROMPTS.TEACHER_TEMPLATES = ()
+    prompts.TEACHER_TEMPLATES = ()
+    return prompts
 
 
 class PromptTrainer(TrainerX):
@@ -82,6 +108,14 @@ class PromptTrainer(TrainerX):
 
     # Subclasses set this to their own `add_config(cfg)`; train.py calls it before merging files.
     add_config = None
+    # Trainers that route images (MoCoOp's experts, MoPD's teachers) set a RoutingStats in
+    # build_model; its records are printed and written as <routing_stats_stem>.json/.csv.
+    routing_stats = None
+    routing_stats_stem = ""
+
+    def __init__(self, cfg):
+        self.finished_epochs = 0  # training epochs behind the current model (0: untrained)
+        super().__init__(cfg)
 
     def check_cfg(self, cfg):
         if cfg.TRAINER.PREC not in PRECISIONS:
@@ -216,7 +250,24 @@ class PromptTrainer(TrainerX):
     def test(self, split=None):
         cache = self.model.cached_text_features() if isinstance(self.model, CachedTextFeatures) else nullcontext()
         with cache:
-            return super().test(split)
+            result = super().test(split)
+        split = split or self.cfg.TEST.SPLIT
+        self.close_routing_stats("val" if split == "val" and self.val_loader is not None else "test")
+        return result
+
+    def after_epoch(self):
+        self.finished_epochs = self.epoch + 1
+        self.close_routing_stats("train")
+        super().after_epoch()
+
+    def close_routing_stats(self, split):
+        """Turn the routing seen since the last call into a record; print and write it."""
+        if self.routing_stats is None:
+            return
+        record = self.routing_stats.close(self.finished_epochs, split)
+        if record is not None:
+            print(self.routing_stats.summary(record))
+            self.routing_stats.write(self.output_dir, self.routing_stats_stem)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -251,6 +302,9 @@ class PromptTrainer(TrainerX):
                 self._scheds[name].load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"])
             print(f"Resumed {path} (finished epochs: {ckpt['epoch']})")
+        self.finished_epochs = ckpt["epoch"]
+        if self.routing_stats is not None:  # keep the records of the finished epochs
+            self.routing_stats.restore(self.output_dir, self.routing_stats_stem, self.finished_epochs)
         return ckpt["epoch"]
 
     def load_model(self, directory, epoch=None):
@@ -279,7 +333,7 @@ class PromptTrainer(TrainerX):
                 )
             load_learnable(self._models[name], ckpt["state_dict"], path)
             print(f"Loaded {path} (epoch {ckpt['epoch']})")
-            self.epoch = ckpt["epoch"] - 1  # evaluation logs refer to the loaded epoch
+            self.finished_epochs = ckpt["epoch"]
 
 
 def learnable_state(model):
