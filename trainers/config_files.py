@@ -8,7 +8,8 @@ import yaml
 def read_config_file(path, seen=()):
     """Key tree (nested dicts) of a YAML config with its `_BASE_` chain merged in, base first.
 
-    `_BASE_: other.yaml` is resolved relative to the including file.
+    `_BASE_: other.yaml` is resolved relative to the including file; a list of files is
+    merged in order, later files overriding earlier ones, and the including file last.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Config file {path} not found")
@@ -16,11 +17,12 @@ def read_config_file(path, seen=()):
         raise ValueError(f"Config file {path} includes itself through _BASE_")
     with open(path) as f:
         tree = yaml.safe_load(f) or {}
-    base = tree.pop("_BASE_", None)
-    if base is not None:
+    bases = tree.pop("_BASE_", [])
+    merged = {}
+    for base in [bases] if isinstance(bases, str) else bases:
         parent = read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path)))
-        tree = deep_update(parent, tree)
-    return tree
+        deep_update(merged, parent)
+    return deep_update(merged, tree)
 
 
 def deep_update(base, override):
