@@ -1,5 +1,6 @@
 """The shared trainer base and train.py: schedule, checkpoints, resume, precision, errors."""
 
+import glob
 import math
 import os
 import shutil
@@ -11,6 +12,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)"
 
 import train
 from clipprompt.schedule import EpochLRSchedule
+from tests.conftest import ROOT
 from tests.dataset_layouts import make_oxford_pets
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 from trainers.prompt_trainer import load_learnable
@@ -262,3 +264,21 @@ def test_frozen_clip_stays_in_eval_mode_while_training(pets, tmp_path):
     trainer.num_batches, trainer.batch_idx = 10, 0
     trainer.forward_backward(next(iter(trainer.train_loader_x)))
     assert torch.equal(before, bn.running_mean)
+
+
+TRAINER_CONFIGS = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs/trainers/*/**/*.yaml"), recursive=True)
+)
+
+
+@pytest.mark.parametrize("config", TRAINER_CONFIGS)
+def test_every_trainer_config_loads(config):
+    trainer = config.split(os.sep)[2]
+    cfg = setup("--trainer", trainer, "--dataset-config-file", PETS, "--config-file", os.path.join(ROOT, config))
+    assert cfg.TRAINER.NAME == trainer and cfg.OPTIM.MAX_EPOCH > 0
+
+
+def test_base_list_merges_in_order():
+    cfg = setup("--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", "configs/trainers/MoCoOp/demo.yaml")
+    assert cfg.OPTIM.LR == 0.032 and cfg.OPTIM.MAX_EPOCH == 10  # demo base overrides the preset's epochs
+    assert cfg.TRAINER.MOCOOP.ROUTER_TARGET == "mean" and cfg.INPUT.SIZE == (64, 64)
