@@ -29,3 +29,12 @@ def tiny_clip_path(tmp_path_factory, tiny_clip):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_from_repository_root():
+    """Config paths in tests are relative to the repository root, as in README's commands."""
+    previous = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(previous)
