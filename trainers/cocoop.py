@@ -16,7 +16,6 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from . import coop
-from .prompt_trainer import PromptTrainer
 
 
 def add_config(cfg):
@@ -56,18 +55,7 @@ class PromptLearner(coop.PromptLearner):
         return self.assembler(self.ctx + shift[:, None, :])
 
 
-class CustomCLIP(nn.Module):
-    def __init__(self, prompt_learner, text_encoder, clip_model):
-        super().__init__()
-        self.prompt_learner = prompt_learner
-        self.text_encoder = text_encoder
-        self.image_encoder = clip_model.visual
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
-
-    def encode_image(self, image):
-        return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
-
+class CustomCLIP(coop.PromptedCLIP):
     def text_features(self, image_features):
         """Normalised class features per image, `[B, C, D]`, from one text-encoder call."""
         prompts, eot = self.prompt_learner(image_features)
@@ -83,17 +71,11 @@ class CustomCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register()
-class CoCoOp(PromptTrainer):
+class CoCoOp(coop.CoOp):
+    """CoOp's training step; only the model differs."""
+
     add_config = staticmethod(add_config)
 
-    def build_model(self):
-        clip_model = self.load_clip()
+    def build_custom_clip(self, clip_model):
         prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
-        self.model = CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)
-        self.register_learnable(self.model)
-
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            logits = self.model(image).float()
-        return self.step({"loss_ce": F.cross_entropy(logits, label)}, logits, label)
+        return CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)

@@ -47,7 +47,9 @@ class PromptLearner(nn.Module):
         return self.assembler(self.ctx)
 
 
-class CustomCLIP(CachedTextFeatures, nn.Module):
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP towers plus a prompt learner; shared by the CoOp-style models."""
+
     def __init__(self, prompt_learner, text_encoder, clip_model):
         super().__init__()
         self.prompt_learner = prompt_learner
@@ -56,11 +58,13 @@ class CustomCLIP(CachedTextFeatures, nn.Module):
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
 
-    def compute_text_features(self):
-        return F.normalize(self.text_encoder(*self.prompt_learner()).float(), dim=-1)
-
     def encode_image(self, image):
         return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
+
+
+class CustomCLIP(CachedTextFeatures, PromptedCLIP):
+    def compute_text_features(self):
+        return F.normalize(self.text_encoder(*self.prompt_learner()).float(), dim=-1)
 
     def forward(self, image):
         return self.logit_scale.exp() * self.encode_image(image) @ self.text_features().t()
@@ -71,10 +75,12 @@ class CoOp(PromptTrainer):
     add_config = staticmethod(add_config)
 
     def build_model(self):
-        clip_model = self.load_clip()
-        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
-        self.model = CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)
+        self.model = self.build_custom_clip(self.load_clip())
         self.register_learnable(self.model)
+
+    def build_custom_clip(self, clip_model):
+        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
+        return CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
