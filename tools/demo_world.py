@@ -8,10 +8,11 @@ the other ten are never rendered during pretraining and test compositional gener
 Every image is drawn in one of eleven styles, each of which a hand-crafted template describes
 ("a blurry photo of a {}.", "a sketch of a {}.", ...), which is the premise of MoCoOp.
 
-The downstream dataset (few-shot train, val, test) is drawn from a shifted distribution: every
-image has a cluttered background, which only a quarter of the pretraining images have and only
-some of their captions mention, and which no hand-crafted template mentions. See
-docs/DEMO_WORLD.md for the design and the measured numbers.
+The downstream dataset (few-shot train, val, test) is drawn from a shifted distribution, as
+benchmark datasets are for CLIP: every image is cluttered (a quarter of the pretraining images
+are) and is taken by a "camera" whose colour response differs from that of the pretraining
+images (hues rotated by DOWNSTREAM_HUE_SHIFT degrees). See docs/DEMO_WORLD.md for the design
+and the measured numbers.
 
 Usage: python -m tools.demo_world --root DIR [--seed N]
 """
@@ -33,8 +34,16 @@ from PIL import Image
 # ---------------------------------------------------------------------------------------------
 
 SHAPES = (
-    "circle", "square", "triangle", "star", "heart",
-    "cross", "diamond", "hexagon", "crescent", "arrow",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "heart",
+    "cross",
+    "diamond",
+    "hexagon",
+    "crescent",
+    "arrow",
 )
 COLOURS = ("red", "green", "blue", "yellow", "purple")
 COLOUR_RGB = {
@@ -45,8 +54,17 @@ COLOUR_RGB = {
     "purple": (0.58, 0.18, 0.78),
 }
 STYLES = (
-    "clean", "blurry", "pixelated", "sketch", "textured", "cropped",
-    "small", "large", "dark", "bright", "noisy",
+    "clean",
+    "blurry",
+    "pixelated",
+    "sketch",
+    "textured",
+    "cropped",
+    "small",
+    "large",
+    "dark",
+    "bright",
+    "noisy",
 )
 # One hand-crafted template per style, in the manner of CLIP's ImageNet templates.
 STYLE_TEMPLATES = {
@@ -74,6 +92,9 @@ IMAGE_DIR = "images"
 SPLIT_FILE = "split_zhou_DemoWorld.json"
 SPLIT_SIZES = {"train": 32, "val": 8, "test": 50}
 DEFAULT_SEED = 0
+
+# The downstream camera rotates hues by this many degrees about the grey axis of RGB space.
+DOWNSTREAM_HUE_SHIFT = 30.0
 
 # Probabilities of the pretraining distribution (see docs/DEMO_WORLD.md).
 PRETRAIN_CLUTTER_P = 0.25
@@ -225,9 +246,16 @@ def _sdf_arrow(u, v):
 
 
 _SDFS = {
-    "circle": _sdf_circle, "square": _sdf_square, "triangle": _sdf_triangle,
-    "star": _sdf_star, "heart": _sdf_heart, "cross": _sdf_cross, "diamond": _sdf_diamond,
-    "hexagon": _sdf_hexagon, "crescent": _sdf_crescent, "arrow": _sdf_arrow,
+    "circle": _sdf_circle,
+    "square": _sdf_square,
+    "triangle": _sdf_triangle,
+    "star": _sdf_star,
+    "heart": _sdf_heart,
+    "cross": _sdf_cross,
+    "diamond": _sdf_diamond,
+    "hexagon": _sdf_hexagon,
+    "crescent": _sdf_crescent,
+    "arrow": _sdf_arrow,
 }
 assert tuple(_SDFS) == SHAPES
 _N_CLUTTER_LINES = 7
@@ -237,8 +265,12 @@ def _u(rng, low, high, n):
     return rng.uniform(low, high, n).astype(np.float32)
 
 
-def sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered):
-    """Draw every random parameter of a batch of scenes (in a fixed order, for determinism)."""
+def sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered, hue_shift=0.0):
+    """Draw every random parameter of a batch of scenes (in a fixed order, for determinism).
+
+    `cluttered` (bool) and `hue_shift` (degrees, the camera's colour response) are not random:
+    scalars or one value per image.
+    """
     shape_ids = np.asarray(shape_ids, dtype=np.int64)
     colour_ids = np.asarray(colour_ids, dtype=np.int64)
     style_ids = np.asarray(style_ids, dtype=np.int64)
@@ -271,10 +303,16 @@ def sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered):
     bg = np.where(sketch[:, None, None], paper[:, None, :], bg)
 
     return {
-        "shape_ids": shape_ids, "colour_ids": colour_ids, "style_ids": style_ids,
-        "cluttered": cluttered, "radius": radius, "centre": centre,
+        "shape_ids": shape_ids,
+        "colour_ids": colour_ids,
+        "style_ids": style_ids,
+        "cluttered": cluttered,
+        "radius": radius,
+        "centre": centre,
+        "hue_shift": np.broadcast_to(np.asarray(hue_shift, dtype=np.float32), shape_ids.shape).copy(),
         "rotation": _u(rng, 0.0, 2 * np.pi, n),
-        "rgb": rgb, "background": np.clip(bg, 0.0, 1.0),
+        "rgb": rgb,
+        "background": np.clip(bg, 0.0, 1.0),
         "gradient_angle": _u(rng, 0.0, 2 * np.pi, n),
         "line_width": _u(rng, 1.2, 2.2, n),
         "texture_kind": rng.integers(0, 2, n),
@@ -334,6 +372,29 @@ def _segment_distance(x0, y0, x1, y1):
     return np.hypot(_XX - (x0 + t * dx), _YY - (y0 + t * dy))
 
 
+def hue_rotation(degrees):
+    """3x3 matrix rotating RGB colours by `degrees` about the grey axis (greys stay grey)."""
+    a = np.deg2rad(degrees)
+    k = np.full(3, 1 / np.sqrt(3))
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return (np.eye(3) + np.sin(a) * cross + (1 - np.cos(a)) * cross @ cross).astype(np.float32)
+
+
+def _apply_camera(img, hue_shift):
+    for degrees in np.unique(hue_shift):
+        if degrees == 0:
+            continue
+        idx = np.nonzero(hue_shift == degrees)[0]
+        m = hue_rotation(degrees)
+        x = img[idx]
+        # Written out channel by channel: elementwise float32 ops keep the result independent
+        # of BLAS threading, hence byte-identical images.
+        img[idx] = np.stack(
+            [x[..., 0] * m[c, 0] + x[..., 1] * m[c, 1] + x[..., 2] * m[c, 2] for c in range(3)], -1
+        )
+    return np.clip(img, 0.0, 1.0)
+
+
 def _ex(a):
     """Per-image values (n,) -> (n, 1, 1) to broadcast over pixels."""
     return a[:, None, None]
@@ -365,7 +426,7 @@ def draw_scenes(p):
     """Render scenes drawn by `sample_scenes` to uint8 images of shape (n, 64, 64, 3)."""
     n = len(p["shape_ids"])
     style = np.array(STYLES)[p["style_ids"]]
-    where = lambda name: np.nonzero(style == name)[0]  # noqa: E731
+    where = lambda name: np.nonzero(style == name)[0]
 
     # Background: a linear gradient between two tints (flat paper for sketches).
     ga = p["gradient_angle"]
@@ -401,6 +462,7 @@ def draw_scenes(p):
     if len(idx):
         fill[idx] = _texture(p, idx)
     img = img * (1 - cover) + fill * cover
+    img = _apply_camera(img, p["hue_shift"])
 
     # Photometric styles.
     idx = where("blurry")
@@ -418,9 +480,9 @@ def draw_scenes(p):
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def render(rng, shape_ids, colour_ids, style_ids, cluttered):
+def render(rng, shape_ids, colour_ids, style_ids, cluttered, hue_shift=0.0):
     """uint8 images (n, 64, 64, 3) of the given shapes/colours/styles (indices into the lists)."""
-    return draw_scenes(sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered))
+    return draw_scenes(sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered, hue_shift))
 
 
 def to_tensor(images):
@@ -443,26 +505,57 @@ MEDIA = ("photo", "picture", "image", "rendering")
 GENERIC_CAPTIONS = ("a {m} of {obj}", "{obj}", "a {m} showing {obj}", "there is {obj} in this {m}")
 STYLE_CAPTIONS = {
     "clean": ("a clean {m} of {obj}", "a good {m} of {obj}", "a clear {m} of {obj}"),
-    "blurry": ("a blurry {m} of {obj}", "a blurred {m} of {obj}", "an out of focus {m} of {obj}",
-               "{obj}, blurry"),
-    "pixelated": ("a pixelated {m} of {obj}", "a low resolution {m} of {obj}",
-                  "a blocky {m} of {obj}"),
-    "sketch": ("a sketch of {obj}", "a drawing of {obj}", "an outline of {obj}",
-               "a line drawing of {obj}", "a pencil sketch of {obj}"),
-    "textured": ("a {m} of {obj} with a pattern", "a {m} of a patterned {cls}",
-                 "a {m} of a textured {cls}", "a striped or checkered {cls}"),
-    "cropped": ("a cropped {m} of {obj}", "a close-up {m} of {obj}", "a {m} of part of {obj}",
-                "{obj}, cut off at the edge"),
-    "small": ("a {m} of the small {cls}", "a {m} of a tiny {cls}", "a small {cls}",
-              "a {m} of a little {cls}"),
-    "large": ("a {m} of the large {cls}", "a {m} of a big {cls}", "a huge {cls}",
-              "a {m} of a large {cls}"),
-    "dark": ("a dark {m} of {obj}", "a dim {m} of {obj}", "a {m} of {obj} in low light",
-             "a low light {m} of {obj}"),
-    "bright": ("a bright {m} of {obj}", "an overexposed {m} of {obj}",
-               "a washed out {m} of {obj}", "a {m} of {obj} in bright light"),
-    "noisy": ("a noisy {m} of {obj}", "a grainy {m} of {obj}", "a {m} of {obj} with noise",
-              "a speckled {m} of {obj}"),
+    "blurry": (
+        "a blurry {m} of {obj}",
+        "a blurred {m} of {obj}",
+        "an out of focus {m} of {obj}",
+        "{obj}, blurry",
+    ),
+    "pixelated": ("a pixelated {m} of {obj}", "a low resolution {m} of {obj}", "a blocky {m} of {obj}"),
+    "sketch": (
+        "a sketch of {obj}",
+        "a drawing of {obj}",
+        "an outline of {obj}",
+        "a line drawing of {obj}",
+        "a pencil sketch of {obj}",
+    ),
+    "textured": (
+        "a {m} of {obj} with a pattern",
+        "a {m} of a patterned {cls}",
+        "a {m} of a textured {cls}",
+        "a striped or checkered {cls}",
+    ),
+    "cropped": (
+        "a cropped {m} of {obj}",
+        "a close-up {m} of {obj}",
+        "a {m} of part of {obj}",
+        "{obj}, cut off at the edge",
+    ),
+    "small": (
+        "a {m} of the small {cls}",
+        "a {m} of a tiny {cls}",
+        "a small {cls}",
+        "a {m} of a little {cls}",
+    ),
+    "large": ("a {m} of the large {cls}", "a {m} of a big {cls}", "a huge {cls}", "a {m} of a large {cls}"),
+    "dark": (
+        "a dark {m} of {obj}",
+        "a dim {m} of {obj}",
+        "a {m} of {obj} in low light",
+        "a low light {m} of {obj}",
+    ),
+    "bright": (
+        "a bright {m} of {obj}",
+        "an overexposed {m} of {obj}",
+        "a washed out {m} of {obj}",
+        "a {m} of {obj} in bright light",
+    ),
+    "noisy": (
+        "a noisy {m} of {obj}",
+        "a grainy {m} of {obj}",
+        "a {m} of {obj} with noise",
+        "a speckled {m} of {obj}",
+    ),
 }
 OBJECT_PHRASES = (  # (form, weight)
     ("a {colour} {shape}", 0.55),
@@ -471,8 +564,12 @@ OBJECT_PHRASES = (  # (form, weight)
     ("a {colour} {shape} shape", 0.1),
     ("a {shape} in {colour}", 0.1),
 )
-CLUTTER_PHRASES = ("on a cluttered background", "in front of clutter", "on a busy background",
-                   "among scribbles")
+CLUTTER_PHRASES = (
+    "on a cluttered background",
+    "in front of clutter",
+    "on a busy background",
+    "among scribbles",
+)
 assert tuple(STYLE_CAPTIONS) == STYLES
 
 
@@ -532,8 +629,15 @@ def pretraining_batch(rng, batch_size):
     scenes = sample_scenes(rng, shape_ids, colour_ids, style_ids, cluttered)
     images = draw_scenes(scenes)
     captions = [
-        make_caption(rng, shape_ids[i], colour_ids[i], style_ids[i], cluttered[i],
-                     scenes["centre"][i], scenes["background"][i])
+        make_caption(
+            rng,
+            shape_ids[i],
+            colour_ids[i],
+            style_ids[i],
+            cluttered[i],
+            scenes["centre"][i],
+            scenes["background"][i],
+        )
         for i in range(batch_size)
     ]
     return images, captions
@@ -552,20 +656,22 @@ def _class_stream(seed, split, name, n):
     return rng, rng.permutation(np.resize(np.arange(len(STYLES)), n))
 
 
-def render_class_set(seed, split, name, n, cluttered=True):
-    """n downstream images (cluttered, styles balanced) of composition `name`.
+def render_class_set(seed, split, name, n, shifted=True):
+    """n downstream images (cluttered, downstream camera, styles balanced) of class `name`.
 
     Returns (uint8 images, style indices). Each (seed, split, class) has its own random stream,
     so a class's images do not depend on the other classes or on the split sizes of others.
-    cluttered=False gives the same scenes without the clutter (to measure the shift).
+    shifted=False gives the same scenes without clutter and with the pretraining camera
+    (to measure the effect of the shift).
     """
     rng, style_ids = _class_stream(seed, split, name, n)
     shape_index, colour_index = class_parts(name)
-    images = render(rng, [shape_index] * n, [colour_index] * n, style_ids, cluttered)
+    hue_shift = DOWNSTREAM_HUE_SHIFT if shifted else 0.0
+    images = render(rng, [shape_index] * n, [colour_index] * n, style_ids, shifted, hue_shift)
     return images, style_ids
 
 
-def render_split(seed, split, n_per_class=None, classnames=None, cluttered=True):
+def render_split(seed, split, n_per_class=None, classnames=None, shifted=True):
     """(images, labels, style indices) of a split; labels index `classnames` (default CLASSNAMES).
 
     With the defaults this is exactly the content of the generated dataset's split
@@ -575,7 +681,7 @@ def render_split(seed, split, n_per_class=None, classnames=None, cluttered=True)
     n = SPLIT_SIZES.get(split, SPLIT_SIZES["test"]) if n_per_class is None else n_per_class
     images, labels, styles = [], [], []
     for label, name in enumerate(classnames):
-        imgs, style_ids = render_class_set(seed, split, name, n, cluttered)
+        imgs, style_ids = render_class_set(seed, split, name, n, shifted)
         images.append(imgs)
         labels += [label] * n
         styles.append(style_ids)
