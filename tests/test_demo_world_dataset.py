@@ -41,3 +41,16 @@ def test_missing_world_says_how_to_generate_it(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="python -m tools.demo_world --root"):
         DemoWorld(cfg_for(tmp_path))
+
+
+def test_regenerating_after_training_keeps_the_world(tmp_path):
+    """Training writes few-shot caches into the world's folder; the generator must still
+    recognise the world as its own (README's demo command is re-runnable)."""
+    from datasets.demo_world import DemoWorld
+
+    sizes = {"train": 2, "val": 1, "test": 1}
+    demo_world.generate(str(tmp_path), split_sizes=sizes, log=lambda *a: None)
+    DemoWorld(cfg_for(tmp_path, "DATASET.NUM_SHOTS", "1"))  # writes split_fewshot/shot_1-seed_1.json
+    messages = []
+    demo_world.generate(str(tmp_path), split_sizes=sizes, log=messages.append)
+    assert "already holds this world" in messages[0]

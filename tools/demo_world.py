@@ -741,9 +741,16 @@ def _read(path):
         return f.read()
 
 
+# Written into the dataset folder by the few-shot sampler of datasets/coop_dataset.py.
+FEWSHOT_CACHE_DIR = "split_fewshot"
+
+
 def _existing_files(directory):
+    """Files of the world in `directory` (the few-shot caches of training runs excluded)."""
     found = {}
-    for dirpath, _, filenames in os.walk(directory):
+    for dirpath, dirnames, filenames in os.walk(directory):
+        if dirpath == directory and FEWSHOT_CACHE_DIR in dirnames:
+            dirnames.remove(FEWSHOT_CACHE_DIR)
         for filename in filenames:
             path = os.path.join(dirpath, filename)
             found[os.path.relpath(path, directory).replace(os.sep, "/")] = _read(path)
