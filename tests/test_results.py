@@ -7,6 +7,7 @@ scipy where it is installed): e.g. accuracies 70, 72, 74 give 72.00 ± 2.00 and 
 
 import csv
 import json
+import statistics
 
 import pytest
 
@@ -274,7 +275,7 @@ def test_paper_columns(tmp_path):
 
     finished(tmp_path, "base2new", "train_base", "imagenet", 1, 72, shots=4)
     sections, _ = results.build_report(tmp_path, declared=[1], paper=_paper.load())
-    four_shots = tables(sections, "Base-to-new")[0]
+    four_shots = tables(sections, "Base-to-new")[1]  # [0] is the all-trainers summary
     assert four_shots.title == "CoOp / vit_b16 (4 shots)" and "Paper Base" not in four_shots.headers
     assert four_shots.notes == ["Paper: the published numbers are for 16 shots; none are shown here."]
 
@@ -357,3 +358,19 @@ def test_plots(tmp_path):
     stats.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="does not match names"):
         plots.read_selection(stats)
+
+
+def test_single_dataset_summary_compares_trainers(tmp_path):
+    for seed, (base, new) in zip((1, 2), ((60, 50), (62, 54))):
+        for trainer, shift in (("CoOp", 0), ("MoCoOp", 2)):
+            finished(tmp_path, "base2new", "train_base", "demo_world", seed, base + shift, trainer=trainer)
+            finished(tmp_path, "base2new", "test_new", "demo_world", seed, new + shift, trainer=trainer)
+    sections, missing = results.build_report(tmp_path, declared=[1, 2], datasets=["demo_world"])
+    summary = tables(sections, "Base-to-new")[0]
+    assert summary.title.startswith("All trainers (demo_world")
+    coop, mocoop = summary.rows
+    assert coop[:4] == ["CoOp / vit_b16 (16 shots)", "1,2", "61.00 ± 1.41", "52.00 ± 2.83"]
+    h = [2 * b * n / (b + n) for b, n in ((60, 50), (62, 54))]
+    assert coop[4] == f"{2 * 61 * 52 / 113:.2f} ± {statistics.stdev(h):.2f}"
+    assert mocoop[2] == "63.00 ± 1.41"
+    assert missing == []  # only the listed dataset is expected

@@ -155,14 +155,14 @@ def _expected(runs, keys, declared):
 # ---------------------------------------------------------------- base-to-new
 
 
-def base2new_section(runs, declared, paper, col):
+def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
     intro = (
         "Cells: mean ± sample std over seeds [95% t-interval of the mean]. H = 2·B·N/(B+N) of the "
         "mean Base and mean New (the CoOp-family convention); its ± and interval are those of "
-        "the per-seed H (Base and New of the same seed). Average: mean over the 11 datasets of "
-        "the per-dataset means, its H from the averaged Base and New."
+        f"the per-seed H (Base and New of the same seed). Average: mean over the {len(datasets)} "
+        "datasets of the per-dataset means, its H from the averaged Base and New."
     )
-    tables, csv_rows = [], []
+    tables, csv_rows, summary = [], [], []
     for (trainer, config, shots), keys in _groups(runs, "base2new", ("trainer", "config", "shots")).items():
         expected = _expected(runs, keys, declared)
         pub, notes = {}, []
@@ -175,7 +175,7 @@ def base2new_section(runs, declared, paper, col):
             headers += ["Paper Base", "Paper New", "Paper H"]
         headers.append("Flags")
         rows, averaged = [], []
-        for d in _ordered(BENCHMARK, set(BENCHMARK) | {k.dataset for k in keys}):
+        for d in _ordered(datasets, set(datasets) | {k.dataset for k in keys}):
             bkey = RunKey("base2new", "train_base", d, shots, trainer, config)
             nkey = bkey._replace(part="test_new")
             if bkey not in runs and nkey not in runs:
@@ -197,7 +197,7 @@ def base2new_section(runs, declared, paper, col):
             b, n = summarize([base[s] for s in sorted(base)]), summarize([new[s] for s in sorted(new)])
             h = harmonic(b.mean, n.mean) if b and n else None
             h_seeds = summarize([harmonic(base[s], new[s]) for s in sorted(base.keys() & new.keys())])
-            if d in BENCHMARK and b and n:
+            if d in datasets and b and n:
                 averaged.append((d, b.mean, n.mean, bool(flags)))
             seeds = (
                 _seeds(base)
@@ -205,6 +205,9 @@ def base2new_section(runs, declared, paper, col):
                 else f"base {_seeds(base) or 'none'}; new {_seeds(new) or 'none'}"
             )
             h_cell = "—" if h is None else _f(h) + _spread(h_seeds, ci=True)
+            if len(datasets) == 1 and d in datasets:
+                summary.append([f"{trainer} / {config} ({shots} shots)", seeds, _cell(b), _cell(n),
+                                _f(h) + _spread(h_seeds)])
             row = [_name(d), seeds, _cell(b, ci=True), _cell(n, ci=True), h_cell]
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": _name(d)}
             record |= {"base_seeds": _seeds(base)} | _stats_csv("base_", b)
@@ -221,12 +224,15 @@ def base2new_section(runs, declared, paper, col):
             avg_n = statistics.fmean(a[2] for a in averaged)
             avg_h = harmonic(avg_b, avg_n)
             flags = []
-            absent = [_name(d) for d in BENCHMARK if d not in {a[0] for a in averaged}]
+            absent = [_name(d) for d in datasets if d not in {a[0] for a in averaged}]
             if absent:
-                flags.append(f"over {len(averaged)}/{len(BENCHMARK)} datasets, without {', '.join(absent)}")
+                flags.append(f"over {len(averaged)}/{len(datasets)} datasets, without {', '.join(absent)}")
             if any(a[3] for a in averaged):
                 flags.append("includes flagged datasets")
             row = ["Average", "", _f(avg_b), _f(avg_n), _f(avg_h)]
+            if len(datasets) > 1:
+                summary.append([f"{trainer} / {config} ({shots} shots)", f"{len(averaged)} datasets",
+                                _f(avg_b), _f(avg_n), _f(avg_h)])
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": "Average"}
             record |= {
                 "datasets": len(averaged),
@@ -241,6 +247,10 @@ def base2new_section(runs, declared, paper, col):
             rows.append(row)
             csv_rows.append(record)
         tables.append(Table(f"{trainer} / {config} ({shots} shots)", headers, rows, notes))
+    if len(summary) > 1:
+        where = _name(datasets[0]) if len(datasets) == 1 else "average over the datasets"
+        tables.insert(0, Table(f"All trainers ({where}; mean ± std over seeds)",
+                               ["Trainer / config", "Seeds", "Base", "New", "H"], summary))
     return Section("Base-to-new generalisation", intro, tables, "base2new.csv", csv_rows)
 
 
@@ -268,32 +278,33 @@ class FewShotGrid:
     datasets: list
     cells: dict  # (dataset, shots) -> Summary
     expected_n: int
+    benchmark: list  # datasets the average is taken over
 
     def complete(self, dataset, k):
         s = self.cells.get((dataset, k))
         return s is not None and s.n == self.expected_n
 
     def average(self, k):
-        """`_average` of the `k`-shot cells of the 11 benchmark datasets."""
-        return _average([(self.cells.get((d, k)), self.complete(d, k)) for d in BENCHMARK])
+        """`_average` of the `k`-shot cells of the benchmark datasets."""
+        return _average([(self.cells.get((d, k)), self.complete(d, k)) for d in self.benchmark])
 
 
-def fewshot_grids(runs, declared, col):
+def fewshot_grids(runs, declared, col, datasets=BENCHMARK):
     grids = []
     for (trainer, config), keys in _groups(runs, "fewshot", ("trainer", "config")).items():
         expected = _expected(runs, keys, declared)
         shots = sorted({k.shots for k in keys})
-        datasets = _ordered(BENCHMARK, {k.dataset for k in keys})
-        for d in BENCHMARK:
-            if d not in datasets:
+        found = _ordered(datasets, {k.dataset for k in keys})
+        for d in datasets:
+            if d not in found:
                 col.report(f"fewshot/{d}/shots_*/{trainer}/{config}/seed*", "no runs for this dataset")
         cells = {}
-        for d in datasets:
+        for d in found:
             for k in shots:
                 acc = col.accuracies(RunKey("fewshot", "", d, k, trainer, config), expected)
                 if acc:
                     cells[d, k] = summarize([acc[s] for s in sorted(acc)])
-        grids.append(FewShotGrid(trainer, config, shots, datasets, cells, len(expected)))
+        grids.append(FewShotGrid(trainer, config, shots, found, cells, len(expected), list(datasets)))
     return grids
 
 
@@ -319,12 +330,12 @@ def fewshot_section(grids, paper=None):
         avg_row = ["Average"]
         for k in g.shots:
             avg = g.average(k)
-            avg_row.append(_average_cell(avg, len(BENCHMARK)))
+            avg_row.append(_average_cell(avg, len(g.benchmark)))
             if avg:
                 csv_rows.append(
                     {"trainer": g.trainer, "config": g.config, "dataset": "Average", "shots": k}
-                    | {"n": avg[1], "mean": _f(avg[0]), "expected_n": len(BENCHMARK)}
-                    | {"complete": avg[1] == len(BENCHMARK) and avg[2]}
+                    | {"n": avg[1], "mean": _f(avg[0]), "expected_n": len(g.benchmark)}
+                    | {"complete": avg[1] == len(g.benchmark) and avg[2]}
                 )
         rows.append(avg_row)
         notes = []
@@ -440,7 +451,7 @@ def xd_sections(runs, declared, paper, col):
 # ----------------------------------------------------------------------- CLI
 
 
-def build_report(root, declared=(1, 2, 3), paper=None):
+def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK):
     """(sections, missing runs) of the output tree at `root`."""
     runs, problems = discover(root)
     if not runs and not problems:
@@ -451,8 +462,8 @@ def build_report(root, declared=(1, 2, 3), paper=None):
     col.missing.extend(problems)
     sections = []
     if any(k.protocol == "base2new" for k in runs):
-        sections.append(base2new_section(runs, declared, paper, col))
-    grids = fewshot_grids(runs, declared, col)
+        sections.append(base2new_section(runs, declared, paper, col, datasets))
+    grids = fewshot_grids(runs, declared, col, datasets)
     if grids:
         sections.append(fewshot_section(grids, paper))
     sections.extend(xd_sections(runs, declared, paper, col))
@@ -490,12 +501,17 @@ def main(argv=None):
         "--paper", action="store_true", help="add the published numbers of tools/paper_results.json"
     )
     p.add_argument("--seeds", default="1 2 3", help='seeds every group should have (default "1 2 3")')
+    p.add_argument(
+        "--datasets",
+        default=" ".join(BENCHMARK),
+        help="datasets of the base-to-new and few-shot tables and their averages (default: the 11 of the papers)",
+    )
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
         p.error(f"{args.output_root} is not a directory")
     declared = [int(s) for s in args.seeds.split()]
     paper = _paper.load() if args.paper else None
-    sections, missing = build_report(args.output_root, declared, paper)
+    sections, missing = build_report(args.output_root, declared, paper, args.datasets.split())
     sys.stdout.write(render(args.output_root, sections, missing))
     csv_dir = args.csv_dir or args.output_root / "tables"
     csv_dir.mkdir(parents=True, exist_ok=True)

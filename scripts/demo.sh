@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The demo (README "Main job"): generate the demo world, run base-to-new for ZeroshotCLIP,
+# CoOp, KgCoOp, MoCoOp and MoPD with the tiny CLIP in assets/, and print the Base/New/H
+# table. CPU only; see docs/DEMO_WORLD.md.
+#
+#   bash scripts/demo.sh
+#
+# env: DATA (data: where the world is generated), OUTPUT (output/demo), SEEDS ("1 2 3"),
+#      TRAINERS (the five above), PYTHON (python3). Re-running skips finished runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output/demo} SEEDS=${SEEDS:-"1 2 3"} PYTHON=${PYTHON:-python3}
+TRAINERS=${TRAINERS:-"ZeroshotCLIP CoOp KgCoOp MoCoOp MoPD"}
+
+"$PYTHON" -m tools.demo_world --root "$DATA"
+start=$SECONDS
+# Progress: one line per run (elapsed time, trainer, seed, base or new, accuracy); the full
+# logs are in each run's log.txt.
+progress() {
+    local line seed dir phase
+    while IFS= read -r line; do
+        case "$line" in
+            "# skip finished: "*) echo "         skipped, finished: ${line#\# skip finished: }" ;;
+            *" train.py "*)
+                seed=${line#* --seed } seed=${seed%% *}
+                dir=${line#* --output-dir } dir=${dir%% *}
+                [[ $dir == */test_new/* ]] && phase=new || phase=base
+                printf '[%4d s] %-12s seed %s  %-4s ... ' $((SECONDS - start)) "$1" "$seed" "$phase" ;;
+            "* accuracy: "*) echo "${line#\* accuracy: }" ;;
+            Traceback* | error:* | *Error:*) echo "$line" ;;
+        esac
+    done
+}
+
+for trainer in $TRAINERS; do
+    bash scripts/base2new.sh demo_world "$trainer" demo 2>&1 | progress "$trainer"
+done
+echo "Finished in $((SECONDS - start)) s. Table (mean ± std over seeds; runs in $OUTPUT):"
+"$PYTHON" -m tools.results "$OUTPUT" --seeds "$SEEDS" --datasets demo_world
