@@ -333,9 +333,10 @@ def round_robin(fns, args, device, peak):
         except torch.OutOfMemoryError:
             out[name]["oom"] = True
             del live[name]
-            gc.collect()
-            torch.cuda.empty_cache()
-            return None
+        # Outside the except block: its traceback no longer holds the failed call's tensors.
+        gc.collect()
+        torch.cuda.empty_cache()
+        return None
 
     for _ in range(args.warmup):
         for name, fn in list(live.items()):
