@@ -610,7 +610,7 @@ def make_caption(rng, shape_index, colour_index, style_index, cluttered, centre,
         elif tone > 0.65:
             extras.append("on a light background")
     for extra in extras:
-        text += ("" if text.endswith(",") else " ") + extra
+        text += " " + extra
     if rng.random() < 0.8:
         text += "."
     return _fix_articles(text)
