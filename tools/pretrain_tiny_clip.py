@@ -95,7 +95,7 @@ def clip_loss(model, images, tokens):
 def _optimizers(model, lr, weight_decay):
     """AdamW for the network, SparseAdam for the token embedding.
 
-    The world's captions use a few hundred of the 49408 vocabulary rows: a dense Adam update of
+    The world's captions use about a hundred of the 49408 vocabulary rows: a dense Adam update of
     the 6.3M-row embedding would cost more than the forward and backward passes together.
     Weight matrices are decayed; biases, norms, embeddings and the temperature are not.
     """
