@@ -9,6 +9,9 @@
 #      TRAINERS (the five above), PYTHON (python3). Re-running skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Threads sleep instead of spinning while they wait: on a busy or small machine spinning
+# OpenMP threads slow every step several times over.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output/demo} SEEDS=${SEEDS:-"1 2 3"} PYTHON=${PYTHON:-python3}
 TRAINERS=${TRAINERS:-"ZeroshotCLIP CoOp KgCoOp MoCoOp MoPD"}
 

@@ -38,7 +38,9 @@ def randomise_images(dataset_dir, seed=0):
 def run_train(*args, check=True, timeout=600):
     """Run train.py with `args` from the repository root; returns the CompletedProcess."""
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    # Sleeping rather than spinning OpenMP threads: the test runner shares the CPU with them.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -280,5 +280,5 @@ def test_every_trainer_config_loads(config):
 
 def test_base_list_merges_in_order():
     cfg = setup("--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", "configs/trainers/MoCoOp/demo.yaml")
-    assert cfg.OPTIM.LR == 0.032 and cfg.OPTIM.MAX_EPOCH == 10  # demo base overrides the preset's epochs
+    assert cfg.OPTIM.LR == 0.064 and cfg.OPTIM.MAX_EPOCH == 30 and cfg.OPTIM.WARMUP_EPOCH == 1  # demo base last
     assert cfg.TRAINER.MOCOOP.ROUTER_TARGET == "mean" and cfg.INPUT.SIZE == (64, 64)
