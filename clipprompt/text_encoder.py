@@ -6,7 +6,8 @@ Speed options (all exact up to floating-point rounding, all parity-tested agains
   `PromptAssembler`); CLIP's causal mask makes later positions irrelevant to the EOT feature;
 - fused attention: `scaled_dot_product_attention(is_causal=True)` instead of explicit
   softmax(QKᵀ/√d + mask)·V (`attention="math"` keeps the reference path);
-- chunking: at most `chunk_size` prompts per transformer call, bounding peak memory;
+- chunking: at most `chunk_size` prompts per transformer call, bounding peak memory; prompts
+  are grouped by length so that each chunk is cut after its own longest EOT;
 - activation checkpointing: each residual block recomputes its activations in backward.
 """
 
@@ -23,7 +24,7 @@ from .templates import EOT_ID, SOT_ID, bpe
 class TextEncoder(nn.Module):
     """Maps prompt embeddings `[N, L, d]` and EOT positions `[N]` to text features `[N, D]`."""
 
-    def __init__(self, clip_model, attention="fused", chunk_size=0, checkpointing=False):
+    def __init__(self, clip_model, attention="fused", chunk_size=0, checkpointing=False, truncate=True):
         super().__init__()
         if attention not in ("fused", "math"):
             raise ValueError(f"attention must be 'fused' or 'math', not {attention!r}")
@@ -35,16 +36,19 @@ class TextEncoder(nn.Module):
         self.attention = attention
         self.chunk_size = chunk_size
         self.checkpointing = checkpointing
+        self.truncate = truncate  # False keeps chunks at the width they are given (reference path)
 
     def forward(self, prompts, eot):
         if not self.chunk_size or prompts.shape[0] <= self.chunk_size:
             return self._encode(prompts, eot)
+        # Prompts of similar length share a chunk, so each chunk is cut short; rows do not
+        # interact in the transformer, so the order changes no feature.
+        order = eot.argsort() if self.truncate else torch.arange(len(eot), device=eot.device)
         feats = []
-        for start in range(0, prompts.shape[0], self.chunk_size):
-            part_eot = eot[start : start + self.chunk_size]
-            length = int(part_eot.max()) + 1
-            feats.append(self._encode(prompts[start : start + self.chunk_size, :length], part_eot))
-        return torch.cat(feats)
+        for rows in order.split(self.chunk_size):
+            length = int(eot[rows].max()) + 1 if self.truncate else prompts.shape[1]
+            feats.append(self._encode(prompts[rows, :length], eot[rows]))
+        return torch.cat(feats)[order.argsort()]
 
     def _encode(self, prompts, eot):
         x = prompts.to(self.dtype) + self.positional_embedding[: prompts.shape[1]].to(self.dtype)

@@ -24,6 +24,7 @@ progress() {
     while IFS= read -r line; do
         case "$line" in
             "# skip finished: "*) echo "         skipped, finished: ${line#\# skip finished: }" ;;
+            "Command: "*) ;;  # train.py echoing its own command line
             *" train.py "*)
                 seed=${line#* --seed } seed=${seed%% *}
                 dir=${line#* --output-dir } dir=${dir%% *}

@@ -67,3 +67,30 @@ def test_encode_texts_normalises(tiny_clip):
     feats = encode_texts(TextEncoder(tiny_clip), tiny_clip.token_embedding, TEXTS)
     ref = torch.nn.functional.normalize(_reference(tiny_clip, TEXTS), dim=-1)
     torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_chunks_group_prompts_by_length_and_keep_the_order(tiny_clip, monkeypatch):
+    texts = [TEXTS[i % len(TEXTS)] for i in range(10)]
+    ids = tokenize(texts)
+    embeds, eot = tiny_clip.token_embedding(ids), ids.argmax(1)
+    encoder = TextEncoder(tiny_clip, chunk_size=3)
+    widths = []
+    encode = encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda x, e: widths.append(x.shape[1]) or encode(x, e))
+    with torch.no_grad():
+        chunked = encoder(embeds, eot)
+        full = TextEncoder(tiny_clip)(embeds, eot)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    assert widths == sorted(widths) and widths[0] < widths[-1] == ids.shape[1]
+
+
+def test_untruncated_encoder_keeps_chunks_at_full_width(tiny_clip, monkeypatch):
+    ids = tokenize(TEXTS, truncate=False)
+    encoder = TextEncoder(tiny_clip, chunk_size=2, truncate=False)
+    widths = []
+    encode = encoder._encode
+    monkeypatch.setattr(encoder, "_encode", lambda x, e: widths.append(x.shape[1]) or encode(x, e))
+    with torch.no_grad():
+        feats = encoder(tiny_clip.token_embedding(ids), ids.argmax(1))
+    assert widths == [77, 77]
+    torch.testing.assert_close(feats, _reference(tiny_clip, TEXTS), atol=1e-5, rtol=1e-5)

@@ -282,3 +282,12 @@ def test_base_list_merges_in_order():
     cfg = setup("--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", "configs/trainers/MoCoOp/demo.yaml")
     assert cfg.OPTIM.LR == 0.064 and cfg.OPTIM.MAX_EPOCH == 30 and cfg.OPTIM.WARMUP_EPOCH == 1  # demo base last
     assert cfg.TRAINER.MOCOOP.ROUTER_TARGET == "mean" and cfg.INPUT.SIZE == (64, 64)
+
+
+def test_clip_is_loaded_onto_the_trainer_device(pets, tiny_clip_path, tmp_path):
+    """Prompt assemblers hold CLIP's token embedding outside their module tree, so CLIP must be
+    on the device before they are built (a stand-in device shows where tensors go)."""
+    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path)
+    trainer.device = torch.device("meta")
+    clip_model = trainer.load_clip()
+    assert {p.device.type for p in clip_model.parameters()} == {"meta"}

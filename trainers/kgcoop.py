@@ -58,7 +58,7 @@ class KgCoOp(PromptTrainer):
     def build_model(self):
         template = self.knowledge_template()
         print(f"Hand-crafted prompt of the knowledge-guided term: {template!r}")
-        clip_model = self.load_clip().to(self.device)
+        clip_model = self.load_clip()
         text_encoder = self.build_text_encoder(clip_model)
         hard_features = encode_texts(
             text_encoder, clip_model.token_embedding, [fill(template, c) for c in self.classnames]

@@ -205,7 +205,7 @@ class MoCoOp(PromptTrainer):
     def build_model(self):
         cfg = self.cfg
         groups, templates = self.expert_groups()
-        clip_model = self.load_clip().to(self.device)
+        clip_model = self.load_clip()
         text_names = self.text_classnames()
         print(f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
               f"({len(text_names) - len(self.classnames)} virtual)")

@@ -122,7 +122,7 @@ class MoPD(PromptTrainer):
 
     def build_model(self):
         opts = self.cfg.TRAINER.MOPD
-        clip_model = self.load_clip().to(self.device)
+        clip_model = self.load_clip()
         encoder = self.build_text_encoder(clip_model)
         templates = self.teacher_templates
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")

@@ -141,7 +141,10 @@ class PromptTrainer(TrainerX):
     # ------------------------------------------------------------------ model
 
     def load_clip(self):
-        """The frozen CLIP of MODEL.BACKBONE.NAME, in the dtype PREC asks for."""
+        """The frozen CLIP of MODEL.BACKBONE.NAME on the device, in the dtype PREC asks for.
+
+        On the device before any prompt learner is built: the prompt assemblers keep a
+        reference to CLIP's token embedding outside their module tree."""
         cfg = self.cfg
         dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
         print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
@@ -152,11 +155,11 @@ class PromptTrainer(TrainerX):
                 f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the image tower of "
                 f"{cfg.MODEL.BACKBONE.NAME} ({resolution} px): set INPUT.SIZE ({resolution}, {resolution})"
             )
-        return model
+        return model.to(self.device)
 
     def build_text_encoder(self, clip_model):
         opts = self.cfg.TRAINER.TEXT_ENCODER
-        return TextEncoder(clip_model, opts.ATTENTION, opts.CHUNK_SIZE, opts.CHECKPOINT)
+        return TextEncoder(clip_model, opts.ATTENTION, opts.CHUNK_SIZE, opts.CHECKPOINT, opts.TRUNCATE)
 
     def register_learnable(self, model, name="prompt_learner", param_groups=None):
         """Move `model` to the device and optimise its tensors that require grad.

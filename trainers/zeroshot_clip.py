@@ -55,7 +55,7 @@ class ZeroshotCLIP(PromptTrainer):
             raise ValueError(f"TRAINER.ZEROSHOT.TEMPLATES must be one of {list(ENSEMBLES)}, not {choice!r}")
         templates = ENSEMBLES[choice](self.dataset_template())
         print(f"Zero-shot templates ({len(templates)}): {templates if len(templates) < 10 else templates[:3] + ['...']}")
-        clip_model = self.load_clip().to(self.device)
+        clip_model = self.load_clip()
         encoder = self.build_text_encoder(clip_model)
         per_template = torch.stack([
             encode_texts(encoder, clip_model.token_embedding, [fill(t, c) for c in self.classnames])
