@@ -222,3 +222,14 @@ def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = read_log(out)
     assert "6 experts, top-2" in log and "* total: 6" in log
+
+
+def test_cls_temperature_rescales_logits_only(tiny_clip):
+    image, label = batch()
+    clip_scale = build(make_cfg("paper"), tiny_clip).eval()
+    paper_tau = build(make_cfg("paper", "TRAINER.MOCOOP.CLS_TEMPERATURE", "0.07"), tiny_clip).eval()
+    paper_tau.load_state_dict(clip_scale.state_dict())
+    with torch.no_grad():
+        a, b = clip_scale(image), paper_tau(image)
+    torch.testing.assert_close(b, a / tiny_clip.logit_scale.exp() / 0.07, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.argmax(1), b.argmax(1))

@@ -48,6 +48,9 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.TEXT_LOSS_FORM = "lasp"
     # tau_t of the text loss (paper 0.07, release 1.0).
     cfg.TRAINER.MOCOOP.TEXT_TEMPERATURE = 0.07
+    # tau of L_cls (Eq. 3): 0 uses CLIP's logit scale (100 for pretrained CLIP), as both presets
+    # do; the paper's text sets 0.07. Logits are only rescaled, so predictions do not change.
+    cfg.TRAINER.MOCOOP.CLS_TEMPERATURE = 0.0
     # Shared learnable bias added to every soft text feature before normalising (release).
     cfg.TRAINER.MOCOOP.TEXT_BIAS = False
     # Train the image encoder's LayerNorms (release), at this multiple of OPTIM.LR.
@@ -135,8 +138,13 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         """Logits with the top-K experts, and the routing that produced them."""
         v = self.encode_image(image)
         _, index, weight = self.route(v)
-        logits = mixture.mix_expert_logits(v, self.text_features(), index, weight, self.logit_scale.exp().float())
+        logits = mixture.mix_expert_logits(v, self.text_features(), index, weight, self.scale())
         return logits, index, weight
+
+    def scale(self):
+        """1 / tau of the classification logits (CLIP's logit scale unless CLS_TEMPERATURE)."""
+        tau = self.opts.CLS_TEMPERATURE
+        return 1.0 / tau if tau > 0 else self.logit_scale.exp().float()
 
     def forward(self, image):
         return self.classify(image)[0]
@@ -147,8 +155,7 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         v = self.encode_image(image)
         scores, index, weight = self.route(v)
         soft = self.soft_features()  # one encoder call: all experts x all text classes
-        scale = self.logit_scale.exp().float()
-        logits = mixture.mix_expert_logits(v, soft[:, : self.num_classes], index, weight, scale)
+        logits = mixture.mix_expert_logits(v, soft[:, : self.num_classes], index, weight, self.scale())
         terms = {"loss_cls": F.cross_entropy(logits, label)}
         if opts.ROUTER_LOSS_WEIGHT:
             target = mixture.router_target(
