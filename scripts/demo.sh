@@ -6,7 +6,8 @@
 #   bash scripts/demo.sh
 #
 # env: DATA (data: where the world is generated), OUTPUT (output/demo), SEEDS ("1 2 3"),
-#      TRAINERS (the five above), PYTHON (python3). Re-running skips finished runs.
+#      TRAINERS (the five above), CONFIG (demo: configs/trainers/<Trainer>/<CONFIG>.yaml),
+#      PYTHON (python3). Re-running skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Threads sleep instead of spinning while they wait: on a busy or small machine spinning
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output/demo} SEEDS=${SEEDS:-"1 2 3"} PYTHON=${PYTHON:-python3}
 TRAINERS=${TRAINERS:-"ZeroshotCLIP CoOp KgCoOp MoCoOp MoPD"}
+CONFIG=${CONFIG:-demo}
 
 "$PYTHON" -m tools.demo_world --root "$DATA"
 start=$SECONDS
@@ -37,7 +39,7 @@ progress() {
 }
 
 for trainer in $TRAINERS; do
-    bash scripts/base2new.sh demo_world "$trainer" demo 2>&1 | progress "$trainer"
+    bash scripts/base2new.sh demo_world "$trainer" "$CONFIG" 2>&1 | progress "$trainer"
 done
 echo "Finished in $((SECONDS - start)) s. Table (mean ± std over seeds; runs in $OUTPUT):"
 "$PYTHON" -m tools.results "$OUTPUT" --seeds "$SEEDS" --datasets demo_world
