@@ -54,3 +54,34 @@ def test_regenerating_after_training_keeps_the_world(tmp_path):
     messages = []
     demo_world.generate(str(tmp_path), split_sizes=sizes, log=messages.append)
     assert "already holds this world" in messages[0]
+
+
+def test_routing_report_evaluates_the_trained_model(tmp_path):
+    """tools.demo_routing rebuilds the run from its config.yaml: its accuracy over all styles is
+    the run's own final test accuracy, and every test image is counted under its style."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e import read_log, result_accuracy, run_train
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    # 11 test images per class: one in every style.
+    demo_world.generate(str(root), split_sizes={"train": 2, "val": 1, "test": 11}, log=lambda *a: None)
+    run_train(
+        "--root", root, "--seed", "1", "--trainer", "MoCoOp", "--output-dir", run,
+        "--dataset-config-file", "configs/datasets/demo_world.yaml",
+        "--config-file", "configs/trainers/MoCoOp/demo.yaml",
+        "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
+    )
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    report = subprocess.run(
+        [sys.executable, "-m", "tools.demo_routing", str(run), "--root", str(root)],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout.splitlines()
+    table = report[report.index(next(line for line in report if line.startswith("style"))) + 1 :]
+    rows = {line.split()[0]: [float(x.rstrip("%")) for x in line.split()[1:]] for line in table}
+    assert set(rows) == {*demo_world.STYLES, "all"}
+    assert rows["all"][3] == pytest.approx(result_accuracy(read_log(run)), abs=0.05)
+    for router, reference, peak, accuracy in rows.values():
+        assert 0 <= router <= 100 and 0 <= reference <= 100 and 1 / 11 <= peak <= 1 and 0 <= accuracy <= 100

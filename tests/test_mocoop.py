@@ -225,7 +225,7 @@ def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_pat
 
 
 def test_cls_temperature_rescales_logits_only(tiny_clip):
-    image, label = batch()
+    image, _ = batch()
     clip_scale = build(make_cfg("paper"), tiny_clip).eval()
     paper_tau = build(make_cfg("paper", "TRAINER.MOCOOP.CLS_TEMPERATURE", "0.07"), tiny_clip).eval()
     paper_tau.load_state_dict(clip_scale.state_dict())
