@@ -200,6 +200,44 @@ def test_fewshot_table(tmp_path):
     assert len(missing) == 2 + 9
 
 
+COOP_CURVE = ("CoOp", ["vit_b16_ep50", "vit_b16_ep100", "vit_b16_ep200"])
+
+
+def test_fewshot_curve_merges_configs_by_shot_count(tmp_path):
+    """CoOp's protocol runs 1 shot with ep50, 2 and 4 with ep100, 8 and 16 with ep200."""
+    for shots, config in [(1, "vit_b16_ep50"), (2, "vit_b16_ep100"), (4, "vit_b16_ep100"), (16, "vit_b16_ep200")]:
+        for seed in (1, 2, 3):
+            finished(tmp_path, "fewshot", "", "dtd", seed, 40 + shots + seed, shots=shots, config=config)
+    finished(tmp_path, "fewshot", "", "dtd", 1, 30, shots=1, trainer="MoCoOp", config="c4")
+    sections, missing = results.build_report(tmp_path, declared=[1, 2, 3], curves=[COOP_CURVE])
+    coop, mocoop = tables(sections, "Few-shot")
+    assert coop.title == "CoOp / vit_b16_ep50+vit_b16_ep100+vit_b16_ep200"
+    assert coop.headers == ["Dataset", "1 shot", "2 shots", "4 shots", "16 shots"]
+    assert coop.rows[0] == ["DTD", "43.00 ± 1.00", "44.00 ± 1.00", "46.00 ± 1.00", "58.00 ± 1.00"]
+    assert mocoop.title == "MoCoOp / c4"
+    assert ("fewshot/dtd/shots_1/MoCoOp/c4/seed2", "no run directory") in missing
+    assert not [m for m in missing if "CoOp/vit_b16" in m[0] and "shots_*" not in m[0]]
+
+    # Without the curve, each config is its own table.
+    sections, _ = results.build_report(tmp_path, declared=[1, 2, 3])
+    assert [t.title for t in tables(sections, "Few-shot")] == [
+        "CoOp / vit_b16_ep100", "CoOp / vit_b16_ep200", "CoOp / vit_b16_ep50", "MoCoOp / c4",
+    ]
+
+
+def test_fewshot_curve_errors(tmp_path):
+    finished(tmp_path, "fewshot", "", "dtd", 1, 40, shots=1, config="vit_b16_ep50")
+    finished(tmp_path, "fewshot", "", "caltech101", 1, 40, shots=1, config="vit_b16_ep100")
+    with pytest.raises(SystemExit, match="1-shot runs exist under both vit_b16_ep100 and vit_b16_ep50"):
+        results.build_report(tmp_path, declared=[1], curves=[COOP_CURVE])
+    for spec in ("CoOp", "CoOp=vit_b16_ep50", "=a+b", "CoOp=a+a"):
+        with pytest.raises(SystemExit, match="expected Trainer=config1\\+config2"):
+            results.parse_curve(spec)
+    assert results.parse_curve("CoOp=a+b") == ("CoOp", ["a", "b"])
+    _, missing = results.build_report(tmp_path, declared=[1], curves=[("KgCoOp", ["a", "b"])])
+    assert ("fewshot/*/shots_*/KgCoOp/{a,b}/seed*", "no runs") in missing
+
+
 def test_xd_and_dg_tables(tmp_path):
     for seed in (1, 2):
         finished(tmp_path, "xd", "train", "imagenet", seed, 69.5 + seed)
@@ -345,7 +383,7 @@ def test_plots(tmp_path):
     stats.write_text(json.dumps(data))
     assert plots.read_selection(stats)[2:] == ("train", 2)
     out = tmp_path / "png"
-    plots.main([str(tmp_path), "--out", str(out)])
+    plots.main([str(tmp_path), "--out", str(out), "--fewshot-curve", "CoOp=vit_b16+other"])
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "expert_stats_base2new_train_base_shots16_MoCoOp_c4.png",

@@ -24,7 +24,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from tools._runlog import discover
-from tools.results import BENCHMARK, Collector, _name, _ordered, fewshot_grids
+from tools.results import (
+    BENCHMARK,
+    Collector,
+    _name,
+    _ordered,
+    add_curve_argument,
+    fewshot_grids,
+    parse_curve,
+)
 
 STATS_FILES = ("expert_stats.json", "teacher_stats.json")
 NCOLS = 4
@@ -156,12 +164,14 @@ def main(argv=None):
     p.add_argument("output_root", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--seeds", default="1 2 3", help='seeds every group should have (default "1 2 3")')
+    add_curve_argument(p)
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
         p.error(f"{args.output_root} is not a directory")
     runs, _ = discover(args.output_root)
     args.out.mkdir(parents=True, exist_ok=True)
-    grids = fewshot_grids(runs, [int(s) for s in args.seeds.split()], Collector(runs))
+    curves = [parse_curve(c) for c in args.fewshot_curve]
+    grids = fewshot_grids(runs, [int(s) for s in args.seeds.split()], Collector(runs), curves=curves)
     paths = (fewshot_figures(grids, args.out) if grids else []) + expert_figures(runs, args.out)
     if not paths:
         raise SystemExit(

@@ -289,11 +289,49 @@ class FewShotGrid:
         return _average([(self.cells.get((d, k)), self.complete(d, k)) for d in self.benchmark])
 
 
-def fewshot_grids(runs, declared, col, datasets=BENCHMARK):
+def parse_curve(spec):
+    """`Trainer=cfg1+cfg2+...` (the --fewshot-curve syntax) -> (trainer, [cfg1, cfg2, ...])."""
+    trainer, sep, configs = spec.partition("=")
+    members = [c for c in configs.split("+") if c]
+    if not (trainer and sep and len(members) >= 2 and len(set(members)) == len(members)):
+        raise SystemExit(
+            f"error: --fewshot-curve {spec!r}: expected Trainer=config1+config2[+...] with distinct "
+            "configs, e.g. CoOp=vit_b16_ep50+vit_b16_ep100+vit_b16_ep200"
+        )
+    return trainer, members
+
+
+def _curve_sources(trainer, members, keys):
+    """{shots: config} for a curve whose shot counts were run with different configs; a shot
+    count found under two of them is ambiguous, so an error."""
+    source = {}
+    for key in sorted(keys):
+        other = source.setdefault(key.shots, key.config)
+        if other != key.config:
+            raise SystemExit(
+                f"error: --fewshot-curve {trainer}={'+'.join(members)}: {key.shots}-shot runs exist "
+                f"under both {other} and {key.config}; a curve takes each shot count from one config"
+            )
+    return source
+
+
+def fewshot_grids(runs, declared, col, datasets=BENCHMARK, curves=()):
+    """One FewShotGrid per trainer/config; `curves` ([(trainer, [configs])], see
+    --fewshot-curve) merge the configs of one trainer that were run for different shot counts
+    (CoOp's protocol: 50 epochs for 1 shot, 100 for 2 and 4, 200 for 8 and 16)."""
+    groups = _groups(runs, "fewshot", ("trainer", "config"))
+    merged = {}
+    for trainer, members in curves:
+        keys = [k for c in members for k in groups.pop((trainer, c), [])]
+        if keys:
+            merged[trainer, "+".join(members)] = (keys, _curve_sources(trainer, members, keys))
+        else:
+            col.report(f"fewshot/*/shots_*/{trainer}/{{{','.join(members)}}}/seed*", "no runs")
+    plain = {group: (keys, {k.shots: k.config for k in keys}) for group, keys in groups.items()}
     grids = []
-    for (trainer, config), keys in _groups(runs, "fewshot", ("trainer", "config")).items():
+    for (trainer, config), (keys, source) in sorted((plain | merged).items()):
         expected = _expected(runs, keys, declared)
-        shots = sorted({k.shots for k in keys})
+        shots = sorted(source)
         found = _ordered(datasets, {k.dataset for k in keys})
         for d in datasets:
             if d not in found:
@@ -301,7 +339,7 @@ def fewshot_grids(runs, declared, col, datasets=BENCHMARK):
         cells = {}
         for d in found:
             for k in shots:
-                acc = col.accuracies(RunKey("fewshot", "", d, k, trainer, config), expected)
+                acc = col.accuracies(RunKey("fewshot", "", d, k, trainer, source[k]), expected)
                 if acc:
                     cells[d, k] = summarize([acc[s] for s in sorted(acc)])
         grids.append(FewShotGrid(trainer, config, shots, found, cells, len(expected), list(datasets)))
@@ -451,7 +489,7 @@ def xd_sections(runs, declared, paper, col):
 # ----------------------------------------------------------------------- CLI
 
 
-def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK):
+def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK, curves=()):
     """(sections, missing runs) of the output tree at `root`."""
     runs, problems = discover(root)
     if not runs and not problems:
@@ -463,7 +501,7 @@ def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK):
     sections = []
     if any(k.protocol == "base2new" for k in runs):
         sections.append(base2new_section(runs, declared, paper, col, datasets))
-    grids = fewshot_grids(runs, declared, col, datasets)
+    grids = fewshot_grids(runs, declared, col, datasets, curves)
     if grids:
         sections.append(fewshot_section(grids, paper))
     sections.extend(xd_sections(runs, declared, paper, col))
@@ -491,6 +529,17 @@ def write_csv(path, rows, header=None):
         writer.writerows(rows)
 
 
+def add_curve_argument(parser):
+    parser.add_argument(
+        "--fewshot-curve",
+        action="append",
+        default=[],
+        metavar="TRAINER=CFG1+CFG2",
+        help="show the few-shot runs of these configs of TRAINER as one curve, each shot count "
+        "from the config that ran it (repeatable); e.g. CoOp=vit_b16_ep50+vit_b16_ep100+vit_b16_ep200",
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.results", description=__doc__.split("\n\n")[0])
     p.add_argument("output_root", type=Path)
@@ -506,12 +555,14 @@ def main(argv=None):
         default=" ".join(BENCHMARK),
         help="datasets of the base-to-new and few-shot tables and their averages (default: the 11 of the papers)",
     )
+    add_curve_argument(p)
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
         p.error(f"{args.output_root} is not a directory")
     declared = [int(s) for s in args.seeds.split()]
     paper = _paper.load() if args.paper else None
-    sections, missing = build_report(args.output_root, declared, paper, args.datasets.split())
+    curves = [parse_curve(c) for c in args.fewshot_curve]
+    sections, missing = build_report(args.output_root, declared, paper, args.datasets.split(), curves)
     sys.stdout.write(render(args.output_root, sections, missing))
     csv_dir = args.csv_dir or args.output_root / "tables"
     csv_dir.mkdir(parents=True, exist_ok=True)
