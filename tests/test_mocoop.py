@@ -233,3 +233,29 @@ def test_cls_temperature_rescales_logits_only(tiny_clip):
         a, b = clip_scale(image), paper_tau(image)
     torch.testing.assert_close(b, a / tiny_clip.logit_scale.exp() / 0.07, rtol=1e-5, atol=1e-5)
     assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+MOCOOP_CONFIGS = "configs/trainers/MoCoOp"
+
+
+@pytest.mark.parametrize("stem", sorted(
+    f[: -len(".yaml")] for f in os.listdir(MOCOOP_CONFIGS) if f.endswith(".yaml") and not f.startswith("demo")
+))
+def test_imagenet_memory_settings_of_every_expert_config(stem):
+    """A config that keeps the 20 ImageNet experts needs the chunked, checkpointed text encoder
+    there (docs/PERFORMANCE.md); the scripts pick <config>/imagenet.yaml, which must change
+    nothing else."""
+    from trainers.config_files import read_config_file
+
+    shared = read_config_file(os.path.join(MOCOOP_CONFIGS, f"{stem}.yaml"))
+    per_dataset = os.path.join(MOCOOP_CONFIGS, stem, "imagenet.yaml")
+    if shared["TRAINER"]["MOCOOP"].get("GROUPING", "dataset") == "single":
+        assert not os.path.exists(per_dataset), "one prompt fits without the memory settings"
+        return
+    assert os.path.isfile(per_dataset), f"{per_dataset} is missing"
+    imagenet = read_config_file(per_dataset)
+    memory = {"PREC": "fp16", "TEXT_ENCODER": {"CHUNK_SIZE": 1000, "CHECKPOINT": True}}
+    assert {k: imagenet["TRAINER"].get(k) for k in memory} == memory
+    for k in memory:
+        shared["TRAINER"].pop(k, None), imagenet["TRAINER"].pop(k)
+    assert imagenet == shared
