@@ -24,38 +24,66 @@ COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 # ----------------------------------------------------------------------------- schedule
 
 
-def dassl_reference_lrs(base_lr, max_epoch, warmup, warmup_lr):
-    """Dassl's ConstantWarmupScheduler(recount) around torch's CosineAnnealingLR, replayed by
-    hand (Dassl's own class cannot be built on torch 2.14)."""
+def dassl_reference_lrs(base_lr, max_epoch, warmup, warmup_lr, successor=None):
+    """Dassl's ConstantWarmupScheduler(recount) around a torch scheduler (CosineAnnealingLR by
+    default, as Dassl builds it), replayed by hand (Dassl's own class cannot be built on torch
+    2.14)."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=base_lr)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, float(max_epoch))
+    inner = (successor or (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, float(max_epoch))))(opt)
     lrs, last_epoch = [], 0
     for _ in range(max_epoch):
-        lrs.append(warmup_lr if last_epoch < warmup else cosine.get_last_lr()[0])
-        # Dassl's step(): before warm-up ends its own counter advances; afterwards the cosine.
+        lrs.append(warmup_lr if last_epoch < warmup else inner.get_last_lr()[0])
+        # Dassl's step(): before warm-up ends its own counter advances; afterwards the successor's.
         if last_epoch >= warmup:
-            cosine.step()
+            inner.step()
         else:
             last_epoch += 1
     return lrs
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
-@pytest.mark.parametrize("max_epoch, warmup", [(10, 1), (25, 3), (5, 0)])
-def test_learning_rate_per_epoch_matches_dassl(max_epoch, warmup):
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param, torch.nn.Parameter(torch.zeros(1))], lr=0.002)
-    sched = EpochLRSchedule(opt, max_epoch, warmup, "constant", 1e-5)
+def schedule_lrs(max_epoch, warmup, **kw):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    sched = EpochLRSchedule(opt, max_epoch, warmup, "constant", 1e-5, **kw)
     got = []
     for _ in range(max_epoch):
         got.append(opt.param_groups[0]["lr"])
         sched.step()
+    return got
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("max_epoch, warmup", [(10, 1), (25, 3), (5, 0)])
+def test_learning_rate_per_epoch_matches_dassl(max_epoch, warmup):
+    got = schedule_lrs(max_epoch, warmup)
     expected = dassl_reference_lrs(0.002, max_epoch, warmup, 1e-5)
     assert got == pytest.approx(expected, rel=1e-12)
     if warmup:
         assert got[:warmup] == [1e-5] * warmup and got[warmup] == 0.002
     assert got[-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * (max_epoch - 1 - warmup) / max_epoch)) / 2)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("policy, stepsize, successor", [
+    ("single_step", (4,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5)),
+    ("single_step", (2, 5), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5)),
+    ("single_step", (-1,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=12, gamma=0.5)),
+    ("multi_step", (3, 7), lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7], gamma=0.5)),
+])
+def test_step_schedules_match_dassl(policy, stepsize, successor):
+    for warmup in (0, 2):
+        got = schedule_lrs(12, warmup, policy=policy, stepsize=stepsize, gamma=0.5)
+        assert got == pytest.approx(dassl_reference_lrs(0.002, 12, warmup, 1e-5, successor), rel=1e-12)
+    # A step size <= 0 means one step for the whole run: no decay within it.
+    assert (len(set(got[2:])) > 1) == (stepsize[-1] > 0)
+
+
+def test_schedule_policy_errors():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="OPTIM.LR_SCHEDULER 'linear' is not supported"):
+        EpochLRSchedule(opt, 10, policy="linear")
+    with pytest.raises(ValueError, match="OPTIM.STEPSIZE .* positive milestone"):
+        EpochLRSchedule(opt, 10, policy="multi_step", stepsize=(-1,))
 
 
 def test_schedule_keeps_group_multipliers_and_resumes():

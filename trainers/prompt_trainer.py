@@ -178,7 +178,7 @@ class PromptTrainer(TrainerX):
             warmup_lr = opt.WARMUP_CONS_LR if opt.WARMUP_TYPE == "constant" else opt.WARMUP_MIN_LR
             self.sched = EpochLRSchedule(
                 self.optim, opt.MAX_EPOCH, opt.WARMUP_EPOCH, opt.WARMUP_TYPE, warmup_lr,
-                opt.WARMUP_RECOUNT, opt.LR_SCHEDULER,
+                opt.WARMUP_RECOUNT, opt.LR_SCHEDULER, opt.STEPSIZE, opt.GAMMA,
             )
         self.register_model(name, model, self.optim, self.sched)
         amp_fp16 = self.cfg.TRAINER.PREC == "amp" and self.amp_dtype == torch.float16
