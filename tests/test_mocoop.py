@@ -74,7 +74,7 @@ def test_each_loss_term_trains_its_own_part(tiny_clip):
         assert got == expected[name], name
 
 
-def test_cached_evaluation_matches_uncached_forward(tiny_clip):
+def test_cached_evaluation_matches_uncached_forward():
     model = build(make_cfg("release"), fresh_clip()).eval()
     with torch.no_grad():
         model.text_bias.add_(0.1)

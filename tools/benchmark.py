@@ -888,7 +888,7 @@ def print_imagenet(res):
 # ----------------------------------------------------------------------------- main
 
 
-def machine(args, device):
+def machine(device):
     cpu = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
@@ -906,7 +906,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    info = machine(args, device)
+    info = machine(device)
     load_before = os.getloadavg()
     started = time.time()
     peak = PeakMemory(device)
