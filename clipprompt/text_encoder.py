@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .templates import EOT_ID, SOT_ID, bpe
+from .templates import EOT_ID, SOT_ID, bpe, fill
 
 
 class TextEncoder(nn.Module):
@@ -103,3 +103,9 @@ def encode_texts(encoder, token_embedding, texts, batch_size=1024, normalize=Tru
         feats.append(encoder(token_embedding(ids), ids.argmax(dim=1)).float())
     feats = torch.cat(feats)
     return F.normalize(feats, dim=-1) if normalize else feats
+
+
+def encode_templates(encoder, token_embedding, templates, classnames):
+    """Frozen normalised features `[T, C, D]` of every template filled with every class name."""
+    feats = encode_texts(encoder, token_embedding, [fill(t, c) for t in templates for c in classnames])
+    return feats.view(len(templates), len(classnames), -1)

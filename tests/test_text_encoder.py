@@ -5,7 +5,7 @@ import torch
 from clipprompt.clip_loading import build_tiny_clip
 from clipprompt.prompts import PromptAssembler
 from clipprompt.templates import PromptForm
-from clipprompt.text_encoder import TextEncoder, encode_texts, tokenize
+from clipprompt.text_encoder import TextEncoder, encode_templates, encode_texts, tokenize
 
 TEXTS = [
     "a photo of a dog.",
@@ -67,6 +67,15 @@ def test_encode_texts_normalises(tiny_clip):
     feats = encode_texts(TextEncoder(tiny_clip), tiny_clip.token_embedding, TEXTS)
     ref = torch.nn.functional.normalize(_reference(tiny_clip, TEXTS), dim=-1)
     torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_templates_is_template_major(tiny_clip):
+    templates, classes = ["a photo of a {}.", "itap of the {} on a very long and winding road."], ["cat", "sea lion"]
+    feats = encode_templates(TextEncoder(tiny_clip), tiny_clip.token_embedding, templates, classes)
+    assert feats.shape == (2, 2, tiny_clip.text_projection.shape[1])
+    for t, template in enumerate(templates):
+        ref = torch.nn.functional.normalize(_reference(tiny_clip, [template.format(c) for c in classes]), dim=-1)
+        torch.testing.assert_close(feats[t], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_chunks_group_prompts_by_length_and_keep_the_order(tiny_clip, monkeypatch):

@@ -13,8 +13,7 @@ from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
 from clipprompt.knowledge import knowledge_guided_loss
-from clipprompt.templates import fill
-from clipprompt.text_encoder import encode_texts
+from clipprompt.text_encoder import encode_templates
 
 from . import coop
 from .prompt_trainer import PromptTrainer
@@ -60,9 +59,7 @@ class KgCoOp(PromptTrainer):
         print(f"Hand-crafted prompt of the knowledge-guided term: {template!r}")
         clip_model = self.load_clip()
         text_encoder = self.build_text_encoder(clip_model)
-        hard_features = encode_texts(
-            text_encoder, clip_model.token_embedding, [fill(template, c) for c in self.classnames]
-        )
+        hard_features = encode_templates(text_encoder, clip_model.token_embedding, [template], self.classnames)[0]
         prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
         self.model = KnowledgeGuidedCLIP(prompt_learner, text_encoder, clip_model, hard_features)
         self.register_learnable(self.model)

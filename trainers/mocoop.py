@@ -18,8 +18,8 @@ from clipprompt import mixture
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.prompts import PromptAssembler
 from clipprompt.routing import Router, RoutingStats, topk_softmax
-from clipprompt.templates import PromptForm, check_template, fill
-from clipprompt.text_encoder import encode_texts
+from clipprompt.templates import PromptForm, check_template
+from clipprompt.text_encoder import encode_templates
 
 from .prompt_trainer import PromptTrainer, model_prompts
 
@@ -103,10 +103,7 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
                 p.requires_grad_(True)
 
         # Hard features: every template of every group for every text class, once, frozen.
-        hard = torch.stack([
-            encode_texts(text_encoder, clip_model.token_embedding, [fill(t, c) for c in text_classnames])
-            for t in templates
-        ])
+        hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
         prototypes, group_mean = mixture.group_features(hard, groups)
         self.register_buffer("hard", hard, persistent=False)
         self.register_buffer("prototypes", prototypes, persistent=False)

@@ -17,8 +17,8 @@ from yacs.config import CfgNode as CN
 from clipprompt.distillation import COMBINES, mopd_losses, teacher_logits
 from clipprompt.hard_prompts import POOLS
 from clipprompt.routing import Router, RoutingStats, topk_softmax
-from clipprompt.templates import check_template, fill
-from clipprompt.text_encoder import encode_texts
+from clipprompt.templates import check_template
+from clipprompt.text_encoder import encode_templates
 
 from . import coop
 from .prompt_trainer import PromptTrainer, model_prompts
@@ -126,9 +126,7 @@ class MoPD(PromptTrainer):
         encoder = self.build_text_encoder(clip_model)
         templates = self.teacher_templates
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")
-        texts = [fill(t, c) for t in templates for c in self.classnames]
-        teacher_features = encode_texts(encoder, clip_model.token_embedding, texts)
-        teacher_features = teacher_features.view(len(templates), len(self.classnames), -1)
+        teacher_features = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
         prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
         self.model = CustomCLIP(prompt_learner, encoder, clip_model, teacher_features)
         self.register_learnable(self.model)

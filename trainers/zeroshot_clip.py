@@ -6,15 +6,13 @@ template, or an ensemble (the mean of the normalised features over several templ
 renormalised) as in CLIP's ImageNet prompt engineering. Nothing is trained.
 """
 
-import torch
 import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
 from clipprompt.hard_prompts import POOLS
-from clipprompt.templates import fill
-from clipprompt.text_encoder import encode_texts
+from clipprompt.text_encoder import encode_templates
 
 from .prompt_trainer import PromptTrainer
 
@@ -57,10 +55,7 @@ class ZeroshotCLIP(PromptTrainer):
         print(f"Zero-shot templates ({len(templates)}): {templates if len(templates) < 10 else templates[:3] + ['...']}")
         clip_model = self.load_clip()
         encoder = self.build_text_encoder(clip_model)
-        per_template = torch.stack([
-            encode_texts(encoder, clip_model.token_embedding, [fill(t, c) for c in self.classnames])
-            for t in templates
-        ])
+        per_template = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
         text_features = F.normalize(per_template.mean(dim=0), dim=-1)
         self.model = ZeroshotModel(clip_model, text_features)
         self.register_learnable(self.model, name="model")
