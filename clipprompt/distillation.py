@@ -11,7 +11,7 @@ logits), so every precision mode optimises the same objective.
 import torch
 import torch.nn.functional as F
 
-from .routing import topk_softmax
+from .routing import gather_selected, topk_softmax
 
 COMBINES = ("weighted_kl", "mixture")
 
@@ -19,11 +19,6 @@ COMBINES = ("weighted_kl", "mixture")
 def teacher_logits(image_features, teacher_features, logit_scale):
     """Logits `[B, H, C]` of every teacher: `s * <v_b, T[h, c]>` (both sides normalised)."""
     return logit_scale * torch.einsum("bd,hcd->bhc", image_features, teacher_features.to(image_features.dtype))
-
-
-def select_teachers(logits, index):
-    """The logits `[B, k, C]` of the teachers `index` `[B, k]` chosen for each image."""
-    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
 def distillation_loss(student_logits, selected_logits, weights, temperature=1.0, combine="weighted_kl"):
@@ -66,7 +61,7 @@ def mopd_losses(student_logits, all_teacher_logits, gate_scores, label, num_teac
     the `num_teachers` highest scores per image and softmaxes over those only.
     """
     index, weights = topk_softmax(gate_scores.float(), num_teachers)
-    selected = select_teachers(all_teacher_logits.float(), index)
+    selected = gather_selected(all_teacher_logits.float(), index)
     losses = {
         "loss_ce": w * F.cross_entropy(student_logits.float(), label),
         "loss_mpd": (1 - w) * distillation_loss(student_logits, selected, weights, temperature, combine),

@@ -12,6 +12,8 @@ Frontiers in AI 2025. Equation numbers refer to the arXiv paper. Notation (shape
 import torch
 import torch.nn.functional as F
 
+from .routing import gather_selected
+
 
 def validate_groups(group_sizes, templates):
     """Template index lists per group, checking the config's GROUPS against TEMPLATES."""
@@ -43,8 +45,7 @@ def mix_expert_logits(v, soft, index, weight, scale):
     mixture, not renormalised, as released) and costs B*G*C*D instead of B*K*C*D memory.
     """
     per_expert = scale * torch.einsum("bd,gcd->bgc", v, soft)
-    chosen = per_expert.gather(1, index[..., None].expand(-1, -1, soft.shape[1]))
-    return (weight[..., None] * chosen).sum(dim=1)
+    return (weight[..., None] * gather_selected(per_expert, index)).sum(dim=1)
 
 
 def router_target(v, label, prototypes, group_mean, mode="mean", top2_boost=0.0, temperature=1.0):

@@ -21,6 +21,11 @@ def topk_softmax(scores, k):
     return index, top.softmax(dim=-1)
 
 
+def gather_selected(per_candidate, index):
+    """The rows `[B, k, C]` of `per_candidate` `[B, G, C]` at each image's selected `index` `[B, k]`."""
+    return per_candidate.gather(1, index.unsqueeze(-1).expand(-1, -1, per_candidate.shape[-1]))
+
+
 class Router(nn.Module):
     """Linear scores of G candidates from the normalised image feature.
 

@@ -14,11 +14,11 @@ import yaml
 from clipprompt.distillation import (
     distillation_loss,
     mopd_losses,
-    select_teachers,
     selection_loss,
     teacher_logits,
 )
 from clipprompt.hard_prompts import POOLS
+from clipprompt.routing import gather_selected
 from tests.conftest import ROOT
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 
@@ -86,7 +86,7 @@ def test_losses_match_reference(combine, tkd):
 def test_combine_modes_differ_and_temperature_matters():
     student, teachers, scores, _ = random_inputs(1)
     index, weights = scores.topk(K, dim=-1)[1], scores.topk(K, dim=-1)[0].softmax(-1)
-    selected = select_teachers(teachers, index)
+    selected = gather_selected(teachers, index)
     kl1 = distillation_loss(student, selected, weights, 1.0, "weighted_kl")
     mix1 = distillation_loss(student, selected, weights, 1.0, "mixture")
     kl2 = distillation_loss(student, selected, weights, 2.0, "weighted_kl")
@@ -106,7 +106,7 @@ def test_teacher_logits_and_selection():
         for h in range(H):
             assert torch.allclose(logits[b, h], 10.0 * table[h] @ feats[b], atol=1e-5)
     index = torch.tensor([[h % H, (h + 2) % H] for h in range(B)])
-    selected = select_teachers(logits, index)
+    selected = gather_selected(logits, index)
     for b in range(B):
         for j in range(2):
             assert torch.equal(selected[b, j], logits[b, index[b, j]])
