@@ -28,23 +28,19 @@ def routing_report(run_dir, root, split):
 
     import train
 
+    # The run's resolved config, with this data root, split and output folder on top.
     cfg = train.setup_cfg(train.parse_args([
-        "--trainer", "MoCoOp", "--root", root, "--output-dir", os.path.join(run_dir, f"routing_{split}"),
-        "--dataset-config-file", "configs/datasets/demo_world.yaml", "DATASET.SUBSAMPLE_CLASSES", split,
+        "--trainer", "MoCoOp", "--config-file", os.path.join(run_dir, "config.yaml"), "--root", root,
+        "--output-dir", os.path.join(run_dir, f"routing_{split}"), "DATASET.SUBSAMPLE_CLASSES", split,
     ]))
-    cfg.defrost()
-    cfg.merge_from_file(os.path.join(run_dir, "config.yaml"))
-    cfg.DATASET.ROOT, cfg.DATASET.SUBSAMPLE_CLASSES = root, split
-    cfg.OUTPUT_DIR = os.path.join(run_dir, f"routing_{split}")
-    cfg.freeze()
     trainer = build_trainer(cfg)
     trainer.load_model(run_dir)
     model, opts = trainer.model.eval(), cfg.TRAINER.MOCOOP
     counts = collections.defaultdict(collections.Counter)
     with torch.no_grad(), model.cached_text_features():
         for batch in trainer.test_loader:
-            logits, index, _ = model.classify(batch["img"])
             v = model.encode_image(batch["img"])
+            logits, index, _ = model.classify_features(v)
             target = mixture.router_target(v, batch["label"], model.prototypes, model.group_mean,
                                            opts.ROUTER_TARGET, opts.ROUTER_TARGET_TOP2_BOOST, opts.ROUTER_TEMPERATURE)
             for i, path in enumerate(batch["impath"]):

@@ -133,7 +133,10 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
 
     def classify(self, image):
         """Logits with the top-K experts, and the routing that produced them."""
-        v = self.encode_image(image)
+        return self.classify_features(self.encode_image(image))
+
+    def classify_features(self, v):
+        """`classify` from normalised image features."""
         _, index, weight = self.route(v)
         logits = mixture.mix_expert_logits(v, self.text_features(), index, weight, self.scale())
         return logits, index, weight
