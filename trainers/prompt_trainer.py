@@ -1,7 +1,7 @@
 """Base class of every trainer in this repository: Dassl's TrainerX, fixed for today's stack.
 
 What it changes in Dassl (c61a1b5, used unmodified):
-- learning rate: `EpochLRSchedule` (Dassl's warm-up + cosine values per epoch) instead of
+- learning rate: `EpochLRSchedule` (Dassl's per-epoch values after its warm-up) instead of
   Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
 - checkpoints: only learnable tensors, plain optimiser/scheduler state, epoch counters and RNG
   states, so `torch.load(weights_only=True)` (the torch >= 2.6 default) reads them; loading
@@ -168,7 +168,7 @@ class PromptTrainer(TrainerX):
         some tensors a different learning rate.
         """
         model.to(self.device)
-        learnable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        learnable = learnable_parameters(model)
         print(f"Learnable tensors ({sum(p.numel() for p in learnable.values()):,} values): {', '.join(learnable)}")
         self.optim = self.sched = None
         if learnable:
@@ -339,14 +339,19 @@ class PromptTrainer(TrainerX):
             self.finished_epochs = ckpt["epoch"]
 
 
+def learnable_parameters(model):
+    """{name: parameter} of the tensors of `model` that training changes (no frozen CLIP
+    weights, no buffers): what is optimised, saved and loaded."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def learnable_state(model):
-    """The tensors of `model` that training changes (no frozen CLIP weights, no buffers)."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().clone() for n, p in learnable_parameters(model).items()}
 
 
 def load_learnable(model, state, source):
     """Load learnable tensors, refusing a checkpoint that does not fit the model."""
-    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    expected = learnable_parameters(model)
     problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
     problems += [f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected]
     problems += [
