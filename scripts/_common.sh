@@ -63,31 +63,18 @@ is_zero_shot() {
     [ "$1" = ZeroshotCLIP ]
 }
 
-# newest_log DIR: Dassl writes log.txt first and log.txt-<timestamp> on every
-# later start, so the newest is the last time-stamped one, else log.txt.
-newest_log() {
-    local f newest=""
-    if [ -f "$1/log.txt" ]; then
-        newest="$1/log.txt"
-    fi
-    for f in "$1"/log.txt-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]-[0-9][0-9]; do
-        if [ -f "$f" ]; then
-            newest=$f
-        fi
-    done
-    echo "$newest"
-}
-
-# is_finished DIR: the last "=> result" block of the newest log has an accuracy
-# line (the same rule as tools/results.py).
+# is_finished DIR: DIR holds a run whose newest log ends with a result block that
+# has an accuracy: tools/_runlog.py's rule, which tools/results.py applies too.
 is_finished() {
-    local log
-    log=$(newest_log "$1")
-    [ -n "$log" ] || return 1
-    awk '/^=> result[[:space:]]*$/ { blk = 1; ok = 0; next }
-         blk && /^\* / { if (/^\* accuracy:/) ok = 1; next }
-         { blk = 0 }
-         END { exit !ok }' "$log"
+    [ -d "$1" ] || return 1
+    local rc=0
+    "$PYTHON" -c 'import sys; from tools._runlog import read_run
+sys.exit(0 if read_run(sys.argv[1]).finished else 3)' "$1" || rc=$?
+    case $rc in
+        0) return 0 ;;
+        3) return 1 ;;
+        *) die "cannot tell whether $1 is finished (tools/_runlog.py failed with exit code $rc)" ;;
+    esac
 }
 
 # require_model DIR: a finished training run left */model.pth.tar-<epoch> there.

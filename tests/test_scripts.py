@@ -65,6 +65,10 @@ correct = 500 + 10 * int(args[args.index("--seed") + 1]) + (100 if "new" in args
 def repo(tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(SCRIPTS, root / "scripts")
+    # The scripts ask tools/_runlog.py whether a run is finished.
+    (root / "tools").mkdir()
+    for name in ("__init__.py", "_runlog.py"):
+        shutil.copy(SCRIPTS.parent / "tools" / name, root / "tools" / name)
     (root / "train.py").write_text(FAKE_TRAIN)
     for d in DATASETS:
         (root / "configs/datasets").mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ A run directory is `<protocol dir>/<dataset>/shots_<K>/<Trainer>/<config>/seed<s
 (see docs/PROTOCOLS.md). Its result is the last `=> result` block of its newest
 log: Dassl writes `log.txt` on the first start and `log.txt-<timestamp>` on every
 later one (resume, re-evaluation), so an earlier log never speaks for the run.
-scripts/_common.sh applies the same rule to decide what is finished.
+scripts/_common.sh calls `read_run` to decide what is finished.
 """
 
 import re
