@@ -10,12 +10,22 @@ PYTHON=${PYTHON:-python3}
 # The 11 datasets of the base-to-new and few-shot tables (CoOp's order).
 BENCHMARK_DATASETS="imagenet caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
 # Cross-dataset targets (the benchmark minus the ImageNet source) and the DG targets.
-XD_TARGETS="caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
+XD_TARGETS=${BENCHMARK_DATASETS#imagenet }
 DG_TARGETS="imagenetv2 imagenet_sketch imagenet_a imagenet_r"
 
 die() {
     echo "error: $*" >&2
     exit 1
+}
+
+# require_args N USAGE ARGS...: exit with the usage line unless ARGS are N words.
+require_args() {
+    local n=$1 usage=$2
+    shift 2
+    if [ $# -ne "$n" ]; then
+        echo "usage: DATA=/path/to/data bash $0 $usage" >&2
+        exit 2
+    fi
 }
 
 # check_setup: the checks every script needs before it builds a command.
@@ -141,10 +151,7 @@ eval_cmd() {
 # dataset_script_args ARGS...: the checks of a one-dataset script
 # (<dataset> <Trainer> <config>); sets DATASET, TRAINER, CFG and CFG_FILE.
 dataset_script_args() {
-    if [ $# -ne 3 ]; then
-        echo "usage: DATA=/path/to/data bash $0 <dataset> <Trainer> <config>" >&2
-        exit 2
-    fi
+    require_args 3 "<dataset> <Trainer> <config>" "$@"
     DATASET=$1 TRAINER=$2 CFG=$3
     check_setup
     dataset_config "$DATASET" >/dev/null
@@ -157,10 +164,7 @@ dataset_script_args() {
 for_each_dataset() {
     local script=$1 d
     shift
-    if [ $# -ne 2 ]; then
-        echo "usage: DATA=/path/to/data bash $0 <Trainer> <config>" >&2
-        exit 2
-    fi
+    require_args 2 "<Trainer> <config>" "$@"
     check_setup
     for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
         dataset_config "$d" >/dev/null

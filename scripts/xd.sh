@@ -13,10 +13,7 @@ source "$(dirname "$0")/_common.sh"
 TARGETS=${TARGETS:-"$XD_TARGETS $DG_TARGETS"}
 SOURCE=imagenet
 
-if [ $# -ne 2 ]; then
-    echo "usage: DATA=/path/to/data bash $0 <Trainer> <config>" >&2
-    exit 2
-fi
+require_args 2 "<Trainer> <config>" "$@"
 TRAINER=$1 CFG=$2
 check_setup
 for T in $SOURCE $TARGETS; do
