@@ -26,6 +26,29 @@ def tiny_clip_path(tmp_path_factory, tiny_clip):
     return save_clip_state_dict(tiny_clip, str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt"))
 
 
+@pytest.fixture(scope="session")
+def pets(tmp_path_factory):
+    """Data root holding a generated Oxford Pets (6 classes; 4 train, 2 val and 3 test images
+    per class, random pixels) for the end-to-end runs."""
+    from tests.dataset_layouts import make_oxford_pets
+    from tests.e2e import randomise_images
+
+    root = tmp_path_factory.mktemp("pets")
+    randomise_images(make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors: a second thread gains nothing, and on
+    a CPU shared with other jobs threads waiting for each other made such modules 5 to 40
+    times slower. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

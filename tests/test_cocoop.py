@@ -12,8 +12,7 @@ from dassl.config import get_cfg_default
 
 from clipprompt.clip_loading import clip
 from clipprompt.text_encoder import TextEncoder
-from tests.dataset_layouts import make_oxford_pets
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from tests.e2e import TINY_OPTS, read_log, result_accuracy, run_train
 from trainers import cocoop, prompt_trainer
 
 CLASSES = ["abyssinian", "school bus", "globe_thistle", "Annual Crop Land", "dog"]
@@ -134,14 +133,6 @@ def test_configs(name, batch, lr):
 
 
 # ---------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
-    randomise_images(generated.dataset_dir)
-    return str(root)
 
 
 def common(root, clip_path, output_dir, *extra):

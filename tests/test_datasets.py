@@ -16,8 +16,7 @@ from dassl.data.datasets import build_dataset
 
 import datasets
 from tests import dataset_layouts as layouts
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 
 
 def make_cfg(root, name, shots=-1, seed=-1, subsample="all", create_split=False):
@@ -116,7 +115,7 @@ def test_config_files_name_registered_datasets():
         "imagenet_a": "ImageNetA",
         "imagenet_r": "ImageNetR",
     }
-    config_dir = os.path.join(REPO, "configs", "datasets")
+    config_dir = os.path.join(ROOT, "configs", "datasets")
     for stem, name in expected.items():
         # Only the name is this package's; the prompt keys are declared by the trainers.
         config = yaml.safe_load(Path(config_dir, f"{stem}.yaml").read_text())

@@ -13,22 +13,15 @@ import torch
 from PIL import Image
 
 from clipprompt.clip_loading import build_model, clip
+from tests.conftest import ROOT
 from tools import demo_world as world
 from tools import pretrain_tiny_clip as pretrain
 
 TINY_SPLITS = {"train": 2, "val": 1, "test": 2}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = os.path.join(ROOT, "assets", "demo_clip_rn_tiny.pt.gz")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tensors are small: a second thread gains nothing, and on a CPU shared with other
-    # jobs every parallel region waits for it to be scheduled (a 40x slowdown measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tree(directory):

@@ -11,9 +11,9 @@ import yaml
 
 from clipprompt import hard_prompts
 from clipprompt.templates import PromptForm
+from tests.conftest import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, "configs", "datasets")
+CONFIG_DIR = os.path.join(ROOT, "configs", "datasets")
 
 # CoOp's per-dataset template (spec baselines-and-protocols.md) and MoCoOp's expert count G
 # (spec mocoop.md §4), keyed by config file stem.

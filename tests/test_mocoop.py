@@ -13,7 +13,6 @@ from clipprompt import mixture
 from clipprompt.clip_loading import build_tiny_clip
 from clipprompt.templates import fill
 from clipprompt.text_encoder import TextEncoder, encode_texts
-from tests.dataset_layouts import make_oxford_pets
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 from trainers.mocoop import MixtureCLIP
 
@@ -133,14 +132,6 @@ def test_every_precision_keeps_every_loss_term(prec):
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
-    randomise_images(generated.dataset_dir)
-    return str(root)
 
 
 def mocoop_run(preset, root, clip_path, out, flags=(), opts=(), check=True):

@@ -20,7 +20,7 @@ from clipprompt.distillation import (
 from clipprompt.hard_prompts import POOLS
 from clipprompt.routing import gather_selected
 from tests.conftest import ROOT
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from tests.e2e import TINY_OPTS, read_log, result_accuracy, run_train
 
 B, H, C, K = 5, 6, 7, 3
 
@@ -133,7 +133,7 @@ def test_mixture_survives_a_weight_that_underflows():
 # ---------------------------------------------------------------- model and trainer (Dassl)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mopd():
     pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
     from trainers import mopd
@@ -239,17 +239,6 @@ MOPD_PETS = "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml"
 PETS_TEACHERS = 12
 
 
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
-    from tests.dataset_layouts import make_oxford_pets
-
-    root = tmp_path_factory.mktemp("data")
-    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
-    randomise_images(generated.dataset_dir)
-    return str(root)
-
-
 def args(root, clip_path, output_dir, *extra, flags=()):
     return ["--seed", 1, "--trainer", "MoPD", "--config-file", MOPD_PETS, "--root", root,
             "--dataset-config-file", PETS, "--output-dir", output_dir, *flags,
@@ -280,7 +269,8 @@ def test_every_precision_keeps_three_finite_terms(mopd, pets, tiny_clip_path, tm
 
 
 @pytest.fixture(scope="module")
-def base_run(pets, tiny_clip_path, tmp_path_factory):
+def base_run(mopd, pets, tiny_clip_path, tmp_path_factory):
+    """A 2-epoch MoPD training on the base classes (`mopd`: skipped without Dassl)."""
     out = str(tmp_path_factory.mktemp("mopd") / "train_base")
     run_train(*args(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
     return out

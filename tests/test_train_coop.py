@@ -7,19 +7,10 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-from tests.dataset_layouts import make_oxford_pets
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from tests.e2e import TINY_OPTS, read_log, result_accuracy, run_train
 
 COOP_B2N = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 PETS = "configs/datasets/oxford_pets.yaml"
-
-
-@pytest.fixture(scope="module")
-def pets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3))
-    randomise_images(generated.dataset_dir)
-    return str(root), generated
 
 
 def common(root, clip_path, output_dir, *extra):
@@ -29,7 +20,7 @@ def common(root, clip_path, output_dir, *extra):
 
 @pytest.fixture(scope="module")
 def coop_base_run(pets, tiny_clip_path, tmp_path_factory):
-    root, _ = pets
+    root = pets
     out = str(tmp_path_factory.mktemp("coop") / "train_base")
     run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
               *common(root, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "4",
@@ -50,7 +41,7 @@ def test_coop_trains_and_reports(coop_base_run):
 
 
 def test_coop_base_model_evaluates_on_new_classes(coop_base_run, pets, tiny_clip_path, tmp_path):
-    root, _ = pets
+    root = pets
     out = str(tmp_path / "test_new")
     run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
               "--eval-only", "--model-dir", coop_base_run, "--load-epoch", "2",
