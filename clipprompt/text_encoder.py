@@ -21,6 +21,22 @@ from torch.utils.checkpoint import checkpoint
 from .templates import EOT_ID, SOT_ID, bpe, fill
 
 
+def transformer_calls(eot, width, chunk_size=0, truncate=True):
+    """The transformer calls `TextEncoder` makes for prompts `[N, width]` with these EOT positions:
+    a list of (row indices, sequence length).
+
+    One call over all rows at `width` unless `chunk_size` splits them. Chunks take the prompts
+    in order of length, so that each is cut after its own longest EOT (rows do not interact in
+    the transformer, so the order changes no feature); `truncate=False` keeps row order and
+    full width (the reference path).
+    """
+    if not chunk_size or len(eot) <= chunk_size:
+        return [(torch.arange(len(eot), device=eot.device), width)]
+    if not truncate:
+        return [(rows, width) for rows in torch.arange(len(eot), device=eot.device).split(chunk_size)]
+    return [(rows, int(eot[rows].max()) + 1) for rows in eot.argsort().split(chunk_size)]
+
+
 class TextEncoder(nn.Module):
     """Maps prompt embeddings `[N, L, d]` and EOT positions `[N]` to text features `[N, D]`."""
 
@@ -39,15 +55,11 @@ class TextEncoder(nn.Module):
         self.truncate = truncate  # False keeps chunks at the width they are given (reference path)
 
     def forward(self, prompts, eot):
-        if not self.chunk_size or prompts.shape[0] <= self.chunk_size:
+        calls = transformer_calls(eot, prompts.shape[1], self.chunk_size, self.truncate)
+        if len(calls) == 1:
             return self._encode(prompts, eot)
-        # Prompts of similar length share a chunk, so each chunk is cut short; rows do not
-        # interact in the transformer, so the order changes no feature.
-        order = eot.argsort() if self.truncate else torch.arange(len(eot), device=eot.device)
-        feats = []
-        for rows in order.split(self.chunk_size):
-            length = int(eot[rows].max()) + 1 if self.truncate else prompts.shape[1]
-            feats.append(self._encode(prompts[rows, :length], eot[rows]))
+        feats = [self._encode(prompts[rows, :length], eot[rows]) for rows, length in calls]
+        order = torch.cat([rows for rows, _ in calls])
         return torch.cat(feats)[order.argsort()]
 
     def _encode(self, prompts, eot):

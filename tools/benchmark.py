@@ -61,7 +61,7 @@ from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import build_tiny_clip, convert_weights, save_clip_state_dict
 from clipprompt.prompts import PromptAssembler
 from clipprompt.templates import _TOKENIZER, PromptForm, bpe, clean_classname
-from clipprompt.text_encoder import TextEncoder
+from clipprompt.text_encoder import TextEncoder, transformer_calls
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2**20
@@ -430,14 +430,12 @@ def encoded_tokens(trainer, batch):
     eot, length = assembler.eot, assembler.token_ids.shape[1]
     if name == "CoCoOp":
         eot = eot.repeat(batch)
-    return chunked_positions(eot, length, trainer.cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE)
+    return sum(call_positions(eot, length, trainer.cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE))
 
 
-def chunked_positions(eot, length, chunk):
-    """Positions TextEncoder runs for these rows: one call of `length`, or chunks cut at their EOT."""
-    if not chunk or len(eot) <= chunk:
-        return len(eot) * length
-    return sum(len(part) * (int(part.max()) + 1) for part in eot.split(chunk))
+def call_positions(eot, length, chunk):
+    """Sequence positions of each transformer call TextEncoder makes for these rows."""
+    return [len(rows) * width for rows, width in transformer_calls(eot, length, chunk)]
 
 
 def fwd_bwd(trainer, encode):
@@ -749,21 +747,24 @@ def analytic_block_bytes(width=512, heads=8, elem=2):
     return sum(parts.values()), parts
 
 
-def mocoop_tokens(names, experts, chunk):
-    """Rows and sequence positions of one MoCoOp training step on ImageNet's first `experts`
-    experts, from the real prompt assembler: `positions` as TextEncoder runs them (padded to
-    the longest EOT of the call or of each chunk), `to_eot` without any padding."""
+def mocoop_prompts(names, experts):
+    """(EOT positions, padded length, template count) of MoCoOp's prompts on ImageNet's first
+    `experts` experts, from the real prompt assembler."""
     sizes, templates = expert_groups("imagenet", experts)
     forms = [PromptForm.from_template(templates[sum(sizes[:g])]) for g in range(len(sizes))]
     # Only the token ids are read: a 1 x 1 embedding stands in for CLIP's table.
     assembler = PromptAssembler(forms, names, torch.nn.Embedding(1, 1))
-    eot, length = assembler.eot, assembler.token_ids.shape[1]
-    parts = eot.split(chunk) if chunk else [eot]
-    return {"rows": len(eot), "longest": length, "positions": chunked_positions(eot, length, chunk),
-            "to_eot": int((eot + 1).sum()), "largest_call": max(len(p) * (int(p.max()) + 1) for p in parts),
-            # What chunks of prompts sorted by length would run (TextEncoder keeps row order).
-            "sorted_chunks": chunked_positions(eot.sort().values, length, chunk),
-            "templates": len(templates)}
+    return assembler.eot, assembler.token_ids.shape[1], len(templates)
+
+
+def mocoop_tokens(prompts, chunk):
+    """Rows and sequence positions of one MoCoOp training step over `mocoop_prompts`:
+    `positions` as TextEncoder runs them (padded to the longest EOT of the call or of each
+    chunk), `to_eot` without any padding."""
+    eot, length, templates = prompts
+    calls = call_positions(eot, length, chunk)
+    return {"rows": len(eot), "longest": length, "positions": sum(calls), "to_eot": int((eot + 1).sum()),
+            "largest_call": max(calls), "templates": templates}
 
 
 def memory_estimate(tokens, text_classes, per_token, elem, checkpointing, layers=12, width=512):
@@ -802,8 +803,9 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
     image_tokens = full["batch"] * ((VIT_B16["image_resolution"] // VIT_B16["vision_patch_size"]) ** 2 + 1)
     release_image = image_tokens * VIT_B16["vision_layers"] * per_token["fp16"]["image_autograd"]
     full_rows = []
+    full_prompts = mocoop_prompts(full_names, full["experts"])
     for chunk, ckpt in ((0, False), (full_classes, False), (0, True), (full_classes, True)):
-        tokens = mocoop_tokens(full_names, full["experts"], chunk)
+        tokens = mocoop_tokens(full_prompts, chunk)
         total, parts = memory_estimate(tokens, full_classes, per_token["fp16"]["text_autograd"], 2, ckpt)
         total += weight_bytes["fp16"]
         full_rows.append({"CHUNK_SIZE": chunk, "CHECKPOINT": ckpt, **tokens, "estimate_bytes": total,
@@ -819,6 +821,7 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
              "label": torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)}
     elem = 2 if args.prec == "fp16" else 4
     measured = []
+    prompts = mocoop_prompts(names, args.experts)
     for c, ckpt in ((0, False), (chunk, False), (0, True), (chunk, True)):
         opts = ["TRAINER.TEXT_ENCODER.CHUNK_SIZE", str(c), "TRAINER.TEXT_ENCODER.CHECKPOINT", str(ckpt)]
         row = {"CHUNK_SIZE": c, "CHECKPOINT": ckpt, "oom": False}
@@ -835,7 +838,7 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        tokens = mocoop_tokens(names, args.experts, c)
+        tokens = mocoop_tokens(prompts, c)
         label = "fp16" if args.prec == "fp16" else "fp32"
         row.update(tokens)
         row["estimate_bytes"], row["parts"] = memory_estimate(
@@ -861,12 +864,10 @@ def print_imagenet(res):
           f"BPE tokens on average, at most {res['names']['max_bpe_tokens']})\n")
     table = []
     for r in full["rows"]:
-        table.append([r["CHUNK_SIZE"], r["CHECKPOINT"], r["rows"], r["positions"],
-                      r["sorted_chunks"] if r["CHUNK_SIZE"] else "–", r["to_eot"],
+        table.append([r["CHUNK_SIZE"], r["CHECKPOINT"], r["rows"], r["positions"], r["to_eot"],
                       f"{r['parts']['text activations'] / GIB:.1f}", f"{r['estimate_bytes'] / GIB:.1f}",
                       f"{r['release_extra_bytes'] / GIB:.1f}", "yes" if r["fits_80GB"] else "no"])
-    print(tabulate(table, headers=["CHUNK_SIZE", "CHECKPOINT", "prompts", "positions run",
-                                   "if chunks were length-sorted", "positions to EOT",
+    print(tabulate(table, headers=["CHUNK_SIZE", "CHECKPOINT", "prompts", "positions run", "positions to EOT",
                                    "text activations GiB", "step total GiB", "+ release image GiB",
                                    f"fits {GPU_BUDGET:.0%} of 80 GB"], tablefmt="github"))
     m = res["measured_scale"]
