@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipprompt.clip_loading import build_model, clip
+from clipprompt.clip_loading import build_model, clip, load_clip
 from tests.conftest import ROOT
 from tools import demo_world as world
 from tools import pretrain_tiny_clip as pretrain
@@ -167,7 +167,7 @@ def test_cli_reports_an_existing_different_world(tmp_path, capsys):
 
 
 def test_truncated_text_encoder_matches_clip():
-    model = pretrain.build_tiny_clip(0)
+    model = pretrain.build_demo_clip(0)
     tokens = clip.tokenize(["a blurry photo of a red star.", "a star.", "an outline of a green arrow"])
     with torch.no_grad():
         torch.testing.assert_close(pretrain.encode_text(model, tokens), model.encode_text(tokens))
@@ -207,7 +207,7 @@ def test_checkpoint_round_trips_through_build_model(tiny_run):
     assert [len(getattr(rebuilt.visual, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
 
     # the same fp16-rounded weights in a fresh fp32 model give identical outputs
-    reference = pretrain.build_tiny_clip(1).eval()
+    reference = pretrain.build_demo_clip(1).eval()
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     images = world.to_tensor(world.render(np.random.default_rng(0), [0, 1], [2, 3], [0, 5], True))
     tokens = clip.tokenize(["a photo of a red circle.", "a sketch of a blue star."])
@@ -234,7 +234,7 @@ def test_committed_checkpoint_recognises_the_world():
         "run python -m tools.pretrain_tiny_clip --out assets/demo_clip_rn_tiny.pt.gz"
     )
     assert os.path.getsize(CHECKPOINT) < 20 * 2**20
-    model = pretrain.load_checkpoint(CHECKPOINT)
+    model = load_clip(CHECKPOINT)
     images, labels, styles = world.render_split(0, "test", n_per_class=2)
     feats = pretrain.image_features(model, images)
     acc = pretrain.zero_shot_accuracies(model, feats, labels, styles, world.CLASSNAMES)

@@ -28,24 +28,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipprompt.clip_loading import build_tiny_clip, load_clip
 from tools import demo_world as world
+from tools._stats import harmonic
 
 with warnings.catch_warnings():
     # openai-clip imports pkg_resources, which warns on every setuptools < 81.
     warnings.simplefilter("ignore")
     import clip
-    from clip.model import CLIP, build_model
 
+# Arguments of clipprompt.clip_loading.build_tiny_clip, which sets CLIP's vocabulary (49408)
+# and one attention head per 64 dims (2 here), as build_model infers them from a state dict.
 ARCH = {
     "embed_dim": 128,
     "image_resolution": world.IMAGE_SIZE,
     "vision_layers": (1, 1, 1, 1),
     "vision_width": 16,
-    "vision_patch_size": None,
     "context_length": 77,
-    "vocab_size": 49408,
     "transformer_width": 128,
-    "transformer_heads": 2,  # width // 64, as build_model infers
     "transformer_layers": 3,
 }
 DEFAULTS = {"steps": 2000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 75}
@@ -53,14 +53,9 @@ SOT_ID = clip.clip._tokenizer.encoder["<|startoftext|>"]
 EOT_ID = clip.clip._tokenizer.encoder["<|endoftext|>"]
 
 
-def build_tiny_clip(seed, **overrides):
-    arch = {**ARCH, **overrides}
-    if arch["transformer_heads"] != arch["transformer_width"] // 64:
-        raise ValueError("transformer_heads must be transformer_width // 64 (build_model infers it)")
-    if arch["image_resolution"] % 32:
-        raise ValueError("the ModifiedResNet needs an image_resolution that is a multiple of 32")
-    torch.manual_seed(seed)
-    return CLIP(**arch)
+def build_demo_clip(seed, **overrides):
+    """The randomly initialised tiny CLIP of ARCH (with `overrides`) that pretraining starts from."""
+    return build_tiny_clip(**{**ARCH, **overrides}, seed=seed)
 
 
 def encode_text(model, tokens):
@@ -129,7 +124,7 @@ def pretrain(
     Returns (model in eval mode, bool mask over the vocabulary of the token ids that occurred
     in a caption).
     """
-    model = build_tiny_clip(seed, **arch)
+    model = build_demo_clip(seed, **arch)
     model.train()
     rng = np.random.default_rng([seed, 1000])  # a stream of its own: never the dataset's images
     optimizers = _optimizers(model, lr, weight_decay)
@@ -194,13 +189,6 @@ def save_checkpoint(model, used_tokens, path):
     return len(data)
 
 
-def load_checkpoint(path):
-    """fp32 eval-mode model from a file written by `save_checkpoint` (via build_model)."""
-    with open(path, "rb") as f:
-        state = torch.load(io.BytesIO(gzip.decompress(f.read())), map_location="cpu", weights_only=True)
-    return build_model(state).float().eval()
-
-
 # ---------------------------------------------------------------------------------------------
 # Zero-shot evaluation on the demo world
 # ---------------------------------------------------------------------------------------------
@@ -239,10 +227,6 @@ PROMPT_KINDS = (
 )
 
 
-def _harmonic(a, b):
-    return 2 * a * b / (a + b) if a + b else 0.0
-
-
 def evaluate(model, seed=world.DEFAULT_SEED, log=print):
     """Zero-shot numbers on the test split that `tools.demo_world --seed seed` writes."""
     results = {}
@@ -265,7 +249,7 @@ def evaluate(model, seed=world.DEFAULT_SEED, log=print):
         log(f"  {'prompt':<20}{'base (20-way)':>15}{'new (20-way)':>14}{'H':>7}{'all (40-way)':>14}")
         for kind, name in PROMPT_KINDS:
             b, n = res["base"][kind], res["new"][kind]
-            log(f"  {name:<20}{b:>15.1f}{n:>14.1f}{_harmonic(b, n):>7.1f}{res['all40'][kind]:>14.1f}")
+            log(f"  {name:<20}{b:>15.1f}{n:>14.1f}{harmonic(b, n):>7.1f}{res['all40'][kind]:>14.1f}")
     images, labels, styles = world.render_split(seed, "unseen", classnames=world.UNSEEN_CLASSNAMES)
     res = zero_shot_accuracies(model, image_features(model, images), labels, styles, world.UNSEEN_CLASSNAMES)
     results["unseen"] = res
@@ -309,7 +293,7 @@ def main(argv=None):
         )
     if args.eval_only or not args.no_eval:
         eval_start = time.time()
-        evaluate(load_checkpoint(args.out), log=log)
+        evaluate(load_clip(args.out), log=log)
         log(f"evaluation took {time.time() - eval_start:.0f}s")
     return 0
 
