@@ -61,6 +61,14 @@ def require_path(path, what, hint):
         raise FileNotFoundError(f"{what} {path} not found. {hint}")
 
 
+def read_lines(path, what, hint):
+    """The non-blank lines of the text file `path`, stripped; a missing file is an error that
+    names it (`what`) and says what to download (`hint`)."""
+    require_path(path, what, hint)
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def list_files(folder):
     """Sorted names of the non-hidden files in `folder`: sorted so that samples are reproducible."""
     return sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))

@@ -2,7 +2,7 @@ import os
 
 from dassl.data.datasets import DATASET_REGISTRY
 
-from .coop_dataset import CoOpDataset, require_path
+from .coop_dataset import CoOpDataset, read_lines
 
 
 @DATASET_REGISTRY.register()
@@ -17,7 +17,7 @@ class FGVCAircraft(CoOpDataset):
     )
 
     def read_classnames(self):
-        return [line.strip() for line in self._read_lines("variants.txt")]
+        return self._read_lines("variants.txt")
 
     def read_split(self, name):
         list_file = f"images_variant_{name}.txt"
@@ -25,7 +25,7 @@ class FGVCAircraft(CoOpDataset):
         rows = []
         for line in self._read_lines(list_file):
             # "<image id> <variant name, may contain spaces>"
-            image_id, variant = line.strip().split(" ", 1)
+            image_id, variant = line.split(" ", 1)
             if variant not in label_of:
                 raise ValueError(
                     f"{os.path.join(self.dataset_dir, list_file)} lists variant {variant!r}, "
@@ -35,7 +35,4 @@ class FGVCAircraft(CoOpDataset):
         return self.samples_from_rows(rows, self.image_dir, os.path.join(self.dataset_dir, list_file))
 
     def _read_lines(self, name):
-        path = os.path.join(self.dataset_dir, name)
-        require_path(path, "Annotation file", self.download_hint)
-        with open(path, encoding="utf-8") as f:
-            return [line for line in f if line.strip()]
+        return read_lines(os.path.join(self.dataset_dir, name), "Annotation file", self.download_hint)

@@ -2,19 +2,12 @@ import os
 
 from dassl.data.datasets import DATASET_REGISTRY
 
-from .coop_dataset import CoOpDataset, Sample, list_files, list_folders, require_path
+from .coop_dataset import CoOpDataset, Sample, list_files, list_folders, read_lines, require_path
 
 
 def read_wnid_names(path, hint):
     """classnames.txt: "<wnid> <class name with spaces>" per line, in label order."""
-    require_path(path, "Class-name file", hint)
-    names = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                wnid, name = line.strip().split(" ", 1)
-                names[wnid] = name
-    return names
+    return dict(line.split(" ", 1) for line in read_lines(path, "Class-name file", hint))
 
 
 class ImageNetFolders(CoOpDataset):

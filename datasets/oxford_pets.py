@@ -2,7 +2,7 @@ import os
 
 from dassl.data.datasets import DATASET_REGISTRY
 
-from .coop_dataset import CoOpDataset, require_path
+from .coop_dataset import CoOpDataset, read_lines
 from .random_split import split_train_val
 
 
@@ -23,12 +23,10 @@ class OxfordPets(CoOpDataset):
         # Rows "<Breed_name>_<n> <class id from 1> <species> <breed id>"; the breed name,
         # lower-cased, is the class name (as in CoOp's split).
         path = os.path.join(self.dataset_dir, "annotations", name)
-        require_path(path, "Annotation file", self.download_hint)
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip() and not line.startswith("#"):
-                    image_id, class_id = line.split()[:2]
-                    breed = image_id.rsplit("_", 1)[0].lower()
-                    rows.append([f"{image_id}.jpg", int(class_id) - 1, breed])
+        for line in read_lines(path, "Annotation file", self.download_hint):
+            if not line.startswith("#"):
+                image_id, class_id = line.split()[:2]
+                breed = image_id.rsplit("_", 1)[0].lower()
+                rows.append([f"{image_id}.jpg", int(class_id) - 1, breed])
         return rows
