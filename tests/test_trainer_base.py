@@ -159,7 +159,8 @@ def test_seed_zero_is_kept():
 
 
 @pytest.fixture(scope="module")
-def pets(tmp_path_factory):
+def pets5(tmp_path_factory):
+    """Like conftest's `pets`, with 5 test images per class (several test batches of 4)."""
     root = tmp_path_factory.mktemp("data")
     generated = make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 5))
     randomise_images(generated.dataset_dir)
@@ -175,8 +176,8 @@ def build_trainer(root, clip_path, output_dir, *opts, trainer="CoOp", config=COO
     return dassl_build(cfg)
 
 
-def test_evaluation_encodes_prompts_once(pets, tiny_clip_path, tmp_path, monkeypatch):
-    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path, "DATALOADER.TEST.BATCH_SIZE", "4")
+def test_evaluation_encodes_prompts_once(pets5, tiny_clip_path, tmp_path, monkeypatch):
+    trainer = build_trainer(pets5[0], tiny_clip_path, tmp_path, "DATALOADER.TEST.BATCH_SIZE", "4")
     assert len(trainer.test_loader) > 2
     calls = []
     encode = trainer.model.text_encoder.forward
@@ -186,8 +187,8 @@ def test_evaluation_encodes_prompts_once(pets, tiny_clip_path, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("prec", ["fp32", "fp16", "amp"])
-def test_precision_modes_train(pets, tiny_clip_path, tmp_path, prec):
-    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path, "TRAINER.PREC", prec)
+def test_precision_modes_train(pets5, tiny_clip_path, tmp_path, prec):
+    trainer = build_trainer(pets5[0], tiny_clip_path, tmp_path, "TRAINER.PREC", prec)
     expected = {"fp32": torch.float32, "fp16": torch.float16, "amp": torch.float32}[prec]
     assert trainer.model.image_encoder.conv1.weight.dtype == expected
     assert trainer.model.prompt_learner.ctx.dtype == torch.float32
@@ -207,41 +208,50 @@ def coop_run(root, clip_path, out, *extra, seed=0, check=True):
                      *TINY_OPTS, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "2", *extra, check=check)
 
 
-def test_interrupted_run_resumes_exactly(pets, tiny_clip_path, tmp_path):
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    coop_run(pets[0], tiny_clip_path, straight)
-    assert "Setting fixed seed: 0" in read_log(straight)
-    # Interrupt after epoch 1: keep only what existed then.
-    os.makedirs(os.path.join(resumed, "prompt_learner"))
-    shutil.copy(os.path.join(straight, "prompt_learner", "model.pth.tar-1"), os.path.join(resumed, "prompt_learner"))
-    with open(os.path.join(resumed, "prompt_learner", "checkpoint"), "w") as f:
-        f.write("model.pth.tar-1\n")
-    coop_run(pets[0], tiny_clip_path, resumed)
+@pytest.fixture(scope="module")
+def straight_run(pets5, tiny_clip_path, tmp_path_factory):
+    """A 2-epoch CoOp run that was never interrupted."""
+    out = str(tmp_path_factory.mktemp("coop") / "straight")
+    coop_run(pets5[0], tiny_clip_path, out)
+    return out
+
+
+def interrupted_copy(run_dir, dst, epoch):
+    """`dst` as `run_dir` was after `epoch`: only that epoch's checkpoint (logs left out)."""
+    os.makedirs(os.path.join(dst, "prompt_learner"))
+    name = f"model.pth.tar-{epoch}"
+    shutil.copy(os.path.join(run_dir, "prompt_learner", name), os.path.join(dst, "prompt_learner"))
+    with open(os.path.join(dst, "prompt_learner", "checkpoint"), "w") as f:
+        f.write(f"{name}\n")
+    return dst
+
+
+def test_interrupted_run_resumes_exactly(pets5, straight_run, tiny_clip_path, tmp_path):
+    assert "Setting fixed seed: 0" in read_log(straight_run)
+    resumed = interrupted_copy(straight_run, str(tmp_path / "resumed"), 1)
+    coop_run(pets5[0], tiny_clip_path, resumed)
     log = read_log(resumed)
     assert "Resumed" in log and "epoch [1/2]" not in log and "epoch [2/2]" in log
-    final = [torch.load(os.path.join(d, "prompt_learner", "model.pth.tar-2"), weights_only=True) for d in (straight, resumed)]
+    final = [torch.load(os.path.join(d, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+             for d in (straight_run, resumed)]
     assert torch.equal(final[0]["state_dict"]["prompt_learner.ctx"], final[1]["state_dict"]["prompt_learner.ctx"])
-    assert result_accuracy(log) == result_accuracy(read_log(straight))
+    assert result_accuracy(log) == result_accuracy(read_log(straight_run))
 
 
-def test_output_dir_with_another_config_is_refused(pets, tiny_clip_path, tmp_path):
+def test_output_dir_with_another_config_is_refused(pets5, straight_run, tiny_clip_path, tmp_path):
     out = str(tmp_path / "run")
-    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "1")
-    proc = coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "1", "OPTIM.LR", "0.1", check=False)
+    shutil.copytree(straight_run, out)
+    proc = coop_run(pets5[0], tiny_clip_path, out, "OPTIM.LR", "0.1", check=False)
     assert proc.returncode != 0 and "holds a run with a different configuration" in proc.stderr
 
 
-def test_unfinished_run_is_not_evaluated_silently(pets, tiny_clip_path, tmp_path):
-    out = str(tmp_path / "run")
-    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.NO_TEST", "True")
-    os.remove(os.path.join(out, "prompt_learner", "model.pth.tar-3"))
-    with open(os.path.join(out, "prompt_learner", "checkpoint"), "w") as f:
-        f.write("model.pth.tar-2\n")
-    proc = coop_run(pets[0], tiny_clip_path, str(tmp_path / "eval"), "--eval-only", "--model-dir", out, check=False)
-    assert proc.returncode != 0 and "unfinished run (epoch 2 of 3)" in proc.stderr
+def test_unfinished_run_is_not_evaluated_silently(pets5, straight_run, tiny_clip_path, tmp_path):
+    out = interrupted_copy(straight_run, str(tmp_path / "run"), 1)
+    proc = coop_run(pets5[0], tiny_clip_path, str(tmp_path / "eval"), "--eval-only", "--model-dir", out, check=False)
+    assert proc.returncode != 0 and "unfinished run (epoch 1 of 2)" in proc.stderr
 
 
-def test_zeroshot_clip_matches_direct_clip(pets, tiny_clip, tiny_clip_path, tmp_path):
+def test_zeroshot_clip_matches_direct_clip(pets5, tiny_clip, tiny_clip_path, tmp_path):
     import json
 
     from clip.clip import _transform
@@ -249,7 +259,7 @@ def test_zeroshot_clip_matches_direct_clip(pets, tiny_clip, tiny_clip_path, tmp_
 
     from clipprompt.templates import fill
 
-    root, generated = pets
+    root, generated = pets5
     out = str(tmp_path / "zs")
     run_train("--trainer", "ZeroshotCLIP", "--config-file", "configs/trainers/ZeroshotCLIP/vit_b16.yaml",
               "--root", root, "--dataset-config-file", PETS, "--output-dir", out, "--eval-only",
@@ -270,20 +280,20 @@ def test_zeroshot_clip_matches_direct_clip(pets, tiny_clip, tiny_clip_path, tmp_
     assert result_accuracy(read_log(out)) == pytest.approx(round(direct, 1))
 
 
-def test_best_val_deploys_the_best_checkpoint(pets, tiny_clip_path, tmp_path):
+def test_best_val_deploys_the_best_checkpoint(pets5, tiny_clip_path, tmp_path):
     out = str(tmp_path / "run")
-    coop_run(pets[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.FINAL_MODEL", "best_val")
+    coop_run(pets5[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.FINAL_MODEL", "best_val")
     log = read_log(out)
     best = torch.load(os.path.join(out, "prompt_learner", "model-best.pth.tar"), weights_only=True)
     assert f"model-best.pth.tar (epoch {best['epoch']})" in log.split("Deploy the model with the best val")[1]
 
 
-def test_frozen_clip_stays_in_eval_mode_while_training(pets, tmp_path):
+def test_frozen_clip_stays_in_eval_mode_while_training(pets5, tmp_path):
     from clipprompt.clip_loading import build_tiny_clip, save_clip_state_dict
 
     resnet = save_clip_state_dict(build_tiny_clip(vision_layers=(1, 1, 1, 1), vision_width=16),
                                   str(tmp_path / "rn.pt"))
-    trainer = build_trainer(pets[0], resnet, tmp_path / "out")
+    trainer = build_trainer(pets5[0], resnet, tmp_path / "out")
     bn = next(m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
     trainer.set_model_mode("train")
@@ -312,10 +322,10 @@ def test_base_list_merges_in_order():
     assert cfg.TRAINER.MOCOOP.ROUTER_TARGET == "mean" and cfg.INPUT.SIZE == (64, 64)
 
 
-def test_clip_is_loaded_onto_the_trainer_device(pets, tiny_clip_path, tmp_path):
+def test_clip_is_loaded_onto_the_trainer_device(pets5, tiny_clip_path, tmp_path):
     """Prompt assemblers hold CLIP's token embedding outside their module tree, so CLIP must be
     on the device before they are built (a stand-in device shows where tensors go)."""
-    trainer = build_trainer(pets[0], tiny_clip_path, tmp_path)
+    trainer = build_trainer(pets5[0], tiny_clip_path, tmp_path)
     trainer.device = torch.device("meta")
     clip_model = trainer.load_clip()
     assert {p.device.type for p in clip_model.parameters()} == {"meta"}
