@@ -114,12 +114,6 @@ def test_gradients_reach_only_context_and_meta_net(tiny_clip):
     assert [n for n, p in model.named_parameters() if p.requires_grad] == LEARNABLE
 
 
-def test_model_does_not_cache_text_features(tiny_clip):
-    from clipprompt.caching import CachedTextFeatures
-
-    assert not isinstance(build(tiny_clip), CachedTextFeatures)
-
-
 @pytest.mark.parametrize("name, batch, lr", [("vit_b16_c4_ep10_batch1_ctxv1", 1, 0.002),
                                               ("vit_b16_c4_ep10_batch8_ctxv1", 8, 0.016)])
 def test_configs(name, batch, lr):
