@@ -53,6 +53,16 @@ def result_accuracy(log_text):
     return float(blocks[-1])
 
 
+def evaluated_log(output_dir, epoch, total):
+    """The log of an `--eval-only` run, checked: it loaded epoch `epoch`'s checkpoint and its
+    result block counts `total` test images with an accuracy."""
+    log = read_log(output_dir)
+    assert f"model.pth.tar-{epoch} (epoch {epoch})" in log
+    assert f"=> result\n* total: {total}\n" in log
+    result_accuracy(log)
+    return log
+
+
 def read_log(output_dir):
     with open(os.path.join(output_dir, "log.txt")) as f:
         return f.read()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clipprompt.knowledge import knowledge_guided_loss
+from tests.dataset_layouts import make_dtd
+from tests.e2e import TINY_OPTS, evaluated_log, randomise_images, read_log, result_accuracy, run_train
 
 
 def direct_term(soft, hard):
@@ -143,8 +145,6 @@ def test_config(kgcoop):
 
 @pytest.fixture(scope="module")
 def dtd(kgcoop, tmp_path_factory):
-    from tests.dataset_layouts import make_dtd
-    from tests.e2e import randomise_images
 
     root = tmp_path_factory.mktemp("data")
     generated = make_dtd(str(root), num_classes=6, per_class=(4, 2, 3))
@@ -153,8 +153,6 @@ def dtd(kgcoop, tmp_path_factory):
 
 
 def common(root, clip_path, output_dir, *extra):
-    from tests.e2e import TINY_OPTS
-
     # amp: every loss term must be kept and logged in the mixed-precision mode as well.
     return ["--seed", 1, "--trainer", "KgCoOp", "--config-file", KGCOOP_B2N, "--root", root,
             "--dataset-config-file", DTD, "--output-dir", output_dir, "MODEL.BACKBONE.NAME", clip_path,
@@ -163,16 +161,12 @@ def common(root, clip_path, output_dir, *extra):
 
 @pytest.fixture(scope="module")
 def base_run(dtd, tiny_clip_path, tmp_path_factory):
-    from tests.e2e import run_train
-
     out = str(tmp_path_factory.mktemp("kgcoop") / "train_base")
     run_train(*common(dtd, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
     return out
 
 
 def test_kgcoop_trains_on_base_classes(base_run):
-    from tests.e2e import read_log, result_accuracy
-
     log = read_log(base_run)
     assert "Hand-crafted prompt of the knowledge-guided term: 'a photo of a {}, a type of texture.'" in log
     assert "Learnable tensors (256 values): prompt_learner.ctx\n" in log  # CLIP stays frozen
@@ -186,13 +180,8 @@ def test_kgcoop_trains_on_base_classes(base_run):
 
 
 def test_kgcoop_base_model_evaluates_on_new_classes(base_run, dtd, tiny_clip_path, tmp_path):
-    from tests.e2e import read_log, result_accuracy, run_train
-
     out = str(tmp_path / "test_new")
     run_train("--eval-only", "--model-dir", base_run,
               *common(dtd, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"))
-    log = read_log(out)
-    assert "model.pth.tar-2 (epoch 2)" in log
-    assert "* total: 9" in log  # 3 new classes x 3 test images
-    result_accuracy(log)
+    log = evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
     assert log.rstrip().splitlines()[-1].startswith("* macro_f1")
