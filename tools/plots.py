@@ -71,8 +71,7 @@ def _average_panel(ax, grids, shots):
         for k in g.shots:
             avg = g.average(k)
             if avg:
-                mean, count, complete = avg
-                points.append((k, mean, complete and count == len(BENCHMARK)))
+                points.append((k, avg.mean, avg.full))
         _curve(ax, f"{g.trainer} / {g.config}", points)
     _shots_axis(ax, f"Average over {len(BENCHMARK)} datasets", shots)
     ax.legend(fontsize=8)

@@ -17,6 +17,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tabulate import tabulate
 
@@ -49,21 +50,39 @@ def _marked(s, complete):
     return _cell(s) + ("" if s is None or complete else " !")
 
 
+class Average(NamedTuple):
+    """The mean of the cells' means over the `count` of `total` cells that have one;
+    `complete`: each of those has every expected seed."""
+
+    mean: float
+    count: int
+    total: int
+    complete: bool
+
+    @property
+    def full(self):
+        """Every cell has a mean and every seed."""
+        return self.count == self.total and self.complete
+
+    def cell(self):
+        """`mean (count/total) !` as the tables print it."""
+        missing = f" ({self.count}/{self.total})" if self.count < self.total else ""
+        return _f(self.mean) + missing + ("" if self.complete else " !")
+
+    def csv(self):
+        return {"n": self.count, "mean": _f(self.mean), "expected_n": self.total, "complete": self.full}
+
+
 def _average(cells):
-    """(mean of the means, how many cells have one, all of those complete) over
-    [(Summary or None, complete)], or None when none has a mean."""
+    """The Average over [(Summary or None, complete)], or None when no cell has a mean."""
     have = [(s, c) for s, c in cells if s is not None]
     if not have:
         return None
-    return statistics.fmean(s.mean for s, _ in have), len(have), all(c for _, c in have)
+    return Average(statistics.fmean(s.mean for s, _ in have), len(have), len(cells), all(c for _, c in have))
 
 
-def _average_cell(avg, total):
-    """`mean (k/total) !` for an `_average` result."""
-    if avg is None:
-        return "—"
-    mean, count, complete = avg
-    return _f(mean) + (f" ({count}/{total})" if count < total else "") + ("" if complete else " !")
+def _average_cell(avg):
+    return "—" if avg is None else avg.cell()
 
 
 def _stats_csv(prefix, s):
@@ -368,12 +387,10 @@ def fewshot_section(grids, paper=None):
         avg_row = ["Average"]
         for k in g.shots:
             avg = g.average(k)
-            avg_row.append(_average_cell(avg, len(g.benchmark)))
+            avg_row.append(_average_cell(avg))
             if avg:
                 csv_rows.append(
-                    {"trainer": g.trainer, "config": g.config, "dataset": "Average", "shots": k}
-                    | {"n": avg[1], "mean": _f(avg[0]), "expected_n": len(g.benchmark)}
-                    | {"complete": avg[1] == len(g.benchmark) and avg[2]}
+                    {"trainer": g.trainer, "config": g.config, "dataset": "Average", "shots": k} | avg.csv()
                 )
         rows.append(avg_row)
         notes = []
@@ -433,15 +450,10 @@ def xd_sections(runs, declared, paper, col):
         ):
             avg = _average([cells[d] for d in targets])
             if avg:
-                csv_rows.append(
-                    group
-                    | {"dataset": f"Average ({label})", "role": "average", "n": avg[1]}
-                    | {"mean": _f(avg[0]), "expected_n": len(targets)}
-                    | {"complete": avg[1] == len(targets) and avg[2]}
-                )
+                csv_rows.append(group | {"dataset": f"Average ({label})", "role": "average"} | avg.csv())
             row = [f"{trainer} / {config}", str(shots)]
             row += [_marked(*cells.get(d, (None, False))) for d in [XD_SOURCE] + shown]
-            rows.append(row + [_average_cell(avg, len(targets))])
+            rows.append(row + [_average_cell(avg)])
 
     if not results:
         return []
