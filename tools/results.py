@@ -41,6 +41,11 @@ def _spread(s, ci=False):
     return text
 
 
+def _by_seed(acc):
+    """Summary of {seed: accuracy}, in seed order (None when there is none)."""
+    return summarize([acc[s] for s in sorted(acc)])
+
+
 def _cell(s, ci=False):
     return "—" if s is None else _f(s.mean) + _spread(s, ci)
 
@@ -213,7 +218,7 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
                 flags.append(f"new missing seeds {_seeds(expected - new.keys())}")
             if new.keys() - base.keys():
                 flags.append(f"new without base: seeds {_seeds(new.keys() - base.keys())}")
-            b, n = summarize([base[s] for s in sorted(base)]), summarize([new[s] for s in sorted(new)])
+            b, n = _by_seed(base), _by_seed(new)
             h = harmonic(b.mean, n.mean) if b and n else None
             h_seeds = summarize([harmonic(base[s], new[s]) for s in sorted(base.keys() & new.keys())])
             if d in datasets and b and n:
@@ -360,7 +365,7 @@ def fewshot_grids(runs, declared, col, datasets=BENCHMARK, curves=()):
             for k in shots:
                 acc = col.accuracies(RunKey("fewshot", "", d, k, trainer, source[k]), expected)
                 if acc:
-                    cells[d, k] = summarize([acc[s] for s in sorted(acc)])
+                    cells[d, k] = _by_seed(acc)
         grids.append(FewShotGrid(trainer, config, shots, found, cells, len(expected), list(datasets)))
     return grids
 
@@ -426,10 +431,10 @@ def xd_sections(runs, declared, paper, col):
         cells = {}
         train_key = RunKey("xd", "train", XD_SOURCE, shots, trainer, config)
         acc = col.accuracies(train_key, expected, tested_seeds, "test results exist without it")
-        cells[XD_SOURCE] = (summarize([acc[s] for s in sorted(acc)]), acc.keys() >= expected)
+        cells[XD_SOURCE] = (_by_seed(acc), acc.keys() >= expected)
         for t in _ordered(XD_TARGETS + DG_TARGETS, tests.keys() | set(XD_TARGETS + DG_TARGETS)):
             acc = col.accuracies(train_key._replace(part="test", dataset=t), expected)
-            cells[t] = (summarize([acc[s] for s in sorted(acc)]), acc.keys() >= expected)
+            cells[t] = (_by_seed(acc), acc.keys() >= expected)
         results[trainer, config, shots] = (cells, len(expected))
 
     extra = sorted(extra_targets)
@@ -466,10 +471,10 @@ def xd_sections(runs, declared, paper, col):
                 continue
             name = f"{_paper.TABLE_NAME.get(trainer, trainer)} (paper)"
             mean = statistics.fmean(ref[d] for d in DG_TARGETS)
-            dg_rows.append([name, "16"] + [_f(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [_f(mean)])
+            dg_rows.append([name, str(_paper.SHOTS)] + [_f(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [_f(mean)])
             for d, value in ref.items():
                 csv_rows.append(
-                    {"trainer": name, "shots": 16, "dataset": _name(d), "role": "paper", "mean": _f(value)}
+                    {"trainer": name, "shots": _paper.SHOTS, "dataset": _name(d), "role": "paper", "mean": _f(value)}
                 )
         dg_notes.append(
             "Rows (paper): MoCoOp paper Table 3 as printed (tools/paper_results.json), trained on 16 shots "
