@@ -11,7 +11,7 @@ import random
 import sys
 from pathlib import Path
 
-from tools._runlog import LAYOUTS
+from tools._runlog import RunKey
 
 
 def write_log(run_dir, correct=None, total=1000, name="log.txt", epochs=2):
@@ -88,7 +88,7 @@ def write_demo(root, seed=0):
     root = Path(root)
 
     def run(protocol, part, dataset, shots, trainer, config, s, acc):
-        path = root / LAYOUTS[protocol, part] / dataset / f"shots_{shots}" / trainer / config / f"seed{s}"
+        path = root / RunKey(protocol, part, dataset, shots, trainer, config).path(s)
         acc = min(99.5, acc + rng.gauss(0, 0.6))
         write_log(path, round(10 * acc))
         if trainer == "MoCoOp":
