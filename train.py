@@ -49,7 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--trainer", type=str, default="", help="trainer name, e.g. CoOp or MoCoOp")
     parser.add_argument("--backbone", type=str, default="", help="CLIP model name or checkpoint path")
     parser.add_argument("--dataset-config-file", type=str, default="", help="configs/datasets/<name>.yaml")
-    parser.add_argument("--config-file", type=str, default="", help="configs/trainers/<Trainer>/<config>.yaml")
+    parser.add_argument(
+        "--config-file", type=str, default="", help="configs/trainers/<Trainer>/<config>.yaml"
+    )
     parser.add_argument("--eval-only", action="store_true", help="evaluate only")
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory (eval)")
     parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")

@@ -123,7 +123,9 @@ def build_tiny_clip(
         raise ValueError("CLIP widths must be multiples of 64 (one attention head per 64 dims)")
     if resnet:
         if image_resolution % 32:
-            raise ValueError("the ModifiedResNet image tower needs an image_resolution that is a multiple of 32")
+            raise ValueError(
+                "the ModifiedResNet image tower needs an image_resolution that is a multiple of 32"
+            )
         vision_patch_size = None
     with torch.random.fork_rng():
         torch.manual_seed(seed)

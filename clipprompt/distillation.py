@@ -18,7 +18,9 @@ COMBINES = ("weighted_kl", "mixture")
 
 def teacher_logits(image_features, teacher_features, logit_scale):
     """Logits `[B, H, C]` of every teacher: `s * <v_b, T[h, c]>` (both sides normalised)."""
-    return logit_scale * torch.einsum("bd,hcd->bhc", image_features, teacher_features.to(image_features.dtype))
+    return logit_scale * torch.einsum(
+        "bd,hcd->bhc", image_features, teacher_features.to(image_features.dtype)
+    )
 
 
 def distillation_loss(student_logits, selected_logits, weights, temperature=1.0, combine="weighted_kl"):
@@ -53,8 +55,17 @@ def selection_loss(selected_logits, weights, label):
     return (weights.float() * nll).sum(-1).mean()
 
 
-def mopd_losses(student_logits, all_teacher_logits, gate_scores, label, num_teachers,
-                w, w2, temperature=1.0, combine="weighted_kl"):
+def mopd_losses(
+    student_logits,
+    all_teacher_logits,
+    gate_scores,
+    label,
+    num_teachers,
+    w,
+    w2,
+    temperature=1.0,
+    combine="weighted_kl",
+):
     """The three weighted terms of `W CE + (1 - W) L_mpd + W2 L_mps`, and the gate's choice.
 
     Returns `({"loss_ce", "loss_mpd", "loss_mps"}, index [B, k], weights [B, k])`: the gate keeps

@@ -77,7 +77,9 @@ def router_loss(router_logits, target, direction="router_to_hard"):
     elif direction == "hard_to_router":
         kl = (target * (log_target - log_router)).sum(dim=1)
     else:
-        raise ValueError(f"TRAINER.MOCOOP.ROUTER_KL must be 'router_to_hard' or 'hard_to_router', not {direction!r}")
+        raise ValueError(
+            f"TRAINER.MOCOOP.ROUTER_KL must be 'router_to_hard' or 'hard_to_router', not {direction!r}"
+        )
     return kl.mean()
 
 

@@ -26,8 +26,9 @@ class PromptAssembler(nn.Module):
     CLIP's context length, as `clip.tokenize` does (the reference path).
     """
 
-    def __init__(self, forms, classnames, token_embedding, context_length=77,
-                 class_specific=False, truncate=True):
+    def __init__(
+        self, forms, classnames, token_embedding, context_length=77, class_specific=False, truncate=True
+    ):
         super().__init__()
         self.forms = list(forms)
         self.num_classes = len(classnames)

@@ -89,7 +89,9 @@ class RoutingStats:
         return record
 
     def summary(self, record, width=40):
-        lines = [f"Routing on {record['split']} (epoch {record['epoch']}, {record['count']} images): share / mean weight"]
+        lines = [
+            f"Routing on {record['split']} (epoch {record['epoch']}, {record['count']} images): share / mean weight"
+        ]
         for name, share, weight in zip(self.names, record["selection_share"], record["mean_weight"]):
             lines.append(f"  {share:6.1%}  {weight:.3f}  {name[:width]}")
         return "\n".join(lines)
@@ -113,4 +115,6 @@ class RoutingStats:
             writer.writerow(["epoch", "split", "index", "name", "selection_share", "mean_weight"])
             for r in self.records:
                 for g, name in enumerate(self.names):
-                    writer.writerow([r["epoch"], r["split"], g, name, r["selection_share"][g], r["mean_weight"][g]])
+                    writer.writerow(
+                        [r["epoch"], r["split"], g, name, r["selection_share"][g], r["mean_weight"][g]]
+                    )

@@ -24,13 +24,25 @@ POLICIES = ("cosine", "single_step", "multi_step")
 
 
 class EpochLRSchedule:
-    def __init__(self, optimizer, max_epoch, warmup_epoch=0, warmup_type="constant",
-                 warmup_lr=1e-5, recount=True, policy="cosine", stepsize=(-1,), gamma=0.1):
+    def __init__(
+        self,
+        optimizer,
+        max_epoch,
+        warmup_epoch=0,
+        warmup_type="constant",
+        warmup_lr=1e-5,
+        recount=True,
+        policy="cosine",
+        stepsize=(-1,),
+        gamma=0.1,
+    ):
         if policy not in POLICIES:
             raise ValueError(f"OPTIM.LR_SCHEDULER {policy!r} is not supported; use one of {POLICIES}")
         stepsize = tuple(stepsize) if isinstance(stepsize, (list, tuple)) else (stepsize,)
         if policy == "multi_step" and any(s <= 0 for s in stepsize):
-            raise ValueError(f"OPTIM.STEPSIZE {stepsize} must list positive milestone epochs for 'multi_step'")
+            raise ValueError(
+                f"OPTIM.STEPSIZE {stepsize} must list positive milestone epochs for 'multi_step'"
+            )
         if warmup_epoch > 0 and warmup_type not in ("constant", "linear"):
             raise ValueError(f"OPTIM.WARMUP_TYPE must be 'constant' or 'linear', not {warmup_type!r}")
         self.optimizer = optimizer

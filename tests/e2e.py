@@ -16,12 +16,18 @@ from tests.conftest import ROOT
 
 # Overrides that fit the tiny CLIP (32 px ViT) and a 2-core CPU.
 TINY_OPTS = [
-    "INPUT.SIZE", "(32, 32)",
-    "TRAINER.PREC", "fp32",
-    "DATALOADER.NUM_WORKERS", "0",
-    "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-    "DATALOADER.TEST.BATCH_SIZE", "8",
-    "TRAIN.PRINT_FREQ", "1",
+    "INPUT.SIZE",
+    "(32, 32)",
+    "TRAINER.PREC",
+    "fp32",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "DATALOADER.TRAIN_X.BATCH_SIZE",
+    "4",
+    "DATALOADER.TEST.BATCH_SIZE",
+    "8",
+    "TRAIN.PRINT_FREQ",
+    "1",
 ]
 
 
@@ -40,9 +46,13 @@ def run_train(*args, check=True, timeout=600):
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)]
     # Sleeping rather than spinning OpenMP threads: the test runner shares the CPU with them.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -22,15 +22,35 @@ TOY = ["--batch", "1", "--image-size", "32", "--threads", "2"]
 def benchmark(tmp_path, *args):
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run([sys.executable, "-m", "tools.benchmark", *TOY, *args, "--json", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark", *TOY, *args, "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text())
 
 
 def test_trainer_table_and_targets(tmp_path):
-    stdout, result = benchmark(tmp_path, "--trainers", "ZeroshotCLIP", "CoOp", "MoCoOp",
-                               "--classes", "2", "--virtual", "2", "--repeats", "1", "--warmup", "0")
+    stdout, result = benchmark(
+        tmp_path,
+        "--trainers",
+        "ZeroshotCLIP",
+        "CoOp",
+        "MoCoOp",
+        "--classes",
+        "2",
+        "--virtual",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    )
     assert "### Targets" in stdout
     assert list(result["trainers"]) == ["ZeroshotCLIP", "CoOp", "MoCoOp"]
     targets = result["targets"]
@@ -46,8 +66,19 @@ def test_trainer_table_and_targets(tmp_path):
 
 
 def test_imagenet_memory_model(tmp_path):
-    _, result = benchmark(tmp_path, "--scale", "imagenet", "--experts", "2", "--classes", "2",
-                          "--virtual", "2", "--chunk-size", "2")
+    _, result = benchmark(
+        tmp_path,
+        "--scale",
+        "imagenet",
+        "--experts",
+        "2",
+        "--classes",
+        "2",
+        "--virtual",
+        "2",
+        "--chunk-size",
+        "2",
+    )
     imagenet = result["imagenet"]
     # The analytic bytes per token and block that the estimates use are what autograd keeps.
     for prec in ("fp16", "fp32"):

@@ -58,7 +58,10 @@ def reference_logits(model, clip_model, image):
         x[:, 1 : 1 + n_ctx] = ctx
         x = x + clip_model.positional_embedding
         x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-        text = clip_model.ln_final(x)[torch.arange(len(CLASSES)), ids.argmax(dim=-1)] @ clip_model.text_projection
+        text = (
+            clip_model.ln_final(x)[torch.arange(len(CLASSES)), ids.argmax(dim=-1)]
+            @ clip_model.text_projection
+        )
         rows.append(clip_model.logit_scale.exp() * F.normalize(text, dim=-1) @ feature)
     return torch.stack(rows)
 
@@ -72,7 +75,9 @@ def test_batched_forward_equals_per_image_loop(tiny_clip, chunk_size):
         looped = []
         for single in image:
             feature = model.encode_image(single[None])
-            prompts, eot = model.prompt_learner.assembler(model.prompt_learner.ctx + model.prompt_learner.meta_net(feature))
+            prompts, eot = model.prompt_learner.assembler(
+                model.prompt_learner.ctx + model.prompt_learner.meta_net(feature)
+            )
             text = F.normalize(model.text_encoder(prompts, eot), dim=-1)
             looped.append(model.logit_scale.exp() * text @ feature[0])
         reference = reference_logits(model, tiny_clip, image)
@@ -114,13 +119,25 @@ def test_gradients_reach_only_context_and_meta_net(tiny_clip):
     assert [n for n, p in model.named_parameters() if p.requires_grad] == LEARNABLE
 
 
-@pytest.mark.parametrize("name, batch, lr", [("vit_b16_c4_ep10_batch1_ctxv1", 1, 0.002),
-                                              ("vit_b16_c4_ep10_batch8_ctxv1", 8, 0.016)])
+@pytest.mark.parametrize(
+    "name, batch, lr",
+    [("vit_b16_c4_ep10_batch1_ctxv1", 1, 0.002), ("vit_b16_c4_ep10_batch8_ctxv1", 8, 0.016)],
+)
 def test_configs(name, batch, lr):
     from train import parse_args, setup_cfg
 
-    cfg = setup_cfg(parse_args(["--trainer", "CoCoOp", "--dataset-config-file", PETS,
-                                "--config-file", f"configs/trainers/CoCoOp/{name}.yaml"]))
+    cfg = setup_cfg(
+        parse_args(
+            [
+                "--trainer",
+                "CoCoOp",
+                "--dataset-config-file",
+                PETS,
+                "--config-file",
+                f"configs/trainers/CoCoOp/{name}.yaml",
+            ]
+        )
+    )
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH) == (batch, lr, 10)
     assert (cfg.TRAINER.COCOOP.N_CTX, cfg.TRAINER.COCOOP.CTX_INIT) == (4, "a photo of a")
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR, cfg.TRAINER.PREC) == (1, 1e-5, "fp16")
@@ -130,9 +147,26 @@ def test_configs(name, batch, lr):
 
 
 def common(root, clip_path, output_dir, *extra):
-    return ["--seed", 1, "--trainer", "CoCoOp", "--config-file", CONFIG, "--root", root,
-            "--dataset-config-file", PETS, "--output-dir", output_dir,
-            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *extra]
+    return [
+        "--seed",
+        1,
+        "--trainer",
+        "CoCoOp",
+        "--config-file",
+        CONFIG,
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        output_dir,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "DATASET.NUM_SHOTS",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +189,11 @@ def test_cocoop_trains_on_base_classes(base_run):
 
 def test_cocoop_base_model_evaluates_on_new_classes(base_run, pets, tiny_clip_path, tmp_path):
     out = str(tmp_path / "test_new")
-    run_train("--eval-only", "--model-dir", base_run,
-              *common(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"))
+    run_train(
+        "--eval-only",
+        "--model-dir",
+        base_run,
+        *common(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"),
+    )
     log = evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
     assert log.rstrip().splitlines()[-1].startswith("* macro_f1")

@@ -9,10 +9,21 @@ from tools import demo_world
 
 
 def cfg_for(root, *opts):
-    return train.setup_cfg(train.parse_args([
-        "--trainer", "MoCoOp", "--root", str(root), "--seed", "1",
-        "--dataset-config-file", "configs/datasets/demo_world.yaml", *opts,
-    ]))
+    return train.setup_cfg(
+        train.parse_args(
+            [
+                "--trainer",
+                "MoCoOp",
+                "--root",
+                str(root),
+                "--seed",
+                "1",
+                "--dataset-config-file",
+                "configs/datasets/demo_world.yaml",
+                *opts,
+            ]
+        )
+    )
 
 
 def test_config_prompts_are_the_worlds_style_templates(tmp_path):
@@ -69,15 +80,32 @@ def test_routing_report_evaluates_the_trained_model(tmp_path):
     # 11 test images per class: one in every style.
     demo_world.generate(str(root), split_sizes={"train": 2, "val": 1, "test": 11}, log=lambda *a: None)
     run_train(
-        "--root", root, "--seed", "1", "--trainer", "MoCoOp", "--output-dir", run,
-        "--dataset-config-file", "configs/datasets/demo_world.yaml",
-        "--config-file", "configs/trainers/MoCoOp/demo.yaml",
-        "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
+        "--root",
+        root,
+        "--seed",
+        "1",
+        "--trainer",
+        "MoCoOp",
+        "--output-dir",
+        run,
+        "--dataset-config-file",
+        "configs/datasets/demo_world.yaml",
+        "--config-file",
+        "configs/trainers/MoCoOp/demo.yaml",
+        "DATASET.NUM_SHOTS",
+        "2",
+        "DATASET.SUBSAMPLE_CLASSES",
+        "base",
+        "OPTIM.MAX_EPOCH",
+        "1",
     )
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     report = subprocess.run(
         [sys.executable, "-m", "tools.demo_routing", str(run), "--root", str(root)],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.splitlines()
     table = report[report.index(next(line for line in report if line.startswith("style"))) + 1 :]
     rows = {line.split()[0]: [float(x.rstrip("%")) for x in line.split()[1:]] for line in table}

@@ -118,9 +118,14 @@ def test_evaluation_caches_the_learned_features(kgcoop, tiny_clip):
 @pytest.mark.parametrize(
     "prompts, expected",
     [
-        ({"TEMPLATE": "{} texture.", "KNOWLEDGE_TEMPLATE": "a photo of a {}, a type of texture."},
-         "a photo of a {}, a type of texture."),
-        ({"TEMPLATE": "a photo of a {}, a type of pet.", "KNOWLEDGE_TEMPLATE": ""}, "a photo of a {}, a type of pet."),
+        (
+            {"TEMPLATE": "{} texture.", "KNOWLEDGE_TEMPLATE": "a photo of a {}, a type of texture."},
+            "a photo of a {}, a type of texture.",
+        ),
+        (
+            {"TEMPLATE": "a photo of a {}, a type of pet.", "KNOWLEDGE_TEMPLATE": ""},
+            "a photo of a {}, a type of pet.",
+        ),
     ],
 )
 def test_knowledge_template_falls_back_to_the_dataset_template(kgcoop, prompts, expected):
@@ -132,7 +137,9 @@ def test_knowledge_template_falls_back_to_the_dataset_template(kgcoop, prompts, 
 def test_config(kgcoop):
     from train import parse_args, setup_cfg
 
-    cfg = setup_cfg(parse_args(["--trainer", "KgCoOp", "--dataset-config-file", DTD, "--config-file", KGCOOP_B2N]))
+    cfg = setup_cfg(
+        parse_args(["--trainer", "KgCoOp", "--dataset-config-file", DTD, "--config-file", KGCOOP_B2N])
+    )
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH) == (128, 0.002, 100)
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR, cfg.TRAINER.PREC) == (1, 1e-5, "fp16")
     opts = cfg.TRAINER.KGCOOP
@@ -154,9 +161,28 @@ def dtd(kgcoop, tmp_path_factory):
 
 def common(root, clip_path, output_dir, *extra):
     # amp: every loss term must be kept and logged in the mixed-precision mode as well.
-    return ["--seed", 1, "--trainer", "KgCoOp", "--config-file", KGCOOP_B2N, "--root", root,
-            "--dataset-config-file", DTD, "--output-dir", output_dir, "MODEL.BACKBONE.NAME", clip_path,
-            *TINY_OPTS, "TRAINER.PREC", "amp", "DATASET.NUM_SHOTS", "4", *extra]
+    return [
+        "--seed",
+        1,
+        "--trainer",
+        "KgCoOp",
+        "--config-file",
+        KGCOOP_B2N,
+        "--root",
+        root,
+        "--dataset-config-file",
+        DTD,
+        "--output-dir",
+        output_dir,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "TRAINER.PREC",
+        "amp",
+        "DATASET.NUM_SHOTS",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +207,11 @@ def test_kgcoop_trains_on_base_classes(base_run):
 
 def test_kgcoop_base_model_evaluates_on_new_classes(base_run, dtd, tiny_clip_path, tmp_path):
     out = str(tmp_path / "test_new")
-    run_train("--eval-only", "--model-dir", base_run,
-              *common(dtd, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"))
+    run_train(
+        "--eval-only",
+        "--model-dir",
+        base_run,
+        *common(dtd, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"),
+    )
     log = evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
     assert log.rstrip().splitlines()[-1].startswith("* macro_f1")

@@ -31,7 +31,9 @@ def build(cfg, clip_model, classnames=BASE, text_classnames=BASE + NEW):
     prompts = cfg.DATASET.PROMPTS
     templates = list(prompts.EXPERT_TEMPLATES)
     groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
-    return MixtureCLIP(cfg, groups, templates, classnames, text_classnames, clip_model, TextEncoder(clip_model))
+    return MixtureCLIP(
+        cfg, groups, templates, classnames, text_classnames, clip_model, TextEncoder(clip_model)
+    )
 
 
 def fresh_clip():
@@ -51,8 +53,11 @@ def test_gradients_reach_exactly_the_learnable_tensors(preset):
     sum(terms.values()).backward()
     learnable = {"prompt_learner.ctx", "router.linear.weight", "router.linear.bias"}
     if preset == "release":
-        learnable |= {"text_bias"} | {n for n, _ in model.image_encoder.named_parameters(prefix="image_encoder")
-                                      if ".ln_" in n or n.startswith("image_encoder.ln_")}
+        learnable |= {"text_bias"} | {
+            n
+            for n, _ in model.image_encoder.named_parameters(prefix="image_encoder")
+            if ".ln_" in n or n.startswith("image_encoder.ln_")
+        }
     got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got == learnable
     assert {n for n, p in model.named_parameters() if p.requires_grad} == learnable
@@ -90,7 +95,9 @@ def test_training_step_encodes_every_prompt_once(tiny_clip, monkeypatch):
     model = build(make_cfg("paper"), tiny_clip)
     calls = []
     encode = model.text_encoder.forward
-    monkeypatch.setattr(model.text_encoder, "forward", lambda x, eot: calls.append(x.shape[0]) or encode(x, eot))
+    monkeypatch.setattr(
+        model.text_encoder, "forward", lambda x, eot: calls.append(x.shape[0]) or encode(x, eot)
+    )
     model.losses(*batch())
     assert calls == [model.num_experts * (len(BASE) + len(NEW))]
 
@@ -105,7 +112,9 @@ def test_base_to_new_targets_use_each_images_own_class(tiny_clip):
     encoder = TextEncoder(tiny_clip)
     label = torch.tensor([1, 0])
     for y in label.tolist():
-        own = torch.stack([encode_texts(encoder, tiny_clip.token_embedding, [fill(t, BASE[y])])[0] for t in templates])
+        own = torch.stack(
+            [encode_texts(encoder, tiny_clip.token_embedding, [fill(t, BASE[y])])[0] for t in templates]
+        )
         for g, idx in enumerate(groups):
             expected = torch.nn.functional.normalize(own[idx].mean(0), dim=0)
             torch.testing.assert_close(model.prototypes[g, y], expected, atol=1e-5, rtol=1e-5)
@@ -135,10 +144,32 @@ def test_every_precision_keeps_every_loss_term(prec):
 
 
 def mocoop_run(preset, root, clip_path, out, flags=(), opts=(), check=True):
-    return run_train("--seed", 1, "--trainer", "MoCoOp", "--config-file", PRESETS[preset], "--root", root,
-                     "--dataset-config-file", PETS, "--output-dir", out, *flags,
-                     "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4",
-                     "OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "1", *opts, check=check)
+    return run_train(
+        "--seed",
+        1,
+        "--trainer",
+        "MoCoOp",
+        "--config-file",
+        PRESETS[preset],
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        out,
+        *flags,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "DATASET.NUM_SHOTS",
+        "4",
+        "OPTIM.MAX_EPOCH",
+        "2",
+        "OPTIM.WARMUP_EPOCH",
+        "1",
+        *opts,
+        check=check,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +205,14 @@ def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
         assert sum(record["mean_weight"]) == pytest.approx(1.0)
 
     out = str(tmp_path / "test_new")
-    mocoop_run(preset, pets, tiny_clip_path, out, ("--eval-only", "--model-dir", train_dir),
-               ("DATASET.SUBSAMPLE_CLASSES", "new"))
+    mocoop_run(
+        preset,
+        pets,
+        tiny_clip_path,
+        out,
+        ("--eval-only", "--model-dir", train_dir),
+        ("DATASET.SUBSAMPLE_CLASSES", "new"),
+    )
     log = read_log(out)
     assert "model.pth.tar-2 (epoch 2)" in log and "* total: 9" in log
     result_accuracy(log)
@@ -183,12 +220,28 @@ def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
 
 def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_clip_path, tmp_path):
     _, train_dir = base_run
-    opts = ("DATASET.SUBSAMPLE_CLASSES", "new", "TRAINER.MOCOOP.GROUPING", "single", "TRAINER.MOCOOP.TOPK", "1")
-    proc = mocoop_run("paper", pets, tiny_clip_path, str(tmp_path / "single"),
-                      ("--eval-only", "--model-dir", train_dir), opts, check=False)
+    opts = (
+        "DATASET.SUBSAMPLE_CLASSES",
+        "new",
+        "TRAINER.MOCOOP.GROUPING",
+        "single",
+        "TRAINER.MOCOOP.TOPK",
+        "1",
+    )
+    proc = mocoop_run(
+        "paper",
+        pets,
+        tiny_clip_path,
+        str(tmp_path / "single"),
+        ("--eval-only", "--model-dir", train_dir),
+        opts,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "does not fit the model" in proc.stderr
-    assert "'prompt_learner.ctx' has shape" in proc.stderr and "'router.linear.weight' has shape" in proc.stderr
+    assert (
+        "'prompt_learner.ctx' has shape" in proc.stderr and "'router.linear.weight' has shape" in proc.stderr
+    )
 
 
 def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_path, tmp_path):
@@ -201,10 +254,28 @@ def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_pat
     randomise_images(make_dtd(root, num_classes=3, per_class=(1, 1, 2)).dataset_dir)
 
     def evaluate(out, *opts):
-        return run_train("--seed", 1, "--trainer", "MoCoOp", "--config-file", PRESETS[preset], "--root", root,
-                         "--dataset-config-file", "configs/datasets/dtd.yaml", "--output-dir", out,
-                         "--eval-only", "--model-dir", train_dir, "MODEL.BACKBONE.NAME", tiny_clip_path,
-                         *TINY_OPTS, *opts, check=False)
+        return run_train(
+            "--seed",
+            1,
+            "--trainer",
+            "MoCoOp",
+            "--config-file",
+            PRESETS[preset],
+            "--root",
+            root,
+            "--dataset-config-file",
+            "configs/datasets/dtd.yaml",
+            "--output-dir",
+            out,
+            "--eval-only",
+            "--model-dir",
+            train_dir,
+            "MODEL.BACKBONE.NAME",
+            tiny_clip_path,
+            *TINY_OPTS,
+            *opts,
+            check=False,
+        )
 
     proc = evaluate(str(tmp_path / "own_experts"))
     assert proc.returncode != 0 and "'prompt_learner.ctx' has shape" in proc.stderr
@@ -229,9 +300,14 @@ def test_cls_temperature_rescales_logits_only(tiny_clip):
 MOCOOP_CONFIGS = "configs/trainers/MoCoOp"
 
 
-@pytest.mark.parametrize("stem", sorted(
-    f[: -len(".yaml")] for f in os.listdir(MOCOOP_CONFIGS) if f.endswith(".yaml") and not f.startswith("demo")
-))
+@pytest.mark.parametrize(
+    "stem",
+    sorted(
+        f[: -len(".yaml")]
+        for f in os.listdir(MOCOOP_CONFIGS)
+        if f.endswith(".yaml") and not f.startswith("demo")
+    ),
+)
 def test_imagenet_memory_settings_of_every_expert_config(stem):
     """A config that keeps the 20 ImageNet experts needs the chunked, checkpointed text encoder
     there (docs/PERFORMANCE.md); the scripts pick <config>/imagenet.yaml, which must change

@@ -116,7 +116,9 @@ def test_selection_loss_matches_weighted_cross_entropy():
     _, teachers, _, label = random_inputs(3)
     weights = torch.rand(B, H, dtype=torch.float64).softmax(-1)
     per_teacher = torch.stack([F.cross_entropy(teachers[:, h], label, reduction="none") for h in range(H)], 1)
-    assert selection_loss(teachers, weights, label).item() == pytest.approx((weights * per_teacher).sum(1).mean().item())
+    assert selection_loss(teachers, weights, label).item() == pytest.approx(
+        (weights * per_teacher).sum(1).mean().item()
+    )
 
 
 def test_mixture_survives_a_weight_that_underflows():
@@ -147,8 +149,12 @@ def test_teacher_pools(mopd):
     assert mopd.teacher_pool("task+noisy", task) == task + list(POOLS["noisy"])
     assert len(mopd.teacher_pool("task + lasp", task)) == 12 + 34
     assert mopd.teacher_pool("lasp", ()) == list(POOLS["lasp"])
-    for bad, match in [("", "names no teacher pool"), ("task+", "names no teacher pool"),
-                       ("bogus", "unknown pool 'bogus'"), ("task+task", "twice")]:
+    for bad, match in [
+        ("", "names no teacher pool"),
+        ("task+", "names no teacher pool"),
+        ("bogus", "unknown pool 'bogus'"),
+        ("task+task", "twice"),
+    ]:
         with pytest.raises(ValueError, match="TRAINER.MOPD.POOL") as err:
             mopd.teacher_pool(bad, task)
         assert match in str(err.value)
@@ -228,7 +234,10 @@ def test_inference_uses_the_student_only(mopd, tiny_clip, batch):
         with model.cached_text_features():
             cached = model(image)
     assert torch.allclose(plain, cached, atol=1e-5)
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx", "gate.linear.weight"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "prompt_learner.ctx",
+        "gate.linear.weight",
+    ]
     assert "teacher_features" not in model.state_dict()
 
 
@@ -240,9 +249,27 @@ PETS_TEACHERS = 12
 
 
 def args(root, clip_path, output_dir, *extra, flags=()):
-    return ["--seed", 1, "--trainer", "MoPD", "--config-file", MOPD_PETS, "--root", root,
-            "--dataset-config-file", PETS, "--output-dir", output_dir, *flags,
-            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *extra]
+    return [
+        "--seed",
+        1,
+        "--trainer",
+        "MoPD",
+        "--config-file",
+        MOPD_PETS,
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        output_dir,
+        *flags,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "DATASET.NUM_SHOTS",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("prec", ["fp32", "fp16", "amp"])
@@ -251,7 +278,9 @@ def test_every_precision_keeps_three_finite_terms(mopd, pets, tiny_clip_path, tm
 
     import train
 
-    argv = args(pets, tiny_clip_path, str(tmp_path), "TRAINER.PREC", prec, "DATASET.SUBSAMPLE_CLASSES", "base")
+    argv = args(
+        pets, tiny_clip_path, str(tmp_path), "TRAINER.PREC", prec, "DATASET.SUBSAMPLE_CLASSES", "base"
+    )
     trainer = build_trainer(train.setup_cfg(train.parse_args(list(map(str, argv)))))
     assert trainer.model.dtype == (torch.float16 if prec == "fp16" else torch.float32)
     if prec == "amp":
@@ -262,7 +291,9 @@ def test_every_precision_keeps_three_finite_terms(mopd, pets, tiny_clip_path, tm
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
     for name in ("loss_ce", "loss_mpd", "loss_mps"):
         assert math.isfinite(summary[name]) and summary[name] > 0, (prec, name, summary)
-    assert summary["loss"] == pytest.approx(summary["loss_ce"] + summary["loss_mpd"] + summary["loss_mps"], rel=1e-4)
+    assert summary["loss"] == pytest.approx(
+        summary["loss_ce"] + summary["loss_mpd"] + summary["loss_mps"], rel=1e-4
+    )
     for name, p in trainer.model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(p.detach(), before[name]), f"{name} not updated under {prec}"
@@ -307,8 +338,16 @@ def test_checkpoint_holds_the_context_and_the_gate_only(base_run):
 
 def test_base_model_evaluates_on_new_classes(base_run, pets, tiny_clip_path, tmp_path):
     out = str(tmp_path / "test_new")
-    run_train(*args(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new",
-                    flags=("--eval-only", "--model-dir", base_run)))
+    run_train(
+        *args(
+            pets,
+            tiny_clip_path,
+            out,
+            "DATASET.SUBSAMPLE_CLASSES",
+            "new",
+            flags=("--eval-only", "--model-dir", base_run),
+        )
+    )
     evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
     assert [(r["epoch"], r["split"], r["count"]) for r in read_stats(out)["records"]] == [(2, "test", 9)]
 
@@ -363,10 +402,17 @@ def test_unknown_pool_is_a_clear_error(mopd, pets, tiny_clip_path, tmp_path):
 
 # spec mopd.md §3: W, W2, T, epochs; the DG targets of an ImageNet-trained model use ImageNet's.
 PER_DATASET = {
-    "imagenet": (0.8, 0.0005, 3, 25), "caltech101": (0.8, 0.0005, 3, 100), "oxford_pets": (0.8, 0.5, 3, 25),
-    "stanford_cars": (0.8, 0.1, 3, 100), "oxford_flowers": (0.8, 0.1, 3, 100), "food101": (0.5, 0.1, 2, 25),
-    "fgvc_aircraft": (0.8, 0.1, 2, 25), "sun397": (0.8, 0.1, 2, 25), "dtd": (0.8, 0.1, 2, 25),
-    "eurosat": (0.5, 0.1, 2, 100), "ucf101": (0.5, 0.1, 2, 25),
+    "imagenet": (0.8, 0.0005, 3, 25),
+    "caltech101": (0.8, 0.0005, 3, 100),
+    "oxford_pets": (0.8, 0.5, 3, 25),
+    "stanford_cars": (0.8, 0.1, 3, 100),
+    "oxford_flowers": (0.8, 0.1, 3, 100),
+    "food101": (0.5, 0.1, 2, 25),
+    "fgvc_aircraft": (0.8, 0.1, 2, 25),
+    "sun397": (0.8, 0.1, 2, 25),
+    "dtd": (0.8, 0.1, 2, 25),
+    "eurosat": (0.5, 0.1, 2, 100),
+    "ucf101": (0.5, 0.1, 2, 25),
     **dict.fromkeys(["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"], (0.8, 0.0005, 3, 25)),
 }
 CONFIGS = os.path.join(ROOT, "configs", "trainers", "MoPD")
@@ -375,14 +421,24 @@ CONFIGS = os.path.join(ROOT, "configs", "trainers", "MoPD")
 def mopd_cfg(dataset, config):
     import train
 
-    return train.setup_cfg(train.parse_args([
-        "--trainer", "MoPD", "--dataset-config-file", os.path.join(ROOT, "configs", "datasets", f"{dataset}.yaml"),
-        "--config-file", os.path.join(CONFIGS, config),
-    ]))
+    return train.setup_cfg(
+        train.parse_args(
+            [
+                "--trainer",
+                "MoPD",
+                "--dataset-config-file",
+                os.path.join(ROOT, "configs", "datasets", f"{dataset}.yaml"),
+                "--config-file",
+                os.path.join(CONFIGS, config),
+            ]
+        )
+    )
 
 
 def test_every_dataset_has_a_config():
-    assert sorted(os.listdir(os.path.join(CONFIGS, "vit_b16_c4_bs128"))) == sorted(f"{d}.yaml" for d in PER_DATASET)
+    assert sorted(os.listdir(os.path.join(CONFIGS, "vit_b16_c4_bs128"))) == sorted(
+        f"{d}.yaml" for d in PER_DATASET
+    )
 
 
 @pytest.mark.parametrize("dataset", sorted(PER_DATASET))
@@ -390,13 +446,20 @@ def test_per_dataset_configs(mopd, dataset):
     cfg = mopd_cfg(dataset, f"vit_b16_c4_bs128/{dataset}.yaml")
     opts = cfg.TRAINER.MOPD
     assert (opts.W, opts.W2, opts.NUM_TEACHERS, cfg.OPTIM.MAX_EPOCH) == PER_DATASET[dataset]
-    assert (opts.N_CTX, opts.CTX_INIT, opts.POOL, opts.TEACHER_COMBINE) == (4, "a photo of a", "task", "weighted_kl")
+    assert (opts.N_CTX, opts.CTX_INIT, opts.POOL, opts.TEACHER_COMBINE) == (
+        4,
+        "a photo of a",
+        "task",
+        "weighted_kl",
+    )
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.LR, cfg.OPTIM.LR_SCHEDULER) == (128, 0.002, "cosine")
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_TYPE, cfg.OPTIM.WARMUP_CONS_LR) == (1, "constant", 1e-5)
     assert len(mopd.teacher_pool(opts.POOL, cfg.DATASET.PROMPTS.TEACHER_TEMPLATES)) == 12
 
 
-@pytest.mark.parametrize("stem, pool, size", [("noisy", "task+noisy", 24), ("lasp", "lasp", 34), ("task_lasp", "task+lasp", 46)])
+@pytest.mark.parametrize(
+    "stem, pool, size", [("noisy", "task+noisy", 24), ("lasp", "lasp", 34), ("task_lasp", "task+lasp", 46)]
+)
 def test_ablation_configs(mopd, stem, pool, size):
     cfg = mopd_cfg("dtd", f"vit_b16_c4_bs128_{stem}.yaml")
     assert cfg.TRAINER.MOPD.POOL == pool

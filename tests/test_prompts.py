@@ -34,8 +34,15 @@ def test_template_without_single_placeholder_is_rejected(bad):
 
 @pytest.mark.parametrize(
     "template",
-    ["a photo of a {}, a type of flower.", "{} texture.", "itap of a {}.", "a close-up photo of the {}.",
-     "a {} in a video game.", "a  photo of the hard to see {}.", "a centered satellite photo of {}."],
+    [
+        "a photo of a {}, a type of flower.",
+        "{} texture.",
+        "itap of a {}.",
+        "a close-up photo of the {}.",
+        "a {} in a video game.",
+        "a  photo of the hard to see {}.",
+        "a centered satellite photo of {}.",
+    ],
 )
 def test_initial_soft_prompt_is_the_hard_prompt(tiny_clip, template):
     """Initialised from its template, a soft prompt reproduces the template token by token."""
@@ -85,7 +92,10 @@ def test_class_specific_context_uses_one_block_per_class(tiny_clip):
 
 
 def test_rows_of_several_forms_and_chunk_truncation(tiny_clip):
-    forms = [PromptForm.from_template("{} texture."), PromptForm.from_template("a photo of a {}, a type of flower.")]
+    forms = [
+        PromptForm.from_template("{} texture."),
+        PromptForm.from_template("a photo of a {}, a type of flower."),
+    ]
     assembler = PromptAssembler(forms, CLASSES, tiny_clip.token_embedding)
     table = assembler.init_table()
     assert table.shape[0] == 1 + 9

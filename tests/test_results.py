@@ -205,7 +205,12 @@ COOP_CURVE = ("CoOp", ["vit_b16_ep50", "vit_b16_ep100", "vit_b16_ep200"])
 
 def test_fewshot_curve_merges_configs_by_shot_count(tmp_path):
     """CoOp's protocol runs 1 shot with ep50, 2 and 4 with ep100, 8 and 16 with ep200."""
-    for shots, config in [(1, "vit_b16_ep50"), (2, "vit_b16_ep100"), (4, "vit_b16_ep100"), (16, "vit_b16_ep200")]:
+    for shots, config in [
+        (1, "vit_b16_ep50"),
+        (2, "vit_b16_ep100"),
+        (4, "vit_b16_ep100"),
+        (16, "vit_b16_ep200"),
+    ]:
         for seed in (1, 2, 3):
             finished(tmp_path, "fewshot", "", "dtd", seed, 40 + shots + seed, shots=shots, config=config)
     finished(tmp_path, "fewshot", "", "dtd", 1, 30, shots=1, trainer="MoCoOp", config="c4")
@@ -221,7 +226,10 @@ def test_fewshot_curve_merges_configs_by_shot_count(tmp_path):
     # Without the curve, each config is its own table.
     sections, _ = results.build_report(tmp_path, declared=[1, 2, 3])
     assert [t.title for t in tables(sections, "Few-shot")] == [
-        "CoOp / vit_b16_ep100", "CoOp / vit_b16_ep200", "CoOp / vit_b16_ep50", "MoCoOp / c4",
+        "CoOp / vit_b16_ep100",
+        "CoOp / vit_b16_ep200",
+        "CoOp / vit_b16_ep50",
+        "MoCoOp / c4",
     ]
 
 

@@ -220,8 +220,13 @@ def test_xd_dry_run(repo):
     assert out == [
         cmd(1, "imagenet", cfg, train, "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all"),
         *(
-            cmd(1, t, cfg, f"output/xd/test/{t}/shots_16/MoCoOp/c4/seed1",
-                f"--model-dir {train} --eval-only DATASET.SOURCE_CONFIG configs/datasets/imagenet.yaml")
+            cmd(
+                1,
+                t,
+                cfg,
+                f"output/xd/test/{t}/shots_16/MoCoOp/c4/seed1",
+                f"--model-dir {train} --eval-only DATASET.SOURCE_CONFIG configs/datasets/imagenet.yaml",
+            )
             for t in targets
         ),
     ]

@@ -61,8 +61,17 @@ def make_cfg(name, **encoder):
     opts = []
     for key, value in {**REFERENCE, **encoder}.items():
         opts += [f"TRAINER.TEXT_ENCODER.{key}", value]
-    args = ["--trainer", trainer, "--dataset-config-file", PETS, "--config-file", config,
-            "TRAINER.PREC", "fp32", *opts]
+    args = [
+        "--trainer",
+        trainer,
+        "--dataset-config-file",
+        PETS,
+        "--config-file",
+        config,
+        "TRAINER.PREC",
+        "fp32",
+        *opts,
+    ]
     return train.setup_cfg(train.parse_args(args))
 
 
@@ -94,15 +103,26 @@ def training_losses(name, cfg, model, image, label):
     if name == "KgCoOp":
         text = model.compute_text_features()
         logits = model.classify(image, text)
-        return {"loss_ce": F.cross_entropy(logits, label),
-                "loss_kg": cfg.TRAINER.KGCOOP.W * knowledge_guided_loss(text, model.hard_features)}
+        return {
+            "loss_ce": F.cross_entropy(logits, label),
+            "loss_kg": cfg.TRAINER.KGCOOP.W * knowledge_guided_loss(text, model.hard_features),
+        }
     if name.startswith("MoCoOp"):
         return model.losses(image, label)[0]
     if name == "MoPD":
         opts = cfg.TRAINER.MOPD
         student, teachers, scores = model.forward_train(image)
-        return mopd_losses(student, teachers, scores, label, opts.NUM_TEACHERS, opts.W, opts.W2,
-                           opts.DISTILL_TEMPERATURE, opts.TEACHER_COMBINE)[0]
+        return mopd_losses(
+            student,
+            teachers,
+            scores,
+            label,
+            opts.NUM_TEACHERS,
+            opts.W,
+            opts.W2,
+            opts.DISTILL_TEMPERATURE,
+            opts.TEACHER_COMBINE,
+        )[0]
     return {"loss_ce": F.cross_entropy(model(image), label)}
 
 
@@ -126,8 +146,12 @@ def run(name, cfg, clip_model):
     sum(losses.values()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
-    return {"losses": {k: v.detach() for k, v in losses.items()}, "grads": grads, "buffers": buffers,
-            "eval": evaluation_logits(model, image)}
+    return {
+        "losses": {k: v.detach() for k, v in losses.items()},
+        "grads": grads,
+        "buffers": buffers,
+        "eval": evaluation_logits(model, image),
+    }
 
 
 def clip_for(name, tiny_clip):
@@ -144,6 +168,7 @@ def reference(tiny_clip):
         if name not in runs:
             runs[name] = run(name, make_cfg(name), clip_for(name, tiny_clip))
         return runs[name]
+
     return get
 
 

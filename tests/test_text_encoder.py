@@ -70,11 +70,16 @@ def test_encode_texts_normalises(tiny_clip):
 
 
 def test_encode_templates_is_template_major(tiny_clip):
-    templates, classes = ["a photo of a {}.", "itap of the {} on a very long and winding road."], ["cat", "sea lion"]
+    templates, classes = (
+        ["a photo of a {}.", "itap of the {} on a very long and winding road."],
+        ["cat", "sea lion"],
+    )
     feats = encode_templates(TextEncoder(tiny_clip), tiny_clip.token_embedding, templates, classes)
     assert feats.shape == (2, 2, tiny_clip.text_projection.shape[1])
     for t, template in enumerate(templates):
-        ref = torch.nn.functional.normalize(_reference(tiny_clip, [template.format(c) for c in classes]), dim=-1)
+        ref = torch.nn.functional.normalize(
+            _reference(tiny_clip, [template.format(c) for c in classes]), dim=-1
+        )
         torch.testing.assert_close(feats[t], ref, atol=1e-5, rtol=1e-5)
 
 

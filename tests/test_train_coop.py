@@ -14,16 +14,42 @@ PETS = "configs/datasets/oxford_pets.yaml"
 
 
 def common(root, clip_path, output_dir, *extra):
-    return ["--root", root, "--dataset-config-file", PETS, "--output-dir", output_dir,
-            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, *extra]
+    return [
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        output_dir,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def coop_base_run(pets, tiny_clip_path, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("coop") / "train_base")
-    run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
-              *common(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "4",
-                      "DATASET.SUBSAMPLE_CLASSES", "base"))
+    run_train(
+        "--seed",
+        1,
+        "--trainer",
+        "CoOp",
+        "--config-file",
+        COOP_B2N,
+        *common(
+            pets,
+            tiny_clip_path,
+            out,
+            "OPTIM.MAX_EPOCH",
+            "2",
+            "DATASET.NUM_SHOTS",
+            "4",
+            "DATASET.SUBSAMPLE_CLASSES",
+            "base",
+        ),
+    )
     return out
 
 
@@ -41,7 +67,18 @@ def test_coop_trains_and_reports(coop_base_run):
 
 def test_coop_base_model_evaluates_on_new_classes(coop_base_run, pets, tiny_clip_path, tmp_path):
     out = str(tmp_path / "test_new")
-    run_train("--seed", 1, "--trainer", "CoOp", "--config-file", COOP_B2N,
-              "--eval-only", "--model-dir", coop_base_run, "--load-epoch", "2",
-              *common(pets, tiny_clip_path, out, "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "new"))
+    run_train(
+        "--seed",
+        1,
+        "--trainer",
+        "CoOp",
+        "--config-file",
+        COOP_B2N,
+        "--eval-only",
+        "--model-dir",
+        coop_base_run,
+        "--load-epoch",
+        "2",
+        *common(pets, tiny_clip_path, out, "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "new"),
+    )
     evaluated_log(out, 2, 9)  # 3 new classes x 3 test images

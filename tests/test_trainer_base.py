@@ -60,16 +60,25 @@ def test_learning_rate_per_epoch_matches_dassl(max_epoch, warmup):
     assert got == pytest.approx(expected, rel=1e-12)
     if warmup:
         assert got[:warmup] == [1e-5] * warmup and got[warmup] == 0.002
-    assert got[-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * (max_epoch - 1 - warmup) / max_epoch)) / 2)
+    assert got[-1] == pytest.approx(
+        0.002 * (1 + math.cos(math.pi * (max_epoch - 1 - warmup) / max_epoch)) / 2
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
-@pytest.mark.parametrize("policy, stepsize, successor", [
-    ("single_step", (4,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5)),
-    ("single_step", (2, 5), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5)),
-    ("single_step", (-1,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=12, gamma=0.5)),
-    ("multi_step", (3, 7), lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7], gamma=0.5)),
-])
+@pytest.mark.parametrize(
+    "policy, stepsize, successor",
+    [
+        ("single_step", (4,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5)),
+        ("single_step", (2, 5), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5)),
+        ("single_step", (-1,), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=12, gamma=0.5)),
+        (
+            "multi_step",
+            (3, 7),
+            lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7], gamma=0.5),
+        ),
+    ],
+)
 def test_step_schedules_match_dassl(policy, stepsize, successor):
     for warmup in (0, 2):
         got = schedule_lrs(12, warmup, policy=policy, stepsize=stepsize, gamma=0.5)
@@ -113,7 +122,9 @@ def test_load_learnable_names_every_misfit():
     assert "ckpt.pth" in message
     assert "'ctx' has shape [16, 8] in the checkpoint but [4, 8]" in message
     assert "'router.bias' is missing" in message and "'extra' is in the checkpoint" in message
-    load_learnable(model, {"ctx": torch.ones(4, 8), "router.weight": torch.ones(3, 8), "router.bias": torch.ones(3)}, "x")
+    load_learnable(
+        model, {"ctx": torch.ones(4, 8), "router.weight": torch.ones(3, 8), "router.bias": torch.ones(3)}, "x"
+    )
     assert model.ctx.sum() == 32
 
 
@@ -132,8 +143,14 @@ def test_unknown_trainer_dataset_and_key_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown dataset 'OxfordPet'.*OxfordPets"):
         setup("--trainer", "CoOp", "--dataset-config-file", str(bad))
     with pytest.raises(ValueError, match=r"vit_b16_ep25.yaml: Non-existent config key: TRAINER.MOCOOP"):
-        setup("--trainer", "CoOp", "--dataset-config-file", PETS,
-              "--config-file", "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml")
+        setup(
+            "--trainer",
+            "CoOp",
+            "--dataset-config-file",
+            PETS,
+            "--config-file",
+            "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml",
+        )
     with pytest.raises(ValueError, match="command-line options: Non-existent key: TRAINER.COOP.NCTX"):
         setup("--trainer", "CoOp", "--dataset-config-file", PETS, "TRAINER.COOP.NCTX", "4")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
@@ -142,8 +159,12 @@ def test_unknown_trainer_dataset_and_key_are_clear_errors(tmp_path):
 
 def test_variant_configs_inherit_imagenet_prompts():
     imagenet = setup("--trainer", "MoCoOp", "--dataset-config-file", "configs/datasets/imagenet.yaml")
-    for name, registered in [("imagenetv2", "ImageNetV2"), ("imagenet_sketch", "ImageNetSketch"),
-                             ("imagenet_a", "ImageNetA"), ("imagenet_r", "ImageNetR")]:
+    for name, registered in [
+        ("imagenetv2", "ImageNetV2"),
+        ("imagenet_sketch", "ImageNetSketch"),
+        ("imagenet_a", "ImageNetA"),
+        ("imagenet_r", "ImageNetR"),
+    ]:
         variant = setup("--trainer", "MoCoOp", "--dataset-config-file", f"configs/datasets/{name}.yaml")
         assert variant.DATASET.NAME == registered
         assert variant.DATASET.PROMPTS == imagenet.DATASET.PROMPTS
@@ -170,9 +191,26 @@ def pets5(tmp_path_factory):
 def build_trainer(root, clip_path, output_dir, *opts, trainer="CoOp", config=COOP):
     from dassl.engine import build_trainer as dassl_build
 
-    cfg = setup("--trainer", trainer, "--root", root, "--dataset-config-file", PETS, "--config-file", config,
-                "--output-dir", str(output_dir), "--seed", "1",
-                "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *opts)
+    cfg = setup(
+        "--trainer",
+        trainer,
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--config-file",
+        config,
+        "--output-dir",
+        str(output_dir),
+        "--seed",
+        "1",
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "DATASET.NUM_SHOTS",
+        "4",
+        *opts,
+    )
     return dassl_build(cfg)
 
 
@@ -203,9 +241,29 @@ def test_precision_modes_train(pets5, tiny_clip_path, tmp_path, prec):
 
 
 def coop_run(root, clip_path, out, *extra, seed=0, check=True):
-    return run_train("--seed", seed, "--trainer", "CoOp", "--config-file", COOP, "--root", root,
-                     "--dataset-config-file", PETS, "--output-dir", out, "MODEL.BACKBONE.NAME", clip_path,
-                     *TINY_OPTS, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "2", *extra, check=check)
+    return run_train(
+        "--seed",
+        seed,
+        "--trainer",
+        "CoOp",
+        "--config-file",
+        COOP,
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        out,
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        *TINY_OPTS,
+        "DATASET.NUM_SHOTS",
+        "4",
+        "OPTIM.MAX_EPOCH",
+        "2",
+        *extra,
+        check=check,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +290,13 @@ def test_interrupted_run_resumes_exactly(pets5, straight_run, tiny_clip_path, tm
     coop_run(pets5[0], tiny_clip_path, resumed)
     log = read_log(resumed)
     assert "Resumed" in log and "epoch [1/2]" not in log and "epoch [2/2]" in log
-    final = [torch.load(os.path.join(d, "prompt_learner", "model.pth.tar-2"), weights_only=True)
-             for d in (straight_run, resumed)]
-    assert torch.equal(final[0]["state_dict"]["prompt_learner.ctx"], final[1]["state_dict"]["prompt_learner.ctx"])
+    final = [
+        torch.load(os.path.join(d, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+        for d in (straight_run, resumed)
+    ]
+    assert torch.equal(
+        final[0]["state_dict"]["prompt_learner.ctx"], final[1]["state_dict"]["prompt_learner.ctx"]
+    )
     assert result_accuracy(log) == result_accuracy(read_log(straight_run))
 
 
@@ -247,7 +309,9 @@ def test_output_dir_with_another_config_is_refused(pets5, straight_run, tiny_cli
 
 def test_unfinished_run_is_not_evaluated_silently(pets5, straight_run, tiny_clip_path, tmp_path):
     out = interrupted_copy(straight_run, str(tmp_path / "run"), 1)
-    proc = coop_run(pets5[0], tiny_clip_path, str(tmp_path / "eval"), "--eval-only", "--model-dir", out, check=False)
+    proc = coop_run(
+        pets5[0], tiny_clip_path, str(tmp_path / "eval"), "--eval-only", "--model-dir", out, check=False
+    )
     assert proc.returncode != 0 and "unfinished run (epoch 1 of 2)" in proc.stderr
 
 
@@ -261,13 +325,28 @@ def test_zeroshot_clip_matches_direct_clip(pets5, tiny_clip, tiny_clip_path, tmp
 
     root, generated = pets5
     out = str(tmp_path / "zs")
-    run_train("--trainer", "ZeroshotCLIP", "--config-file", "configs/trainers/ZeroshotCLIP/vit_b16.yaml",
-              "--root", root, "--dataset-config-file", PETS, "--output-dir", out, "--eval-only",
-              "MODEL.BACKBONE.NAME", tiny_clip_path, *TINY_OPTS)
+    run_train(
+        "--trainer",
+        "ZeroshotCLIP",
+        "--config-file",
+        "configs/trainers/ZeroshotCLIP/vit_b16.yaml",
+        "--root",
+        root,
+        "--dataset-config-file",
+        PETS,
+        "--output-dir",
+        out,
+        "--eval-only",
+        "MODEL.BACKBONE.NAME",
+        tiny_clip_path,
+        *TINY_OPTS,
+    )
     with open(os.path.join(generated.dataset_dir, "split_zhou_OxfordPets.json")) as f:
         test_rows = json.load(f)["test"]
     preprocess = _transform(32)
-    images = torch.stack([preprocess(Image.open(os.path.join(generated.dataset_dir, "images", r[0]))) for r in test_rows])
+    images = torch.stack(
+        [preprocess(Image.open(os.path.join(generated.dataset_dir, "images", r[0]))) for r in test_rows]
+    )
     labels = torch.tensor([r[1] for r in test_rows])
     template = "a photo of a {}, a type of pet."
     import clip
@@ -291,8 +370,9 @@ def test_best_val_deploys_the_best_checkpoint(pets5, tiny_clip_path, tmp_path):
 def test_frozen_clip_stays_in_eval_mode_while_training(pets5, tmp_path):
     from clipprompt.clip_loading import build_tiny_clip, save_clip_state_dict
 
-    resnet = save_clip_state_dict(build_tiny_clip(vision_layers=(1, 1, 1, 1), vision_width=16),
-                                  str(tmp_path / "rn.pt"))
+    resnet = save_clip_state_dict(
+        build_tiny_clip(vision_layers=(1, 1, 1, 1), vision_width=16), str(tmp_path / "rn.pt")
+    )
     trainer = build_trainer(pets5[0], resnet, tmp_path / "out")
     bn = next(m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
@@ -305,20 +385,32 @@ def test_frozen_clip_stays_in_eval_mode_while_training(pets5, tmp_path):
 
 
 TRAINER_CONFIGS = sorted(
-    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs/trainers/*/**/*.yaml"), recursive=True)
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "configs/trainers/*/**/*.yaml"), recursive=True)
 )
 
 
 @pytest.mark.parametrize("config", TRAINER_CONFIGS)
 def test_every_trainer_config_loads(config):
     trainer = config.split(os.sep)[2]
-    cfg = setup("--trainer", trainer, "--dataset-config-file", PETS, "--config-file", os.path.join(ROOT, config))
+    cfg = setup(
+        "--trainer", trainer, "--dataset-config-file", PETS, "--config-file", os.path.join(ROOT, config)
+    )
     assert cfg.TRAINER.NAME == trainer and cfg.OPTIM.MAX_EPOCH > 0
 
 
 def test_base_list_merges_in_order():
-    cfg = setup("--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", "configs/trainers/MoCoOp/demo.yaml")
-    assert cfg.OPTIM.LR == 0.064 and cfg.OPTIM.MAX_EPOCH == 30 and cfg.OPTIM.WARMUP_EPOCH == 1  # demo base last
+    cfg = setup(
+        "--trainer",
+        "MoCoOp",
+        "--dataset-config-file",
+        PETS,
+        "--config-file",
+        "configs/trainers/MoCoOp/demo.yaml",
+    )
+    assert (
+        cfg.OPTIM.LR == 0.064 and cfg.OPTIM.MAX_EPOCH == 30 and cfg.OPTIM.WARMUP_EPOCH == 1
+    )  # demo base last
     assert cfg.TRAINER.MOCOOP.ROUTER_TARGET == "mean" and cfg.INPUT.SIZE == (64, 64)
 
 

@@ -68,8 +68,15 @@ MIB = 2**20
 GIB = 2**30
 
 # CLIP ViT-B/16's architecture (what clip.model.build_model reads from the OpenAI checkpoint).
-VIT_B16 = {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
-           "vision_patch_size": 16, "transformer_width": 512, "transformer_layers": 12}
+VIT_B16 = {
+    "embed_dim": 512,
+    "image_resolution": 224,
+    "vision_layers": 12,
+    "vision_width": 768,
+    "vision_patch_size": 16,
+    "transformer_width": 512,
+    "transformer_layers": 12,
+}
 
 # Benchmark row -> (trainer, trainer config as the protocol scripts name it, compare options).
 # MoCoOp-release encodes its prompts exactly as MoCoOp (paper) does: its option comparisons
@@ -104,41 +111,77 @@ GPU_BUDGET = 0.85
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scale", choices=("default", "imagenet"), default="default",
-                   help="imagenet: MoCoOp's memory at ImageNet scale instead of the trainer table")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--scale",
+        choices=("default", "imagenet"),
+        default="default",
+        help="imagenet: MoCoOp's memory at ImageNet scale instead of the trainer table",
+    )
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
-    p.add_argument("--dataset", default="oxford_pets",
-                   help="configs/datasets/<name>.yaml: templates and experts (default oxford_pets; "
-                        "imagenet scale: imagenet)")
-    p.add_argument("--classes", type=int, help="classes to classify (default 10; imagenet scale: 500, "
-                   "25 on a CPU)")
-    p.add_argument("--virtual", type=int, help="MoCoOp's extra (virtual) text classes, as in base-to-new "
-                   "training (default: --classes; 0 = none)")
-    p.add_argument("--experts", type=int, help="MoCoOp experts: the first G template groups of the dataset "
-                   "(default: all; imagenet scale on a CPU: 4)")
+    p.add_argument(
+        "--dataset",
+        default="oxford_pets",
+        help="configs/datasets/<name>.yaml: templates and experts (default oxford_pets; "
+        "imagenet scale: imagenet)",
+    )
+    p.add_argument(
+        "--classes", type=int, help="classes to classify (default 10; imagenet scale: 500, 25 on a CPU)"
+    )
+    p.add_argument(
+        "--virtual",
+        type=int,
+        help="MoCoOp's extra (virtual) text classes, as in base-to-new "
+        "training (default: --classes; 0 = none)",
+    )
+    p.add_argument(
+        "--experts",
+        type=int,
+        help="MoCoOp experts: the first G template groups of the dataset "
+        "(default: all; imagenet scale on a CPU: 4)",
+    )
     p.add_argument("--batch", type=int, help="training batch (default 4; imagenet scale: 32, 4 on a CPU)")
     p.add_argument("--eval-batch", type=int, help="evaluation batch (default: --batch)")
-    p.add_argument("--prec", choices=("fp32", "fp16", "amp"),
-                   help="TRAINER.PREC (default: fp32 on a CPU, the configs' fp16 on CUDA)")
-    p.add_argument("--repeats", type=int, help="timed repetitions (median reported; default 3, imagenet scale 1)")
+    p.add_argument(
+        "--prec",
+        choices=("fp32", "fp16", "amp"),
+        help="TRAINER.PREC (default: fp32 on a CPU, the configs' fp16 on CUDA)",
+    )
+    p.add_argument(
+        "--repeats", type=int, help="timed repetitions (median reported; default 3, imagenet scale 1)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--image-size", type=int, default=224, help="image side (ViT-B/16: 224)")
-    p.add_argument("--classnames-file", help="class names, one per line ('<wnid> <name>' lines as in "
-                   "ImageNet's classnames.txt are accepted); default: generated names")
-    p.add_argument("--chunk-size", type=int, help="imagenet scale: the CHUNK_SIZE measured against 0 "
-                   "(default: one expert's text classes)")
-    p.add_argument("--forward", action="store_true", help="also time the options on forward-only text "
-                   "encoding for every trainer (default: CoOp only)")
+    p.add_argument(
+        "--classnames-file",
+        help="class names, one per line ('<wnid> <name>' lines as in "
+        "ImageNet's classnames.txt are accepted); default: generated names",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        help="imagenet scale: the CHUNK_SIZE measured against 0 (default: one expert's text classes)",
+    )
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="also time the options on forward-only text encoding for every trainer (default: CoOp only)",
+    )
     p.add_argument("--json", help="result file (default: output/benchmark/<scale>_<device>.json)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     imagenet = args.scale == "imagenet"
     small = IMAGENET_CPU if args.device == "cpu" else IMAGENET
-    defaults = {"classes": small["classes"] if imagenet else 10, "batch": small["batch"] if imagenet else 4,
-                "repeats": 1 if imagenet else 3, "prec": "fp32" if args.device == "cpu" else "fp16"}
+    defaults = {
+        "classes": small["classes"] if imagenet else 10,
+        "batch": small["batch"] if imagenet else 4,
+        "repeats": 1 if imagenet else 3,
+        "prec": "fp32" if args.device == "cpu" else "fp16",
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -151,8 +194,14 @@ def parse_args(argv=None):
         args.virtual = args.classes
     if args.eval_batch is None:
         args.eval_batch = args.batch
-    if min(args.classes, args.batch, args.eval_batch, args.repeats) < 1 or args.virtual < 0 or args.warmup < 0:
-        p.error("--classes, --batch, --eval-batch and --repeats must be positive, --virtual and --warmup >= 0")
+    if (
+        min(args.classes, args.batch, args.eval_batch, args.repeats) < 1
+        or args.virtual < 0
+        or args.warmup < 0
+    ):
+        p.error(
+            "--classes, --batch, --eval-batch and --repeats must be positive, --virtual and --warmup >= 0"
+        )
     return args
 
 
@@ -163,14 +212,18 @@ def generated_classnames(n, seed=0):
     """`n` distinct class names of 1-3 words; a word is a common BPE word or a rare one made of
     a stem and an ending (two or more BPE tokens, as in "bedlington terrier")."""
     pieces = list(_TOKENIZER.encoder)[1000:30000]
-    words = [p[:-4] for p in pieces if p.endswith("</w>") and p[:-4].isascii() and p[:-4].isalpha() and len(p) > 6]
+    words = [
+        p[:-4] for p in pieces if p.endswith("</w>") and p[:-4].isascii() and p[:-4].isalpha() and len(p) > 6
+    ]
     stems = [p for p in pieces if not p.endswith("</w>") and p.isascii() and p.isalpha() and len(p) > 2]
     rng = random.Random(seed)
     names, seen = [], set()
     while len(names) < n:
         count = rng.choices((1, 2, 3), weights=(4, 4, 2))[0]
-        name = " ".join(rng.choice(words) if rng.random() < 0.6 else rng.choice(stems) + rng.choice(words)
-                        for _ in range(count))
+        name = " ".join(
+            rng.choice(words) if rng.random() < 0.6 else rng.choice(stems) + rng.choice(words)
+            for _ in range(count)
+        )
         if name not in seen:
             seen.add(name)
             names.append(name)
@@ -189,21 +242,28 @@ def read_classnames(path):
 def classnames(args, total):
     names = read_classnames(args.classnames_file) if args.classnames_file else generated_classnames(total)
     if len(set(names)) < total:
-        raise ValueError(f"--classnames-file {args.classnames_file} has {len(set(names))} distinct names; "
-                         f"{total} are needed (--classes + --virtual)")
+        raise ValueError(
+            f"--classnames-file {args.classnames_file} has {len(set(names))} distinct names; "
+            f"{total} are needed (--classes + --virtual)"
+        )
     return list(dict.fromkeys(names))[:total]
 
 
 def name_stats(names):
     counts = [len(bpe(clean_classname(n))) for n in names]
-    return {"mean_bpe_tokens": round(statistics.mean(counts), 2), "max_bpe_tokens": max(counts),
-            "examples": names[:5]}
+    return {
+        "mean_bpe_tokens": round(statistics.mean(counts), 2),
+        "max_bpe_tokens": max(counts),
+        "examples": names[:5],
+    }
 
 
 def trainer_config_file(trainer, config, dataset):
     """The per-dataset trainer config when it exists, else the shared one (as scripts/_common.sh)."""
     per = os.path.join(REPO, "configs", "trainers", trainer, config, f"{dataset}.yaml")
-    return per if os.path.isfile(per) else os.path.join(REPO, "configs", "trainers", trainer, config + ".yaml")
+    return (
+        per if os.path.isfile(per) else os.path.join(REPO, "configs", "trainers", trainer, config + ".yaml")
+    )
 
 
 def dataset_file(dataset):
@@ -219,7 +279,9 @@ def expert_groups(dataset, experts=None):
     sizes, templates = list(prompts["EXPERT_GROUPS"]), list(prompts["EXPERT_TEMPLATES"])
     experts = experts or len(sizes)
     if not 1 <= experts <= len(sizes):
-        raise ValueError(f"--experts {experts}: configs/datasets/{dataset}.yaml has {len(sizes)} expert groups")
+        raise ValueError(
+            f"--experts {experts}: configs/datasets/{dataset}.yaml has {len(sizes)} expert groups"
+        )
     return sizes[:experts], templates[: sum(sizes[:experts])]
 
 
@@ -232,10 +294,22 @@ def expert_subset(dataset, experts):
 def make_cfg(name, args, clip_path, opts=()):
     trainer, config, _ = TRAINERS[name]
     extra = expert_subset(args.dataset, args.experts) if trainer == "MoCoOp" and args.experts else []
-    argv = ["--trainer", trainer, "--dataset-config-file", dataset_file(args.dataset),
-            "--config-file", trainer_config_file(trainer, config, args.dataset),
-            "MODEL.BACKBONE.NAME", clip_path, "TRAINER.PREC", args.prec,
-            "INPUT.SIZE", f"({args.image_size}, {args.image_size})", *extra, *opts]
+    argv = [
+        "--trainer",
+        trainer,
+        "--dataset-config-file",
+        dataset_file(args.dataset),
+        "--config-file",
+        trainer_config_file(trainer, config, args.dataset),
+        "MODEL.BACKBONE.NAME",
+        clip_path,
+        "TRAINER.PREC",
+        args.prec,
+        "INPUT.SIZE",
+        f"({args.image_size}, {args.image_size})",
+        *extra,
+        *opts,
+    ]
     return train.setup_cfg(train.parse_args(argv))
 
 
@@ -343,7 +417,7 @@ def round_robin(fns, args, device, peak):
             call(name, fn)
     for r in range(args.repeats):
         names = list(live)
-        for name in names[r % max(len(names), 1):] + names[: r % max(len(names), 1)]:
+        for name in names[r % max(len(names), 1) :] + names[: r % max(len(names), 1)]:
             if name not in live:
                 continue
             fn = live[name]
@@ -383,8 +457,9 @@ class Bench:
         TrainerBase.__init__(trainer)
         trainer.cfg = cfg
         trainer.device = self.device
-        trainer.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(base),
-                                                             all_classnames=list(base) + list(virtual)))
+        trainer.dm = SimpleNamespace(
+            dataset=SimpleNamespace(classnames=list(base), all_classnames=list(base) + list(virtual))
+        )
         trainer.check_cfg(cfg)
         # The release preset trains the image LayerNorms of its CLIP: it gets a CLIP of its own.
         owns_clip = cfg.TRAINER.NAME == "MoCoOp" and cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN
@@ -404,7 +479,9 @@ class Bench:
         if loaded and not owns_clip:
             self.frozen_clip = loaded[0]
         if self.frozen_clip is not None and any(p.requires_grad for p in self.frozen_clip.parameters()):
-            raise RuntimeError(f"{name} made weights of the shared frozen CLIP learnable: give it its own copy")
+            raise RuntimeError(
+                f"{name} made weights of the shared frozen CLIP learnable: give it its own copy"
+            )
         trainer.batch_idx, trainer.num_batches = 0, 2  # never an epoch's last batch: no LR step
         return trainer
 
@@ -444,6 +521,7 @@ def fwd_bwd(trainer, encode):
         with trainer.autocast():
             feats = encode()
         feats.float().sum().backward()
+
     return run
 
 
@@ -451,6 +529,7 @@ def fwd(trainer, encode):
     def run():
         with torch.no_grad(), trainer.autocast():
             encode()
+
     return run
 
 
@@ -473,6 +552,7 @@ def evaluation(trainer, image, device, cached=True):
                 trainer.model_inference(image)
                 sync(device)
                 return time.perf_counter() - start
+
     return run
 
 
@@ -480,6 +560,7 @@ def cache_build(trainer):
     def run():
         with torch.no_grad():
             trainer.model.compute_text_features()
+
     return run
 
 
@@ -488,7 +569,7 @@ def cache_build(trainer):
 
 def trainer_table(args, device, bench, peak):
     base = classnames(args, args.classes + args.virtual)
-    base, virtual = base[: args.classes], base[args.classes:]
+    base, virtual = base[: args.classes], base[args.classes :]
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device)
     label = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
@@ -522,10 +603,12 @@ def trainer_table(args, device, bench, peak):
             t.set_model_mode("train")
         encoders = {v: prompt_encoder(t, feats[name]) for v, t in variants.items()}
         rows[name]["text_fwd_bwd"] = round_robin(
-            {v: fwd_bwd(variants[v], e) for v, e in encoders.items()}, args, device, peak)
+            {v: fwd_bwd(variants[v], e) for v, e in encoders.items()}, args, device, peak
+        )
         if name == "CoOp" or args.forward:
             rows[name]["text_fwd"] = round_robin(
-                {v: fwd(variants[v], e) for v, e in encoders.items()}, args, device, peak)
+                {v: fwd(variants[v], e) for v, e in encoders.items()}, args, device, peak
+            )
         print(f"text encoding timed: {name}", flush=True)
 
     steps = {n: train_step(v["default"], batch) for n, v in built.items() if n != "ZeroshotCLIP"}
@@ -552,7 +635,9 @@ def trainer_table(args, device, bench, peak):
     if "ZeroshotCLIP" in built and "MoCoOp" in built:
         # Target (b) compares two nearly equal costs: a longer alternation of just these two.
         longer = argparse.Namespace(**{**vars(args), "repeats": 3 * args.repeats, "warmup": 0})
-        paired = round_robin({n: evals[(n, "eval")] for n in ("ZeroshotCLIP", "MoCoOp")}, longer, device, peak)
+        paired = round_robin(
+            {n: evals[(n, "eval")] for n in ("ZeroshotCLIP", "MoCoOp")}, longer, device, peak
+        )
         print("ZeroshotCLIP / MoCoOp evaluation timed in alternation", flush=True)
     return rows, paired, {"base": base, "virtual": virtual, "names": name_stats(base + virtual)}
 
@@ -574,31 +659,55 @@ def targets(rows, paired=None):
     def add(key, value, **extra):
         text, op, bound = TARGETS[key]
         met = None if value is None else bool(value >= bound if op == ">=" else value <= bound)
-        out[key] = {"target": f"{text} {op} {bound}", "value": None if value is None else round(value, 3),
-                    "met": met, **extra}
+        out[key] = {
+            "target": f"{text} {op} {bound}",
+            "value": None if value is None else round(value, 3),
+            "met": met,
+            **extra,
+        }
 
     if "CoOp" in rows:
         coop = rows["CoOp"]
         fwd = ratio(coop["text_fwd"]["77-token"]["median_s"], coop["text_fwd"]["default"]["median_s"])
-        add("a", ratio(coop["text_fwd_bwd"]["77-token"]["median_s"], coop["text_fwd_bwd"]["default"]["median_s"]),
+        add(
+            "a",
+            ratio(coop["text_fwd_bwd"]["77-token"]["median_s"], coop["text_fwd_bwd"]["default"]["median_s"]),
             forward_only=fwd and round(fwd, 3),
-            token_ratio=round(coop["tokens_per_step"]["77-token"] / coop["tokens_per_step"]["default"], 3))
+            token_ratio=round(coop["tokens_per_step"]["77-token"] / coop["tokens_per_step"]["default"], 3),
+        )
     if "MoCoOp" in rows and "ZeroshotCLIP" in rows:
         if paired:
             zs, moc = paired["ZeroshotCLIP"], paired["MoCoOp"]
-            add("b", ratio(zs["median_s"], moc["median_s"]), calls=len(zs["times_s"]),
-                best_calls=round(ratio(zs["min_s"], moc["min_s"]), 3))
+            add(
+                "b",
+                ratio(zs["median_s"], moc["median_s"]),
+                calls=len(zs["times_s"]),
+                best_calls=round(ratio(zs["min_s"], moc["min_s"]), 3),
+            )
         else:
-            add("b", ratio(rows["MoCoOp"]["eval"]["images_per_s"], rows["ZeroshotCLIP"]["eval"]["images_per_s"]))
+            add(
+                "b",
+                ratio(rows["MoCoOp"]["eval"]["images_per_s"], rows["ZeroshotCLIP"]["eval"]["images_per_s"]),
+            )
     if "MoCoOp" in rows and "CoOp" in rows:
         moc, coop = rows["MoCoOp"], rows["CoOp"]
         token_ratio = moc["tokens_per_step"]["default"] / coop["tokens_per_step"]["default"]
         step_ratio = ratio(moc["train_step"]["median_s"], coop["train_step"]["median_s"])
         # The same bound on the text encoding alone (the image tower costs both the same).
-        text_ratio = ratio(ratio(moc.get("text_fwd_bwd", {}).get("default", {}).get("median_s"),
-                                 coop.get("text_fwd_bwd", {}).get("default", {}).get("median_s")), token_ratio)
-        add("c", ratio(step_ratio, token_ratio), token_ratio=round(token_ratio, 3),
-            step_ratio=step_ratio and round(step_ratio, 3), text_only=text_ratio and round(text_ratio, 3))
+        text_ratio = ratio(
+            ratio(
+                moc.get("text_fwd_bwd", {}).get("default", {}).get("median_s"),
+                coop.get("text_fwd_bwd", {}).get("default", {}).get("median_s"),
+            ),
+            token_ratio,
+        )
+        add(
+            "c",
+            ratio(step_ratio, token_ratio),
+            token_ratio=round(token_ratio, 3),
+            step_ratio=step_ratio and round(step_ratio, 3),
+            text_only=text_ratio and round(text_ratio, 3),
+        )
     return out
 
 
@@ -632,18 +741,38 @@ def print_trainer_tables(rows, goals, eval_batch):
     main = []
     for name, row in rows.items():
         enc = row["text_encoder"]
-        main.append([
-            name, row["prompts_per_step"], row["tokens_per_step"]["default"],
-            f"{'trunc' if enc['TRUNCATE'] else '77'}/{enc['ATTENTION']}/chunk {enc['CHUNK_SIZE']}"
-            + ("/ckpt" if enc["CHECKPOINT"] else ""),
-            _ms(row.get("train_step"), best=True), _mib(row.get("train_step")),
-            _img_s(row["eval"], eval_batch), _mib(row["eval"]),
-            _ms(row.get("cache_build")),
-        ])
+        main.append(
+            [
+                name,
+                row["prompts_per_step"],
+                row["tokens_per_step"]["default"],
+                f"{'trunc' if enc['TRUNCATE'] else '77'}/{enc['ATTENTION']}/chunk {enc['CHUNK_SIZE']}"
+                + ("/ckpt" if enc["CHECKPOINT"] else ""),
+                _ms(row.get("train_step"), best=True),
+                _mib(row.get("train_step")),
+                _img_s(row["eval"], eval_batch),
+                _mib(row["eval"]),
+                _ms(row.get("cache_build")),
+            ]
+        )
     print("\n### Trainers (default speed options; times: median (fastest call))\n")
-    print(tabulate(main, headers=["trainer", "prompts/step", "tokens/step", "text encoder", "train step ms",
-                                  "train peak MiB", "eval img/s", "eval peak MiB (with cache build)", "cache build ms"],
-                   tablefmt="github"))
+    print(
+        tabulate(
+            main,
+            headers=[
+                "trainer",
+                "prompts/step",
+                "tokens/step",
+                "text encoder",
+                "train step ms",
+                "train peak MiB",
+                "eval img/s",
+                "eval peak MiB (with cache build)",
+                "cache build ms",
+            ],
+            tablefmt="github",
+        )
+    )
     opts = []
     for name, row in rows.items():
         if "text_fwd_bwd" not in row:
@@ -656,19 +785,52 @@ def print_trainer_tables(rows, goals, eval_batch):
                 if kind not in row:
                     continue
                 fast, slow = row[kind]["default"], row[kind][ref]
-                opts.append([name, f"{fast_label} vs {ref} ({label})", _ms(fast), _ms(slow),
-                             _x(slow["median_s"], fast["median_s"]), _x(slow["min_s"], fast["min_s"]),
-                             _mib(fast), _mib(slow)])
+                opts.append(
+                    [
+                        name,
+                        f"{fast_label} vs {ref} ({label})",
+                        _ms(fast),
+                        _ms(slow),
+                        _x(slow["median_s"], fast["median_s"]),
+                        _x(slow["min_s"], fast["min_s"]),
+                        _mib(fast),
+                        _mib(slow),
+                    ]
+                )
         if "per_batch" in row:
             fast, slow = row["eval"], row["per_batch"]
-            opts.append([name, "cached vs per-batch eval (ms per batch)", _ms(fast), _ms(slow),
-                         _x(slow["median_s"], fast["median_s"]), _x(slow["min_s"], fast["min_s"]),
-                         _mib(fast), _mib(slow)])
-    print("\n### Speed options against their reference paths (text encoding of one training step, "
-          "and evaluation)\n")
-    print(tabulate(opts, headers=["trainer", "option vs reference", "option ms", "reference ms", "speed-up",
-                                  "speed-up (fastest calls)", "option peak MiB", "reference peak MiB"],
-                   tablefmt="github"))
+            opts.append(
+                [
+                    name,
+                    "cached vs per-batch eval (ms per batch)",
+                    _ms(fast),
+                    _ms(slow),
+                    _x(slow["median_s"], fast["median_s"]),
+                    _x(slow["min_s"], fast["min_s"]),
+                    _mib(fast),
+                    _mib(slow),
+                ]
+            )
+    print(
+        "\n### Speed options against their reference paths (text encoding of one training step, "
+        "and evaluation)\n"
+    )
+    print(
+        tabulate(
+            opts,
+            headers=[
+                "trainer",
+                "option vs reference",
+                "option ms",
+                "reference ms",
+                "speed-up",
+                "speed-up (fastest calls)",
+                "option peak MiB",
+                "reference peak MiB",
+            ],
+            tablefmt="github",
+        )
+    )
     print_targets(goals)
 
 
@@ -677,10 +839,20 @@ def print_targets(goals):
         return
     print("\n### Targets\n")
     verdict = {True: "met", False: "NOT met", None: "not measured"}
-    table = [[k, g["target"], g["value"], verdict[g["met"]],
-              ", ".join(f"{x}: {g[x]}" for x in ("forward_only", "token_ratio", "step_ratio", "text_only", "calls",
-                                                 "best_calls") if x in g)]
-             for k, g in goals.items()]
+    table = [
+        [
+            k,
+            g["target"],
+            g["value"],
+            verdict[g["met"]],
+            ", ".join(
+                f"{x}: {g[x]}"
+                for x in ("forward_only", "token_ratio", "step_ratio", "text_only", "calls", "best_calls")
+                if x in g
+            ),
+        ]
+        for k, g in goals.items()
+    ]
     print(tabulate(table, headers=["", "target", "measured", "", "details"], tablefmt="github"))
 
 
@@ -694,8 +866,9 @@ def saved_bytes_per_token(tower, dtype, device):
     text: `TextEncoder._block` (frozen weights, as in every trainer); image: the image tower's
     block with trainable LayerNorms (MoCoOp release preset), input [tokens, batch, 768].
     """
-    clip_model = build_tiny_clip(**{**VIT_B16, "image_resolution": 32, "vision_layers": 1,
-                                    "transformer_layers": 1})
+    clip_model = build_tiny_clip(
+        **{**VIT_B16, "image_resolution": 32, "vision_layers": 1, "transformer_layers": 1}
+    )
     if dtype == torch.float16:
         convert_weights(clip_model)
     clip_model = clip_model.to(device).requires_grad_(False)
@@ -763,8 +936,14 @@ def mocoop_tokens(prompts, chunk):
     chunk), `to_eot` without any padding."""
     eot, length, templates = prompts
     calls = call_positions(eot, length, chunk)
-    return {"rows": len(eot), "longest": length, "positions": sum(calls), "to_eot": int((eot + 1).sum()),
-            "largest_call": max(calls), "templates": templates}
+    return {
+        "rows": len(eot),
+        "longest": length,
+        "positions": sum(calls),
+        "to_eot": int((eot + 1).sum()),
+        "largest_call": max(calls),
+        "templates": templates,
+    }
 
 
 def memory_estimate(tokens, text_classes, per_token, elem, checkpointing, layers=12, width=512):
@@ -808,17 +987,27 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
         tokens = mocoop_tokens(full_prompts, chunk)
         total, parts = memory_estimate(tokens, full_classes, per_token["fp16"]["text_autograd"], 2, ckpt)
         total += weight_bytes["fp16"]
-        full_rows.append({"CHUNK_SIZE": chunk, "CHECKPOINT": ckpt, **tokens, "estimate_bytes": total,
-                          "parts": parts, "release_extra_bytes": release_image,
-                          "fits_80GB": total + release_image <= GPU_BUDGET * GPU_MEMORY})
+        full_rows.append(
+            {
+                "CHUNK_SIZE": chunk,
+                "CHECKPOINT": ckpt,
+                **tokens,
+                "estimate_bytes": total,
+                "parts": parts,
+                "release_extra_bytes": release_image,
+                "fits_80GB": total + release_image <= GPU_BUDGET * GPU_MEMORY,
+            }
+        )
 
     # Measured: full scale on a GPU; on a CPU a reduced one (20,000 prompts take minutes there).
     text_classes = args.classes + args.virtual
     chunk = args.chunk_size or text_classes
     names = classnames(args, text_classes)
     gen = torch.Generator().manual_seed(0)
-    batch = {"img": torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device),
-             "label": torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)}
+    batch = {
+        "img": torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device),
+        "label": torch.randint(0, args.classes, (args.batch,), generator=gen).to(device),
+    }
     elem = 2 if args.prec == "fp16" else 4
     measured = []
     prompts = mocoop_prompts(names, args.experts)
@@ -827,11 +1016,12 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
         row = {"CHUNK_SIZE": c, "CHECKPOINT": ckpt, "oom": False}
         trainer = None
         try:
-            trainer = bench.build("MoCoOp", names[: args.classes], names[args.classes:], opts)
+            trainer = bench.build("MoCoOp", names[: args.classes], names[args.classes :], opts)
             trainer.set_model_mode("train")
             res = round_robin({"step": train_step(trainer, batch)}, args, device, peak)["step"]
-            row.update(peak_bytes=res["peak_bytes"], median_s=res["median_s"], times_s=res["times_s"],
-                       oom=res["oom"])
+            row.update(
+                peak_bytes=res["peak_bytes"], median_s=res["median_s"], times_s=res["times_s"], oom=res["oom"]
+            )
         except torch.OutOfMemoryError:
             row.update(peak_bytes=None, median_s=None, oom=True)
         del trainer
@@ -842,48 +1032,111 @@ def imagenet_scale(args, device, bench, peak, weight_bytes):
         label = "fp16" if args.prec == "fp16" else "fp32"
         row.update(tokens)
         row["estimate_bytes"], row["parts"] = memory_estimate(
-            tokens, text_classes, per_token[label]["text_autograd"], elem, ckpt)
+            tokens, text_classes, per_token[label]["text_autograd"], elem, ckpt
+        )
         measured.append(row)
         print(f"measured CHUNK_SIZE {c} CHECKPOINT {ckpt}", flush=True)
-    return {"per_token_per_layer_bytes": per_token, "names": name_stats(full_names),
-            "full_scale": {**full, "prec": "fp16", "weights_bytes": weight_bytes["fp16"], "rows": full_rows},
-            "measured_scale": {"experts": args.experts, "classes": args.classes, "virtual": args.virtual,
-                               "batch": args.batch, "prec": args.prec, "rows": measured}}
+    return {
+        "per_token_per_layer_bytes": per_token,
+        "names": name_stats(full_names),
+        "full_scale": {**full, "prec": "fp16", "weights_bytes": weight_bytes["fp16"], "rows": full_rows},
+        "measured_scale": {
+            "experts": args.experts,
+            "classes": args.classes,
+            "virtual": args.virtual,
+            "batch": args.batch,
+            "prec": args.prec,
+            "rows": measured,
+        },
+    }
 
 
 def print_imagenet(res):
     pt = res["per_token_per_layer_bytes"]
     print("\n### Activations kept for backward, bytes per token and residual block\n")
-    print(tabulate([[k, v["text_analytic"], f"{v['text_autograd']:.0f}", f"{v['image_autograd']:.0f}"]
-                    for k, v in pt.items()],
-                   headers=["weights", "text (analytic)", "text (autograd)", "image, LN trained (autograd)"],
-                   tablefmt="github"))
+    print(
+        tabulate(
+            [
+                [k, v["text_analytic"], f"{v['text_autograd']:.0f}", f"{v['image_autograd']:.0f}"]
+                for k, v in pt.items()
+            ],
+            headers=["weights", "text (analytic)", "text (autograd)", "image, LN trained (autograd)"],
+            tablefmt="github",
+        )
+    )
     full = res["full_scale"]
-    print(f"\n### MoCoOp at ImageNet scale: {full['experts']} experts x ({full['classes']} + {full['virtual']}) "
-          f"text classes, batch {full['batch']}, fp16 (estimate; class names {res['names']['mean_bpe_tokens']} "
-          f"BPE tokens on average, at most {res['names']['max_bpe_tokens']})\n")
+    print(
+        f"\n### MoCoOp at ImageNet scale: {full['experts']} experts x ({full['classes']} + {full['virtual']}) "
+        f"text classes, batch {full['batch']}, fp16 (estimate; class names {res['names']['mean_bpe_tokens']} "
+        f"BPE tokens on average, at most {res['names']['max_bpe_tokens']})\n"
+    )
     table = []
     for r in full["rows"]:
-        table.append([r["CHUNK_SIZE"], r["CHECKPOINT"], r["rows"], r["positions"], r["to_eot"],
-                      f"{r['parts']['text activations'] / GIB:.1f}", f"{r['estimate_bytes'] / GIB:.1f}",
-                      f"{r['release_extra_bytes'] / GIB:.1f}", "yes" if r["fits_80GB"] else "no"])
-    print(tabulate(table, headers=["CHUNK_SIZE", "CHECKPOINT", "prompts", "positions run", "positions to EOT",
-                                   "text activations GiB", "step total GiB", "+ release image GiB",
-                                   f"fits {GPU_BUDGET:.0%} of 80 GB"], tablefmt="github"))
+        table.append(
+            [
+                r["CHUNK_SIZE"],
+                r["CHECKPOINT"],
+                r["rows"],
+                r["positions"],
+                r["to_eot"],
+                f"{r['parts']['text activations'] / GIB:.1f}",
+                f"{r['estimate_bytes'] / GIB:.1f}",
+                f"{r['release_extra_bytes'] / GIB:.1f}",
+                "yes" if r["fits_80GB"] else "no",
+            ]
+        )
+    print(
+        tabulate(
+            table,
+            headers=[
+                "CHUNK_SIZE",
+                "CHECKPOINT",
+                "prompts",
+                "positions run",
+                "positions to EOT",
+                "text activations GiB",
+                "step total GiB",
+                "+ release image GiB",
+                f"fits {GPU_BUDGET:.0%} of 80 GB",
+            ],
+            tablefmt="github",
+        )
+    )
     m = res["measured_scale"]
-    print(f"\n### Measured: {m['experts']} experts x ({m['classes']} + {m['virtual']}) text classes, batch "
-          f"{m['batch']}, {m['prec']}\n")
+    print(
+        f"\n### Measured: {m['experts']} experts x ({m['classes']} + {m['virtual']}) text classes, batch "
+        f"{m['batch']}, {m['prec']}\n"
+    )
     ref = m["rows"][0]["peak_bytes"]
     table = []
     for r in m["rows"]:
         peak_b = r["peak_bytes"]
-        table.append([r["CHUNK_SIZE"], r["CHECKPOINT"], r["positions"],
-                      "OOM" if r["oom"] else ("–" if peak_b is None else f"{peak_b / MIB:.0f}"),
-                      f"{r['estimate_bytes'] / MIB:.0f}",
-                      "–" if not (peak_b and ref) else f"{ref / peak_b:.2f}x",
-                      "–" if r["median_s"] is None else f"{r['median_s']:.2f}"])
-    print(tabulate(table, headers=["CHUNK_SIZE", "CHECKPOINT", "positions run", "peak MiB", "estimate MiB",
-                                   "reduction", "step s"], tablefmt="github"))
+        table.append(
+            [
+                r["CHUNK_SIZE"],
+                r["CHECKPOINT"],
+                r["positions"],
+                "OOM" if r["oom"] else ("–" if peak_b is None else f"{peak_b / MIB:.0f}"),
+                f"{r['estimate_bytes'] / MIB:.0f}",
+                "–" if not (peak_b and ref) else f"{ref / peak_b:.2f}x",
+                "–" if r["median_s"] is None else f"{r['median_s']:.2f}",
+            ]
+        )
+    print(
+        tabulate(
+            table,
+            headers=[
+                "CHUNK_SIZE",
+                "CHECKPOINT",
+                "positions run",
+                "peak MiB",
+                "estimate MiB",
+                "reduction",
+                "step s",
+            ],
+            tablefmt="github",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -893,8 +1146,14 @@ def machine(device):
     cpu = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GIB, 1)
@@ -911,8 +1170,11 @@ def main(argv=None):
     load_before = os.getloadavg()
     started = time.time()
     peak = PeakMemory(device)
-    print(f"# Benchmark ({args.scale} scale) on {info.get('gpu', info['cpu'])}, torch {info['torch']}, "
-          f"{info['threads']} threads, load average {load_before[0]:.2f}", flush=True)
+    print(
+        f"# Benchmark ({args.scale} scale) on {info.get('gpu', info['cpu'])}, torch {info['torch']}, "
+        f"{info['threads']} threads, load average {load_before[0]:.2f}",
+        flush=True,
+    )
 
     clip_model = build_tiny_clip(**{**VIT_B16, "image_resolution": args.image_size})
     weight_bytes = {"fp32": sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())}
@@ -932,12 +1194,16 @@ def main(argv=None):
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["wall_s"] = round(time.time() - started, 1)
 
-    print(f"\nMachine: {info}\nLoad average before/after: {load_before} / {result['load_average']['after']}; "
-          f"peak memory: {peak.method}")
+    print(
+        f"\nMachine: {info}\nLoad average before/after: {load_before} / {result['load_average']['after']}; "
+        f"peak memory: {peak.method}"
+    )
     if args.scale == "imagenet":
         print_imagenet(result["imagenet"])
     else:
-        print(f"Classes: {args.classes} (+{args.virtual} virtual for MoCoOp), names {result['inputs']['names']}")
+        print(
+            f"Classes: {args.classes} (+{args.virtual} virtual for MoCoOp), names {result['inputs']['names']}"
+        )
         print_trainer_tables(result["trainers"], result["targets"], args.eval_batch)
     path = args.json or os.path.join(REPO, "output", "benchmark", f"{args.scale}_{args.device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

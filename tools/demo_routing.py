@@ -29,10 +29,22 @@ def routing_report(run_dir, root, split):
     import train
 
     # The run's resolved config, with this data root, split and output folder on top.
-    cfg = train.setup_cfg(train.parse_args([
-        "--trainer", "MoCoOp", "--config-file", os.path.join(run_dir, "config.yaml"), "--root", root,
-        "--output-dir", os.path.join(run_dir, f"routing_{split}"), "DATASET.SUBSAMPLE_CLASSES", split,
-    ]))
+    cfg = train.setup_cfg(
+        train.parse_args(
+            [
+                "--trainer",
+                "MoCoOp",
+                "--config-file",
+                os.path.join(run_dir, "config.yaml"),
+                "--root",
+                root,
+                "--output-dir",
+                os.path.join(run_dir, f"routing_{split}"),
+                "DATASET.SUBSAMPLE_CLASSES",
+                split,
+            ]
+        )
+    )
     trainer = build_trainer(cfg)
     trainer.load_model(run_dir)
     model, opts = trainer.model.eval(), cfg.TRAINER.MOCOOP
@@ -41,8 +53,15 @@ def routing_report(run_dir, root, split):
         for batch in trainer.test_loader:
             v = model.encode_image(batch["img"])
             logits, index, _ = model.classify_features(v)
-            target = mixture.router_target(v, batch["label"], model.prototypes, model.group_mean,
-                                           opts.ROUTER_TARGET, opts.ROUTER_TARGET_TOP2_BOOST, opts.ROUTER_TEMPERATURE)
+            target = mixture.router_target(
+                v,
+                batch["label"],
+                model.prototypes,
+                model.group_mean,
+                opts.ROUTER_TARGET,
+                opts.ROUTER_TARGET_TOP2_BOOST,
+                opts.ROUTER_TEMPERATURE,
+            )
             for i, path in enumerate(batch["impath"]):
                 style = STYLES.index(STYLE_IN_NAME.search(path).group(1))
                 c = counts[style]
@@ -61,17 +80,23 @@ def main(argv=None):
     parser.add_argument("--split", default="base", choices=("base", "new"))
     args = parser.parse_args(argv)
     counts, k = routing_report(args.run_dir, args.root, args.split)
-    print(f"{'style':10s} {'own expert in router top-' + str(k):>26s} {'in W_hard top-' + str(k):>16s} "
-          f"{'max W_hard':>11s} {'accuracy':>9s}")
+    print(
+        f"{'style':10s} {'own expert in router top-' + str(k):>26s} {'in W_hard top-' + str(k):>16s} "
+        f"{'max W_hard':>11s} {'accuracy':>9s}"
+    )
     total = collections.Counter()
     for style, c in sorted(counts.items()):
         total.update(c)
         n = c["images"]
-        print(f"{STYLES[style]:10s} {c['router'] / n:26.1%} {c['reference'] / n:16.1%} {c['peak'] / n:11.2f} "
-              f"{c['correct'] / n:9.1%}")
+        print(
+            f"{STYLES[style]:10s} {c['router'] / n:26.1%} {c['reference'] / n:16.1%} {c['peak'] / n:11.2f} "
+            f"{c['correct'] / n:9.1%}"
+        )
     n = total["images"]
-    print(f"{'all':10s} {total['router'] / n:26.1%} {total['reference'] / n:16.1%} {total['peak'] / n:11.2f} "
-          f"{total['correct'] / n:9.1%}")
+    print(
+        f"{'all':10s} {total['router'] / n:26.1%} {total['reference'] / n:16.1%} {total['peak'] / n:11.2f} "
+        f"{total['correct'] / n:9.1%}"
+    )
 
 
 if __name__ == "__main__":

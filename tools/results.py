@@ -230,8 +230,15 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
             )
             h_cell = "—" if h is None else _f(h) + _spread(h_seeds, ci=True)
             if len(datasets) == 1 and d in datasets:
-                summary.append([f"{trainer} / {config} ({shots} shots)", seeds, _cell(b), _cell(n),
-                                _f(h) + _spread(h_seeds)])
+                summary.append(
+                    [
+                        f"{trainer} / {config} ({shots} shots)",
+                        seeds,
+                        _cell(b),
+                        _cell(n),
+                        _f(h) + _spread(h_seeds),
+                    ]
+                )
             row = [_name(d), seeds, _cell(b, ci=True), _cell(n, ci=True), h_cell]
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": _name(d)}
             record |= {"base_seeds": _seeds(base)} | _stats_csv("base_", b)
@@ -255,8 +262,15 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
                 flags.append("includes flagged datasets")
             row = ["Average", "", _f(avg_b), _f(avg_n), _f(avg_h)]
             if len(datasets) > 1:
-                summary.append([f"{trainer} / {config} ({shots} shots)", f"{len(averaged)} datasets",
-                                _f(avg_b), _f(avg_n), _f(avg_h)])
+                summary.append(
+                    [
+                        f"{trainer} / {config} ({shots} shots)",
+                        f"{len(averaged)} datasets",
+                        _f(avg_b),
+                        _f(avg_n),
+                        _f(avg_h),
+                    ]
+                )
             record = {"trainer": trainer, "config": config, "shots": shots, "dataset": "Average"}
             record |= {
                 "datasets": len(averaged),
@@ -273,8 +287,14 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
         tables.append(Table(f"{trainer} / {config} ({shots} shots)", headers, rows, notes))
     if len(summary) > 1:
         where = _name(datasets[0]) if len(datasets) == 1 else "average over the datasets"
-        tables.insert(0, Table(f"All trainers ({where}; mean ± std over seeds)",
-                               ["Trainer / config", "Seeds", "Base", "New", "H"], summary))
+        tables.insert(
+            0,
+            Table(
+                f"All trainers ({where}; mean ± std over seeds)",
+                ["Trainer / config", "Seeds", "Base", "New", "H"],
+                summary,
+            ),
+        )
     return Section("Base-to-new generalisation", intro, tables, "base2new.csv", csv_rows)
 
 
@@ -471,10 +491,18 @@ def xd_sections(runs, declared, paper, col):
                 continue
             name = f"{_paper.TABLE_NAME.get(trainer, trainer)} (paper)"
             mean = statistics.fmean(ref[d] for d in DG_TARGETS)
-            dg_rows.append([name, str(_paper.SHOTS)] + [_f(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [_f(mean)])
+            dg_rows.append(
+                [name, str(_paper.SHOTS)] + [_f(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [_f(mean)]
+            )
             for d, value in ref.items():
                 csv_rows.append(
-                    {"trainer": name, "shots": _paper.SHOTS, "dataset": _name(d), "role": "paper", "mean": _f(value)}
+                    {
+                        "trainer": name,
+                        "shots": _paper.SHOTS,
+                        "dataset": _name(d),
+                        "role": "paper",
+                        "mean": _f(value),
+                    }
                 )
         dg_notes.append(
             "Rows (paper): MoCoOp paper Table 3 as printed (tools/paper_results.json), trained on 16 shots "

@@ -38,8 +38,11 @@ class PromptLearner(nn.Module):
         opts = cfg.TRAINER.COOP if opts is None else opts
         form = PromptForm.coop(opts.N_CTX, opts.CTX_INIT, opts.get("CLASS_TOKEN_POSITION", "end"))
         self.assembler = PromptAssembler(
-            [form], classnames, clip_model.token_embedding,
-            class_specific=opts.get("CSC", False), truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
+            [form],
+            classnames,
+            clip_model.token_embedding,
+            class_specific=opts.get("CSC", False),
+            truncate=cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
         )
         self.ctx = nn.Parameter(self.assembler.init_table())
 

@@ -59,7 +59,9 @@ class KgCoOp(PromptTrainer):
         print(f"Hand-crafted prompt of the knowledge-guided term: {template!r}")
         clip_model = self.load_clip()
         text_encoder = self.build_text_encoder(clip_model)
-        hard_features = encode_templates(text_encoder, clip_model.token_embedding, [template], self.classnames)[0]
+        hard_features = encode_templates(
+            text_encoder, clip_model.token_embedding, [template], self.classnames
+        )[0]
         prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
         self.model = KnowledgeGuidedCLIP(prompt_learner, text_encoder, clip_model, hard_features)
         self.register_learnable(self.model)
@@ -72,6 +74,7 @@ class KgCoOp(PromptTrainer):
             logits = self.model.classify(image, text_features).float()
         losses = {
             "loss_ce": F.cross_entropy(logits, label),
-            "loss_kg": self.cfg.TRAINER.KGCOOP.W * knowledge_guided_loss(text_features, self.model.hard_features),
+            "loss_kg": self.cfg.TRAINER.KGCOOP.W
+            * knowledge_guided_loss(text_features, self.model.hard_features),
         }
         return self.step(losses, logits, label)

@@ -67,7 +67,9 @@ class ExpertPrompts(nn.Module):
     def __init__(self, templates, text_classnames, clip_model, truncate):
         super().__init__()
         forms = [PromptForm.from_template(t) for t in templates]
-        self.assembler = PromptAssembler(forms, text_classnames, clip_model.token_embedding, truncate=truncate)
+        self.assembler = PromptAssembler(
+            forms, text_classnames, clip_model.token_embedding, truncate=truncate
+        )
         self.ctx = nn.Parameter(self.assembler.init_table())
 
     def forward(self, rows=None):
@@ -88,17 +90,22 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
         first_templates = [templates[idx[0]] for idx in groups]
-        self.prompt_learner = ExpertPrompts(first_templates, text_classnames, clip_model, cfg.TRAINER.TEXT_ENCODER.TRUNCATE)
+        self.prompt_learner = ExpertPrompts(
+            first_templates, text_classnames, clip_model, cfg.TRAINER.TEXT_ENCODER.TRUNCATE
+        )
         self.router = Router(clip_model.text_projection.shape[1], self.num_experts)
         embed_dim = clip_model.text_projection.shape[1]
         self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if opts.TEXT_BIAS else None
         self.image_norms = []
         if opts.FINETUNE_IMAGE_LN:
             # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
-            self.image_norms = [p for m in self.image_encoder.modules() if isinstance(m, nn.LayerNorm)
-                                for p in m.parameters()]
+            self.image_norms = [
+                p for m in self.image_encoder.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
+            ]
             if not self.image_norms:
-                raise ValueError("TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs an image tower with LayerNorms (a ViT)")
+                raise ValueError(
+                    "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs an image tower with LayerNorms (a ViT)"
+                )
             for p in self.image_norms:
                 p.requires_grad_(True)
 
@@ -109,7 +116,9 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         self.register_buffer("prototypes", prototypes, persistent=False)
         self.register_buffer("group_mean", group_mean, persistent=False)
         # Rows of the classification classes (the first C text classes) of every expert.
-        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(self.num_classes)
+        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(
+            self.num_classes
+        )
         self.register_buffer("class_rows", rows.flatten(), persistent=False)
 
     def soft_features(self, rows=None):
@@ -159,10 +168,17 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         terms = {"loss_cls": F.cross_entropy(logits, label)}
         if opts.ROUTER_LOSS_WEIGHT:
             target = mixture.router_target(
-                v, label, self.prototypes, self.group_mean, opts.ROUTER_TARGET,
-                opts.ROUTER_TARGET_TOP2_BOOST, opts.ROUTER_TEMPERATURE,
+                v,
+                label,
+                self.prototypes,
+                self.group_mean,
+                opts.ROUTER_TARGET,
+                opts.ROUTER_TARGET_TOP2_BOOST,
+                opts.ROUTER_TEMPERATURE,
             )
-            terms["loss_router"] = opts.ROUTER_LOSS_WEIGHT * mixture.router_loss(scores, target, opts.ROUTER_KL)
+            terms["loss_router"] = opts.ROUTER_LOSS_WEIGHT * mixture.router_loss(
+                scores, target, opts.ROUTER_KL
+            )
         if opts.TEXT_LOSS_WEIGHT:
             if opts.TEXT_LOSS_FORM == "lasp":
                 text = mixture.text_loss_lasp(soft, self.hard, self.groups, opts.TEXT_TEMPERATURE)
@@ -192,12 +208,16 @@ class MoCoOp(PromptTrainer):
 
     def expert_groups(self):
         prompts = model_prompts(self.cfg)
-        templates = [check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES]
+        templates = [
+            check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES
+        ]
         groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
         if self.cfg.TRAINER.MOCOOP.GROUPING == "single":
             groups = [list(range(len(templates)))]
         if not 1 <= self.cfg.TRAINER.MOCOOP.TOPK <= len(groups):
-            raise ValueError(f"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts ({len(groups)})")
+            raise ValueError(
+                f"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts ({len(groups)})"
+            )
         return groups, templates
 
     def text_classnames(self):
@@ -214,10 +234,19 @@ class MoCoOp(PromptTrainer):
         groups, templates = self.expert_groups()
         clip_model = self.load_clip()
         text_names = self.text_classnames()
-        print(f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
-              f"({len(text_names) - len(self.classnames)} virtual)")
-        self.model = MixtureCLIP(cfg, groups, templates, self.classnames, text_names, clip_model,
-                                 self.build_text_encoder(clip_model))
+        print(
+            f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
+            f"({len(text_names) - len(self.classnames)} virtual)"
+        )
+        self.model = MixtureCLIP(
+            cfg,
+            groups,
+            templates,
+            self.classnames,
+            text_names,
+            clip_model,
+            self.build_text_encoder(clip_model),
+        )
         self.register_learnable(self.model, param_groups=self.param_groups())
         self.routing_stats = RoutingStats([templates[idx[0]] for idx in groups], cfg.TRAINER.MOCOOP.TOPK)
 

@@ -10,7 +10,6 @@ pulls the student towards the selected teachers, the selection term moves the ga
 teachers that are right on the true label. Inference uses the student prompt only.
 """
 
-
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
@@ -59,7 +58,9 @@ def teacher_pool(pool, task_templates):
     templates = []
     for name in names:
         if name not in choices:
-            raise ValueError(f"TRAINER.MOPD.POOL {pool!r}: unknown pool {name!r}; choose from {choices} (joined by '+')")
+            raise ValueError(
+                f"TRAINER.MOPD.POOL {pool!r}: unknown pool {name!r}; choose from {choices} (joined by '+')"
+            )
         if names.count(name) > 1:
             raise ValueError(f"TRAINER.MOPD.POOL {pool!r} names the pool {name!r} twice")
         if name == "task":
@@ -112,11 +113,17 @@ class MoPD(PromptTrainer):
         self.teacher_templates = teacher_pool(opts.POOL, model_prompts(cfg).TEACHER_TEMPLATES)
         num = len(self.teacher_templates)
         if not 1 <= opts.NUM_TEACHERS <= num:
-            raise ValueError(f"TRAINER.MOPD.NUM_TEACHERS must be in 1..{num} (pool {opts.POOL!r}), not {opts.NUM_TEACHERS}")
+            raise ValueError(
+                f"TRAINER.MOPD.NUM_TEACHERS must be in 1..{num} (pool {opts.POOL!r}), not {opts.NUM_TEACHERS}"
+            )
         if opts.TEACHER_COMBINE not in COMBINES:
-            raise ValueError(f"TRAINER.MOPD.TEACHER_COMBINE must be one of {COMBINES}, not {opts.TEACHER_COMBINE!r}")
+            raise ValueError(
+                f"TRAINER.MOPD.TEACHER_COMBINE must be one of {COMBINES}, not {opts.TEACHER_COMBINE!r}"
+            )
         if not opts.DISTILL_TEMPERATURE > 0:
-            raise ValueError(f"TRAINER.MOPD.DISTILL_TEMPERATURE must be positive, not {opts.DISTILL_TEMPERATURE}")
+            raise ValueError(
+                f"TRAINER.MOPD.DISTILL_TEMPERATURE must be positive, not {opts.DISTILL_TEMPERATURE}"
+            )
         if not 0 <= opts.W <= 1 or opts.W2 < 0:
             raise ValueError(f"TRAINER.MOPD.W must be in [0, 1] and W2 >= 0 (got W {opts.W}, W2 {opts.W2})")
 
@@ -138,8 +145,15 @@ class MoPD(PromptTrainer):
         with self.autocast():
             student, teachers, scores = self.model.forward_train(image)
         losses, index, weights = mopd_losses(
-            student, teachers, scores, label, opts.NUM_TEACHERS, opts.W, opts.W2,
-            opts.DISTILL_TEMPERATURE, opts.TEACHER_COMBINE,
+            student,
+            teachers,
+            scores,
+            label,
+            opts.NUM_TEACHERS,
+            opts.W,
+            opts.W2,
+            opts.DISTILL_TEMPERATURE,
+            opts.TEACHER_COMBINE,
         )
         self.routing_stats.update(index, weights)
         return self.step(losses, student.float(), label)

@@ -121,7 +121,9 @@ class PromptTrainer(TrainerX):
         if cfg.TRAINER.PREC not in PRECISIONS:
             raise ValueError(f"TRAINER.PREC must be one of {PRECISIONS}, not {cfg.TRAINER.PREC!r}")
         if cfg.TRAINER.AMP_DTYPE not in ("auto", "bfloat16", "float16"):
-            raise ValueError(f"TRAINER.AMP_DTYPE must be auto, bfloat16 or float16, not {cfg.TRAINER.AMP_DTYPE!r}")
+            raise ValueError(
+                f"TRAINER.AMP_DTYPE must be auto, bfloat16 or float16, not {cfg.TRAINER.AMP_DTYPE!r}"
+            )
 
     # ------------------------------------------------------------------ data
 
@@ -169,7 +171,9 @@ class PromptTrainer(TrainerX):
         """
         model.to(self.device)
         learnable = learnable_parameters(model)
-        print(f"Learnable tensors ({sum(p.numel() for p in learnable.values()):,} values): {', '.join(learnable)}")
+        print(
+            f"Learnable tensors ({sum(p.numel() for p in learnable.values()):,} values): {', '.join(learnable)}"
+        )
         self.optim = self.sched = None
         if learnable:
             groups = param_groups if param_groups is not None else list(learnable.values())
@@ -177,8 +181,15 @@ class PromptTrainer(TrainerX):
             opt = self.cfg.OPTIM
             warmup_lr = opt.WARMUP_CONS_LR if opt.WARMUP_TYPE == "constant" else opt.WARMUP_MIN_LR
             self.sched = EpochLRSchedule(
-                self.optim, opt.MAX_EPOCH, opt.WARMUP_EPOCH, opt.WARMUP_TYPE, warmup_lr,
-                opt.WARMUP_RECOUNT, opt.LR_SCHEDULER, opt.STEPSIZE, opt.GAMMA,
+                self.optim,
+                opt.MAX_EPOCH,
+                opt.WARMUP_EPOCH,
+                opt.WARMUP_TYPE,
+                warmup_lr,
+                opt.WARMUP_RECOUNT,
+                opt.LR_SCHEDULER,
+                opt.STEPSIZE,
+                opt.GAMMA,
             )
         self.register_model(name, model, self.optim, self.sched)
         amp_fp16 = self.cfg.TRAINER.PREC == "amp" and self.amp_dtype == torch.float16
@@ -251,7 +262,9 @@ class PromptTrainer(TrainerX):
 
     @torch.no_grad()
     def test(self, split=None):
-        cache = self.model.cached_text_features() if isinstance(self.model, CachedTextFeatures) else nullcontext()
+        cache = (
+            self.model.cached_text_features() if isinstance(self.model, CachedTextFeatures) else nullcontext()
+        )
         with cache:
             result = super().test(split)
         split = split or self.cfg.TEST.SPLIT
@@ -321,7 +334,9 @@ class PromptTrainer(TrainerX):
             if best:
                 path = osp.join(folder, "model-best.pth.tar")
                 if not osp.exists(path):
-                    raise FileNotFoundError(f"No {path}: TEST.FINAL_MODEL best_val needs a run that validated")
+                    raise FileNotFoundError(
+                        f"No {path}: TEST.FINAL_MODEL best_val needs a run that validated"
+                    )
             elif epoch is None:
                 path = latest_checkpoint(folder)
             else:
@@ -353,7 +368,9 @@ def load_learnable(model, state, source):
     """Load learnable tensors, refusing a checkpoint that does not fit the model."""
     expected = learnable_parameters(model)
     problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
-    problems += [f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected]
+    problems += [
+        f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected
+    ]
     problems += [
         f"'{n}' has shape {list(state[n].shape)} in the checkpoint but {list(p.shape)} in this model"
         for n, p in expected.items()
@@ -361,7 +378,8 @@ def load_learnable(model, state, source):
     ]
     if problems:
         raise RuntimeError(
-            f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
+            f"Checkpoint {source} does not fit the model: "
+            + "; ".join(problems)
             + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
         )
     with torch.no_grad():
@@ -372,7 +390,9 @@ def load_learnable(model, state, source):
 def latest_checkpoint(folder):
     marker = osp.join(folder, "checkpoint")
     if not osp.exists(marker):
-        raise FileNotFoundError(f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)")
+        raise FileNotFoundError(
+            f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)"
+        )
     with open(marker) as f:
         return osp.join(folder, f.readline().strip())
 

@@ -52,7 +52,9 @@ class ZeroshotCLIP(PromptTrainer):
         if choice not in ENSEMBLES:
             raise ValueError(f"TRAINER.ZEROSHOT.TEMPLATES must be one of {list(ENSEMBLES)}, not {choice!r}")
         templates = ENSEMBLES[choice](self.dataset_template())
-        print(f"Zero-shot templates ({len(templates)}): {templates if len(templates) < 10 else templates[:3] + ['...']}")
+        print(
+            f"Zero-shot templates ({len(templates)}): {templates if len(templates) < 10 else templates[:3] + ['...']}"
+        )
         clip_model = self.load_clip()
         encoder = self.build_text_encoder(clip_model)
         per_template = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
