@@ -26,16 +26,9 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Dassl's dependencies import pkg_resources
     import dassl
-    from dassl.config import get_cfg_default
-    from dassl.data.datasets import DATASET_REGISTRY
-    from dassl.engine import build_trainer
     from dassl.utils import collect_env_info, set_random_seed, setup_logger
-from yacs.config import CfgNode as CN
 
-import datasets
 import trainers
-from trainers import prompt_trainer
-from trainers.config_files import read_config_file
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,54 +54,19 @@ def parse_args(argv=None):
     return parser.parse_intermixed_args(argv)
 
 
-def merge(cfg, source, merge_fn):
-    """Apply `merge_fn`, turning yacs' bare KeyError into an error that names the source."""
-    try:
-        merge_fn()
-    except (KeyError, AssertionError) as err:  # yacs reports unknown keys with both
-        raise ValueError(
-            f"{source}: {err.args[0]}. Config keys are declared by Dassl, the datasets package, "
-            f"the shared trainer base and the trainer ({cfg.TRAINER.NAME}); check the spelling, or "
-            "whether this file or option belongs to another trainer."
-        ) from None
-    except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
-
-
 def setup_cfg(args):
-    if not args.trainer:
-        raise ValueError(f"--trainer is required: one of {', '.join(trainers.repository_trainers())}")
-    trainer_cls = trainers.get_trainer_class(args.trainer)
-    cfg = get_cfg_default()
-    datasets.add_config(cfg)
-    prompt_trainer.add_config(cfg)
-    trainer_cls.add_config(cfg)
-    cfg.TRAINER.NAME = args.trainer
-
-    for path in (args.dataset_config_file, args.config_file):
-        if path:
-            merge(cfg, path, lambda path=path: cfg.merge_from_other_cfg(CN(read_config_file(path))))
-    if args.root:
-        cfg.DATASET.ROOT = args.root
-    if args.output_dir:
-        cfg.OUTPUT_DIR = args.output_dir
-    if args.resume:
-        cfg.RESUME = args.resume
-    if args.seed >= 0:
-        cfg.SEED = args.seed
-    if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
-    if args.opts:
-        merge(cfg, "command-line options", lambda: cfg.merge_from_list(args.opts))
-    cfg.TRAINER.NAME = args.trainer
-
-    if cfg.DATASET.NAME not in DATASET_REGISTRY.registered_names():
-        raise ValueError(
-            f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME): choose one of "
-            f"{', '.join(sorted(DATASET_REGISTRY.registered_names()))} via --dataset-config-file"
-        )
-    cfg.freeze()
-    return cfg
+    """The config of parsed command-line arguments (`trainers.make_cfg` with train.py's flags)."""
+    return trainers.make_cfg(
+        args.trainer,
+        args.dataset_config_file,
+        args.config_file,
+        args.opts,
+        root=args.root,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        seed=args.seed,
+        backbone=args.backbone,
+    )
 
 
 def git_revision():
@@ -175,7 +133,8 @@ def main(argv=None):
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
 
-    trainer = build_trainer(cfg)
+    print(f"Loading trainer: {cfg.TRAINER.NAME}")
+    trainer = trainers.build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()

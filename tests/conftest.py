@@ -38,6 +38,37 @@ def pets(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="session")
+def dtd(tmp_path_factory):
+    """Data root holding a generated DTD (6 classes; 4 train, 2 val and 3 test images per class)."""
+    from tests.dataset_layouts import make_dtd
+    from tests.e2e import randomise_images
+
+    root = tmp_path_factory.mktemp("dtd")
+    randomise_images(make_dtd(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory, tiny_clip_path, pets, dtd):
+    """`base_run(name)`: the output directory of a 2-epoch train.py run of `tests.e2e.CASES[name]`
+    on the base classes (seed 1), trained once per session on first use."""
+    from tests.e2e import CASES, run_train
+
+    runs = {}
+    roots = {"pets": pets, "dtd": dtd}
+
+    def get(name):
+        if name not in runs:
+            case = CASES[name]
+            out = str(tmp_path_factory.mktemp(name) / "train_base")
+            run_train(*case.args(roots[case.data], tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "base"))
+            runs[name] = out
+        return runs[name]
+
+    return get
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny tensors: a second thread gains nothing, and on

@@ -1,13 +1,15 @@
 """Helpers for end-to-end runs of train.py in a subprocess with the tiny CLIP.
 
 Training runs go to a subprocess because Dassl's logger replaces sys.stdout and closes the
-real one when it is garbage-collected.
+real one when it is garbage-collected. `CASES` are the trainer configurations that the
+end-to-end tests train once per session on the base classes (conftest's `base_run`).
 """
 
 import os
 import re
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,50 @@ TINY_OPTS = [
     "TRAIN.PRINT_FREQ",
     "1",
 ]
+
+PETS = "configs/datasets/oxford_pets.yaml"
+DTD = "configs/datasets/dtd.yaml"
+
+
+class Case(NamedTuple):
+    """A trainer configuration run end to end: its dataset ("pets" or "dtd", conftest's
+    generated data), config files and extra KEY VALUE options."""
+
+    trainer: str
+    config: str
+    data: str
+    dataset_config: str
+    opts: tuple = ()
+
+    def args(self, root, clip_path, output_dir, *extra, seed=1):
+        """train.py's arguments for this case (2 epochs, 4 shots), `extra` appended."""
+        return [
+            "--seed", seed, "--trainer", self.trainer, "--config-file", self.config, "--root", root,
+            "--dataset-config-file", self.dataset_config, "--output-dir", output_dir,
+            "MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", "OPTIM.MAX_EPOCH", "2",
+            *self.opts, *extra,
+        ]  # fmt: skip
+
+
+CASES = {
+    "CoOp": Case("CoOp", "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", "pets", PETS),
+    "CoCoOp": Case("CoCoOp", "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml", "pets", PETS),
+    # amp: every loss term must be kept and logged in the mixed-precision mode as well.
+    "KgCoOp": Case(
+        "KgCoOp", "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml", "dtd", DTD, ("TRAINER.PREC", "amp")
+    ),
+    "MoCoOp-paper": Case(
+        "MoCoOp", "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml", "pets", PETS, ("OPTIM.WARMUP_EPOCH", "1")
+    ),
+    "MoCoOp-release": Case(
+        "MoCoOp",
+        "configs/trainers/MoCoOp/release_vit_b16_ep25.yaml",
+        "pets",
+        PETS,
+        ("OPTIM.WARMUP_EPOCH", "1"),
+    ),
+    "MoPD": Case("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", "pets", PETS),
+}
 
 
 def randomise_images(dataset_dir, seed=0):

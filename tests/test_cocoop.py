@@ -1,22 +1,18 @@
 """CoCoOp: batched image-conditioned prompts, learnable tensors, base-to-new end to end."""
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-from dassl.config import get_cfg_default
-
+import trainers
 from clipprompt.clip_loading import clip
 from clipprompt.text_encoder import TextEncoder
-from tests.e2e import TINY_OPTS, evaluated_log, read_log, result_accuracy, run_train
-from trainers import cocoop, prompt_trainer
+from tests.e2e import read_log
+from trainers import cocoop
 
 CLASSES = ["abyssinian", "school bus", "globe_thistle", "Annual Crop Land", "dog"]
-CONFIG = "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 PETS = "configs/datasets/oxford_pets.yaml"
 LEARNABLE = [
     "prompt_learner.ctx",
@@ -27,23 +23,10 @@ LEARNABLE = [
 ]
 
 
-def make_cfg(**opts):
-    cfg = get_cfg_default()
-    prompt_trainer.add_config(cfg)
-    cocoop.add_config(cfg)
-    for key, value in opts.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return cfg
-
-
-def build(clip_model, chunk_size=0, **opts):
-    cfg = make_cfg(**opts)
-    learner = cocoop.PromptLearner(cfg, CLASSES, clip_model)
-    return cocoop.CustomCLIP(learner, TextEncoder(clip_model, chunk_size=chunk_size), clip_model)
+def build(clip_model, chunk_size=0, reduction=16):
+    """CoCoOp's model as its configs build it: 4 context vectors from "a photo of a"."""
+    prompt = cocoop.ConditionalPrompt(CLASSES, clip_model, 4, "a photo of a", reduction)
+    return cocoop.ConditionalCLIP(clip_model, prompt, TextEncoder(clip_model, chunk_size=chunk_size))
 
 
 def reference_logits(model, clip_model, image):
@@ -106,7 +89,7 @@ def test_context_starts_from_the_init_words_and_meta_net_shape(tiny_clip):
 
 def test_bad_meta_net_reduction_is_rejected(tiny_clip):
     with pytest.raises(ValueError, match="META_NET_REDUCTION"):
-        build(tiny_clip, **{"TRAINER.COCOOP.META_NET_REDUCTION": 0})
+        build(tiny_clip, reduction=0)
 
 
 def test_gradients_reach_only_context_and_meta_net(tiny_clip):
@@ -124,76 +107,12 @@ def test_gradients_reach_only_context_and_meta_net(tiny_clip):
     [("vit_b16_c4_ep10_batch1_ctxv1", 1, 0.002), ("vit_b16_c4_ep10_batch8_ctxv1", 8, 0.016)],
 )
 def test_configs(name, batch, lr):
-    from train import parse_args, setup_cfg
-
-    cfg = setup_cfg(
-        parse_args(
-            [
-                "--trainer",
-                "CoCoOp",
-                "--dataset-config-file",
-                PETS,
-                "--config-file",
-                f"configs/trainers/CoCoOp/{name}.yaml",
-            ]
-        )
-    )
+    cfg = trainers.make_cfg("CoCoOp", PETS, f"configs/trainers/CoCoOp/{name}.yaml")
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH) == (batch, lr, 10)
     assert (cfg.TRAINER.COCOOP.N_CTX, cfg.TRAINER.COCOOP.CTX_INIT) == (4, "a photo of a")
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR, cfg.TRAINER.PREC) == (1, 1e-5, "fp16")
 
 
-# ---------------------------------------------------------------------- end to end
-
-
-def common(root, clip_path, output_dir, *extra):
-    return [
-        "--seed",
-        1,
-        "--trainer",
-        "CoCoOp",
-        "--config-file",
-        CONFIG,
-        "--root",
-        root,
-        "--dataset-config-file",
-        PETS,
-        "--output-dir",
-        output_dir,
-        "MODEL.BACKBONE.NAME",
-        clip_path,
-        *TINY_OPTS,
-        "DATASET.NUM_SHOTS",
-        "4",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def base_run(pets, tiny_clip_path, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("cocoop") / "train_base")
-    run_train(*common(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
-    return out
-
-
-def test_cocoop_trains_on_base_classes(base_run):
-    log = read_log(base_run)
-    assert "epoch [2/2]" in log
+def test_training_run_learns_context_and_meta_net_only(base_run):
+    log = read_log(base_run("CoCoOp"))
     assert f"Learnable tensors (514 values): {', '.join(LEARNABLE)}\n" in log  # CLIP stays frozen
-    assert 0 <= result_accuracy(log) <= 100
-    assert log.rstrip().splitlines()[-1].startswith("Elapsed")
-    ckpt = torch.load(os.path.join(base_run, "prompt_learner", "model.pth.tar-2"), weights_only=True)
-    assert sorted(ckpt["state_dict"]) == sorted(LEARNABLE)
-    assert ckpt["state_dict"]["prompt_learner.ctx"].shape == (4, 64)
-
-
-def test_cocoop_base_model_evaluates_on_new_classes(base_run, pets, tiny_clip_path, tmp_path):
-    out = str(tmp_path / "test_new")
-    run_train(
-        "--eval-only",
-        "--model-dir",
-        base_run,
-        *common(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "new"),
-    )
-    log = evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
-    assert log.rstrip().splitlines()[-1].startswith("* macro_f1")

@@ -83,15 +83,6 @@ def test_pool_sizes_and_distinct(name, size):
     assert len(set(pool)) == size, f"{name} repeats a template"
 
 
-def test_pools_are_the_module_constants():
-    assert hard_prompts.POOLS == {
-        "imagenet80": hard_prompts.IMAGENET_80,
-        "ensemble7": hard_prompts.ENSEMBLE_7,
-        "lasp": hard_prompts.LASP_34,
-        "noisy": hard_prompts.NOISY_12,
-    }
-
-
 def test_ensemble_is_clips_forward_selection_subset():
     assert hard_prompts.ENSEMBLE_7 == (
         "itap of a {}.",

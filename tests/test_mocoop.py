@@ -1,6 +1,5 @@
 """MoCoOp: the model (gradients, caching, class order), checkpoints, and end-to-end runs."""
 
-import json
 import os
 
 import pytest
@@ -8,32 +7,27 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-import train
+import trainers
 from clipprompt import mixture
 from clipprompt.clip_loading import build_tiny_clip
 from clipprompt.templates import fill
 from clipprompt.text_encoder import TextEncoder, encode_texts
-from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
-from trainers.mocoop import MixtureCLIP
+from tests.e2e import CASES, read_log, run_train
 
 PETS = "configs/datasets/oxford_pets.yaml"
+DTD = "configs/datasets/dtd.yaml"
 PRESETS = {p: f"configs/trainers/MoCoOp/{p}_vit_b16_ep25.yaml" for p in ("paper", "release")}
 BASE = ["abyssinian", "beagle"]
 NEW = ["bengal", "boxer", "chihuahua"]
 
 
 def make_cfg(preset="paper", *opts):
-    args = ["--trainer", "MoCoOp", "--dataset-config-file", PETS, "--config-file", PRESETS[preset], *opts]
-    return train.setup_cfg(train.parse_args(args))
+    return trainers.make_cfg("MoCoOp", PETS, PRESETS[preset], ["INPUT.SIZE", "(32, 32)", *opts])
 
 
-def build(cfg, clip_model, classnames=BASE, text_classnames=BASE + NEW):
-    prompts = cfg.DATASET.PROMPTS
-    templates = list(prompts.EXPERT_TEMPLATES)
-    groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
-    return MixtureCLIP(
-        cfg, groups, templates, classnames, text_classnames, clip_model, TextEncoder(clip_model)
-    )
+def build(cfg, clip_model):
+    """The trainer's model for BASE, with NEW as the dataset's other (virtual) classes."""
+    return trainers.build_trainer(cfg, BASE, BASE + NEW, clip_model=clip_model).model
 
 
 def fresh_clip():
@@ -140,86 +134,21 @@ def test_every_precision_keeps_every_loss_term(prec):
     assert all(torch.isfinite(t) and t.dtype == torch.float32 for t in terms.values())
 
 
-# ----------------------------------------------------------------------------- end to end
+# ----------------------------------------------------------------------------- end to end (shared runs)
 
 
-def mocoop_run(preset, root, clip_path, out, flags=(), opts=(), check=True):
-    return run_train(
-        "--seed",
-        1,
-        "--trainer",
-        "MoCoOp",
-        "--config-file",
-        PRESETS[preset],
-        "--root",
-        root,
-        "--dataset-config-file",
-        PETS,
-        "--output-dir",
-        out,
-        *flags,
-        "MODEL.BACKBONE.NAME",
-        clip_path,
-        *TINY_OPTS,
-        "DATASET.NUM_SHOTS",
-        "4",
-        "OPTIM.MAX_EPOCH",
-        "2",
-        "OPTIM.WARMUP_EPOCH",
-        "1",
-        *opts,
-        check=check,
-    )
+def mocoop_eval(preset, root, dataset_config, clip_path, out, model_dir, *opts):
+    args = CASES[f"MoCoOp-{preset}"].args(root, clip_path, out, *opts)
+    args[args.index("--dataset-config-file") + 1] = dataset_config
+    return run_train(*args, "--eval-only", "--model-dir", model_dir, check=False)
 
 
-@pytest.fixture(scope="module")
-def trained(pets, tiny_clip_path, tmp_path_factory):
-    """train_base output directory of a preset, trained once per module on first use."""
-    runs = {}
-
-    def get(preset):
-        if preset not in runs:
-            out = str(tmp_path_factory.mktemp(preset) / "train_base")
-            mocoop_run(preset, pets, tiny_clip_path, out, opts=("DATASET.SUBSAMPLE_CLASSES", "base"))
-            runs[preset] = out
-        return runs[preset]
-
-    return get
-
-
-@pytest.fixture(params=["paper", "release"])
-def base_run(request, trained):
-    return request.param, trained(request.param)
-
-
-def test_base_to_new_end_to_end(base_run, pets, tiny_clip_path, tmp_path):
-    preset, train_dir = base_run
-    log = read_log(train_dir)
-    result_accuracy(log)
-    assert "6 experts, top-2, 6 text classes (3 virtual)" in log
-    with open(os.path.join(train_dir, "expert_stats.json")) as f:
-        stats = json.load(f)
-    assert [(r["epoch"], r["split"]) for r in stats["records"]] == [(1, "train"), (2, "train"), (2, "test")]
-    for record in stats["records"]:
-        assert sum(record["selection_share"]) == pytest.approx(1.0)
-        assert sum(record["mean_weight"]) == pytest.approx(1.0)
-
-    out = str(tmp_path / "test_new")
-    mocoop_run(
-        preset,
-        pets,
-        tiny_clip_path,
-        out,
-        ("--eval-only", "--model-dir", train_dir),
-        ("DATASET.SUBSAMPLE_CLASSES", "new"),
-    )
-    log = read_log(out)
-    assert "model.pth.tar-2 (epoch 2)" in log and "* total: 9" in log
-    result_accuracy(log)
+@pytest.mark.parametrize("preset", ["paper", "release"])
+def test_base_run_reports_experts_and_virtual_classes(preset, base_run):
+    assert "6 experts, top-2, 6 text classes (3 virtual)" in read_log(base_run(f"MoCoOp-{preset}"))
 
 
 def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_clip_path, tmp_path):
-    _, train_dir = base_run
     opts = (
         "DATASET.SUBSAMPLE_CLASSES",
         "new",
@@ -228,15 +157,8 @@ def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_cl
         "TRAINER.MOCOOP.TOPK",
         "1",
     )
-    proc = mocoop_run(
-        "paper",
-        pets,
-        tiny_clip_path,
-        str(tmp_path / "single"),
-        ("--eval-only", "--model-dir", train_dir),
-        opts,
-        check=False,
-    )
+    train_dir = base_run("MoCoOp-paper")
+    proc = mocoop_eval("paper", pets, PETS, tiny_clip_path, str(tmp_path / "single"), train_dir, *opts)
     assert proc.returncode != 0
     assert "does not fit the model" in proc.stderr
     assert (
@@ -244,46 +166,17 @@ def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_cl
     )
 
 
-def test_cross_dataset_evaluation_uses_the_source_experts(trained, tiny_clip_path, tmp_path):
+def test_cross_dataset_evaluation_uses_the_source_experts(base_run, dtd, tiny_clip_path, tmp_path):
     """A pets-trained model (6 experts) evaluated on DTD (5 experts of its own): it needs the
     source's experts (DATASET.SOURCE_CONFIG); without them the checkpoint does not fit."""
-    preset, train_dir = "paper", trained("paper")
-    from tests.dataset_layouts import make_dtd
-
-    root = str(tmp_path / "data")
-    randomise_images(make_dtd(root, num_classes=3, per_class=(1, 1, 2)).dataset_dir)
-
-    def evaluate(out, *opts):
-        return run_train(
-            "--seed",
-            1,
-            "--trainer",
-            "MoCoOp",
-            "--config-file",
-            PRESETS[preset],
-            "--root",
-            root,
-            "--dataset-config-file",
-            "configs/datasets/dtd.yaml",
-            "--output-dir",
-            out,
-            "--eval-only",
-            "--model-dir",
-            train_dir,
-            "MODEL.BACKBONE.NAME",
-            tiny_clip_path,
-            *TINY_OPTS,
-            *opts,
-            check=False,
-        )
-
-    proc = evaluate(str(tmp_path / "own_experts"))
-    assert proc.returncode != 0 and "'prompt_learner.ctx' has shape" in proc.stderr
+    train_dir = base_run("MoCoOp-paper")
+    own = mocoop_eval("paper", dtd, DTD, tiny_clip_path, str(tmp_path / "own_experts"), train_dir)
+    assert own.returncode != 0 and "'prompt_learner.ctx' has shape" in own.stderr
     out = str(tmp_path / "source_experts")
-    proc = evaluate(out, "DATASET.SOURCE_CONFIG", PETS)
+    proc = mocoop_eval("paper", dtd, DTD, tiny_clip_path, out, train_dir, "DATASET.SOURCE_CONFIG", PETS)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = read_log(out)
-    assert "6 experts, top-2" in log and "* total: 6" in log
+    assert "6 experts, top-2" in log and "* total: 18" in log
 
 
 def test_cls_temperature_rescales_logits_only(tiny_clip):
@@ -312,7 +205,7 @@ def test_imagenet_memory_settings_of_every_expert_config(stem):
     """A config that keeps the 20 ImageNet experts needs the chunked, checkpointed text encoder
     there (docs/PERFORMANCE.md); the scripts pick <config>/imagenet.yaml, which must change
     nothing else."""
-    from trainers.config_files import read_config_file
+    from trainers.config import read_config_file
 
     shared = read_config_file(os.path.join(MOCOOP_CONFIGS, f"{stem}.yaml"))
     per_dataset = os.path.join(MOCOOP_CONFIGS, stem, "imagenet.yaml")

@@ -1,6 +1,7 @@
 """MoPD: loss terms against references written from the spec, gradient routing, precision
 modes, checkpoint contents, teacher pools, and an end-to-end base-to-new run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from clipprompt.distillation import (
 from clipprompt.hard_prompts import POOLS
 from clipprompt.routing import gather_selected
 from tests.conftest import ROOT
-from tests.e2e import TINY_OPTS, evaluated_log, read_log, result_accuracy, run_train
+from tests.e2e import CASES, DTD, TINY_OPTS, read_log, run_train
 
 B, H, C, K = 5, 6, 7, 3
 
@@ -165,30 +166,29 @@ def test_teacher_pools(mopd):
 
 
 def build_model(mopd, clip_model, classnames=("cat", "dog", "red fox", "owl")):
-    from yacs.config import CfgNode as CN
-
+    """The trainer's model with four teachers and the student of the configs (4 context
+    vectors from "a photo of a"), T = 2, W 0.8, W2 0.1."""
+    from clipprompt.model import ContextPrompt
     from clipprompt.templates import fill
     from clipprompt.text_encoder import TextEncoder, encode_texts
 
-    cfg = CN()
-    cfg.TRAINER = CN()
-    cfg.TRAINER.TEXT_ENCODER = CN()
-    cfg.TRAINER.TEXT_ENCODER.TRUNCATE = True
-    mopd.add_config(cfg)
     encoder = TextEncoder(clip_model)
     templates = ["a photo of a {}.", "a drawing of a {}.", "itap of a {}.", "a {} in the snow."]
     texts = [fill(t, c) for t in templates for c in classnames]
     table = encode_texts(encoder, clip_model.token_embedding, texts).view(len(templates), len(classnames), -1)
-    model = mopd.CustomCLIP(mopd.PromptLearner(cfg, classnames, clip_model), encoder, clip_model, table)
+    student = ContextPrompt(classnames, clip_model.token_embedding, 4, "a photo of a")
+    options = mopd.DistillationOptions(num_teachers=2, w=0.8, w2=0.1, temperature=1.0, combine="weighted_kl")
+    model = mopd.DistilledCLIP(clip_model, student, encoder, templates, table, options)
     with torch.no_grad():  # away from the zero initialisation, where all teachers tie
         model.gate.linear.weight.normal_(0, 1.0)
     return model
 
 
 def gradients(model, image, label, combine="weighted_kl", terms=("loss_ce", "loss_mpd", "loss_mps"), tkd=1.0):
+    """Gradients of the context and the gate from the model's own loss terms `terms`."""
     model.zero_grad()
-    student, teachers, scores = model.forward_train(image)
-    losses, _, _ = mopd_losses(student, teachers, scores, label, 2, 0.8, 0.1, tkd, combine)
+    model.options = dataclasses.replace(model.options, combine=combine, temperature=tkd)
+    losses, _, _ = model.losses(image, label)
     sum(losses[t] for t in terms).backward()
     ctx, gate = model.prompt_learner.ctx.grad, model.gate.linear.weight.grad
     return (None if ctx is None else ctx.clone()), (None if gate is None else gate.clone())
@@ -244,44 +244,25 @@ def test_inference_uses_the_student_only(mopd, tiny_clip, batch):
 # ---------------------------------------------------------------- train.py (Dassl)
 
 PETS = "configs/datasets/oxford_pets.yaml"
-MOPD_PETS = "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml"
 PETS_TEACHERS = 12
 
 
-def args(root, clip_path, output_dir, *extra, flags=()):
-    return [
-        "--seed",
-        1,
-        "--trainer",
-        "MoPD",
-        "--config-file",
-        MOPD_PETS,
-        "--root",
-        root,
-        "--dataset-config-file",
-        PETS,
-        "--output-dir",
-        output_dir,
-        *flags,
-        "MODEL.BACKBONE.NAME",
-        clip_path,
-        *TINY_OPTS,
-        "DATASET.NUM_SHOTS",
-        "4",
-        *extra,
-    ]
+def build_trainer(root, clip_path, output_dir, *opts, dataset_config=PETS):
+    import trainers
+
+    case = CASES["MoPD"]
+    options = ["MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *opts]
+    cfg = trainers.make_cfg(
+        "MoPD", dataset_config, case.config, options, root=root, output_dir=output_dir, seed=1
+    )
+    return trainers.build_trainer(cfg)
 
 
 @pytest.mark.parametrize("prec", ["fp32", "fp16", "amp"])
 def test_every_precision_keeps_three_finite_terms(mopd, pets, tiny_clip_path, tmp_path, prec):
-    from dassl.engine import build_trainer
-
-    import train
-
-    argv = args(
+    trainer = build_trainer(
         pets, tiny_clip_path, str(tmp_path), "TRAINER.PREC", prec, "DATASET.SUBSAMPLE_CLASSES", "base"
     )
-    trainer = build_trainer(train.setup_cfg(train.parse_args(list(map(str, argv)))))
     assert trainer.model.dtype == (torch.float16 if prec == "fp16" else torch.float32)
     if prec == "amp":
         assert trainer.amp_dtype == torch.bfloat16  # CPU autocast
@@ -299,105 +280,70 @@ def test_every_precision_keeps_three_finite_terms(mopd, pets, tiny_clip_path, tm
             assert not torch.equal(p.detach(), before[name]), f"{name} not updated under {prec}"
 
 
-@pytest.fixture(scope="module")
-def base_run(mopd, pets, tiny_clip_path, tmp_path_factory):
-    """A 2-epoch MoPD training on the base classes (`mopd`: skipped without Dassl)."""
-    out = str(tmp_path_factory.mktemp("mopd") / "train_base")
-    run_train(*args(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
-    return out
-
-
 def read_stats(output_dir):
     with open(os.path.join(output_dir, "teacher_stats.json")) as f:
         return json.load(f)
 
 
-def test_base_run_logs_losses_and_teacher_stats(base_run):
-    log = read_log(base_run)
-    assert log.rstrip().splitlines()[-1].startswith("Elapsed")
-    assert 0 <= result_accuracy(log) <= 100
+def test_base_run_logs_losses_and_teacher_stats(mopd, base_run):
+    train_dir = base_run("MoPD")
+    log = read_log(train_dir)
     assert "Routing on test (epoch 2, 9 images)" in log.split("=> result")[-1]
-    assert "epoch [2/2]" in log and "loss_mpd" in log and "loss_mps" in log
+    steps = [line for line in log.splitlines() if line.startswith("epoch [")]
+    assert all("loss_ce" in s and "loss_mpd" in s and "loss_mps" in s for s in steps)
     assert "Routing on train (epoch 2, 12 images)" in log  # 3 base classes x 4 shots
-    stats = read_stats(base_run)
+    stats = read_stats(train_dir)
     with open(os.path.join(ROOT, PETS)) as f:
         assert stats["names"] == yaml.safe_load(f)["DATASET"]["PROMPTS"]["TEACHER_TEMPLATES"]
     assert stats["top_k"] == 3
-    assert [(r["epoch"], r["split"]) for r in stats["records"]] == [(1, "train"), (2, "train"), (2, "test")]
-    for r in stats["records"]:
-        assert sum(r["selection_share"]) == pytest.approx(1) and sum(r["mean_weight"]) == pytest.approx(1)
-    with open(os.path.join(base_run, "teacher_stats.csv")) as f:
+    with open(os.path.join(train_dir, "teacher_stats.csv")) as f:
         assert len(f.readlines()) == 1 + 3 * PETS_TEACHERS
 
 
-def test_checkpoint_holds_the_context_and_the_gate_only(base_run):
-    ckpt = torch.load(os.path.join(base_run, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+def test_checkpoint_holds_the_context_and_the_gate_only(mopd, base_run):
+    ckpt = torch.load(os.path.join(base_run("MoPD"), "prompt_learner", "model.pth.tar-2"), weights_only=True)
     shapes = {n: tuple(t.shape) for n, t in ckpt["state_dict"].items()}
     assert shapes == {"prompt_learner.ctx": (4, 64), "gate.linear.weight": (PETS_TEACHERS, 32)}
 
 
-def test_base_model_evaluates_on_new_classes(base_run, pets, tiny_clip_path, tmp_path):
-    out = str(tmp_path / "test_new")
-    run_train(
-        *args(
-            pets,
-            tiny_clip_path,
-            out,
-            "DATASET.SUBSAMPLE_CLASSES",
-            "new",
-            flags=("--eval-only", "--model-dir", base_run),
-        )
-    )
-    evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
-    assert [(r["epoch"], r["split"], r["count"]) for r in read_stats(out)["records"]] == [(2, "test", 9)]
-
-
-def test_resumed_run_keeps_earlier_teacher_stats(base_run, pets, tiny_clip_path, tmp_path):
+def test_resumed_run_keeps_earlier_teacher_stats(mopd, base_run, pets, tiny_clip_path, tmp_path):
     # An interruption after epoch 1: a copy of the run whose newest checkpoint is epoch 1.
+    train_dir = base_run("MoPD")
     out = str(tmp_path / "train_base")
-    shutil.copytree(base_run, out)
+    shutil.copytree(train_dir, out)
     with open(os.path.join(out, "config.yaml")) as f:
-        config = f.read().replace(base_run, out)
+        config = f.read().replace(train_dir, out)
     with open(os.path.join(out, "config.yaml"), "w") as f:
         f.write(config)
     os.remove(os.path.join(out, "prompt_learner", "model.pth.tar-2"))
     with open(os.path.join(out, "prompt_learner", "checkpoint"), "w") as f:
         f.write("model.pth.tar-1\n")
-    run_train(*args(pets, tiny_clip_path, out, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"))
-    resumed, original = read_stats(out)["records"], read_stats(base_run)["records"]
+    run_train(*CASES["MoPD"].args(pets, tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "base"))
+    resumed, original = read_stats(out)["records"], read_stats(train_dir)["records"]
     assert [(r["epoch"], r["split"]) for r in resumed] == [(1, "train"), (2, "train"), (2, "test")]
     for a, b in zip(resumed, original):
         assert a["selection_share"] == pytest.approx(b["selection_share"])
 
 
-def test_cross_dataset_evaluation_builds_the_source_teacher_pool(mopd, base_run, tiny_clip_path, tmp_path):
-    from dassl.engine import build_trainer
-
-    import train
-    from tests.dataset_layouts import make_dtd
-
-    root = tmp_path / "data"
-    make_dtd(str(root), num_classes=2, per_class=(1, 1, 2))
-    argv = args(str(root), tiny_clip_path, str(tmp_path / "xd"), "DATASET.SOURCE_CONFIG", PETS)
-    argv[argv.index("--dataset-config-file") + 1] = "configs/datasets/dtd.yaml"
-    trainer = build_trainer(train.setup_cfg(train.parse_args(list(map(str, argv)))))
-    assert trainer.routing_stats.names == read_stats(base_run)["names"]  # the pets pool, not DTD's
-    trainer.load_model(base_run)
+def test_cross_dataset_evaluation_builds_the_source_teacher_pool(
+    mopd, base_run, dtd, tiny_clip_path, tmp_path
+):
+    train_dir = base_run("MoPD")
+    out = str(tmp_path / "xd")
+    trainer = build_trainer(dtd, tiny_clip_path, out, "DATASET.SOURCE_CONFIG", PETS, dataset_config=DTD)
+    assert trainer.routing_stats.names == read_stats(train_dir)["names"]  # the pets pool, not DTD's
+    trainer.load_model(train_dir)
     trainer.test()
-    stats = read_stats(str(tmp_path / "xd"))
-    assert stats["names"] == read_stats(base_run)["names"]
-    assert [(r["epoch"], r["split"], r["count"]) for r in stats["records"]] == [(2, "test", 4)]
+    stats = read_stats(out)
+    assert stats["names"] == read_stats(train_dir)["names"]
+    assert [(r["epoch"], r["split"], r["count"]) for r in stats["records"]] == [(2, "test", 18)]
 
 
-def test_unknown_pool_is_a_clear_error(mopd, pets, tiny_clip_path, tmp_path):
-    from dassl.engine import build_trainer
+def test_unknown_pool_is_a_clear_error(mopd):
+    import trainers
 
-    import train
-
-    argv = args(pets, tiny_clip_path, str(tmp_path), "TRAINER.MOPD.POOL", "task+bogus")
-    cfg = train.setup_cfg(train.parse_args(list(map(str, argv))))
     with pytest.raises(ValueError, match=r"TRAINER.MOPD.POOL 'task\+bogus': unknown pool 'bogus'"):
-        build_trainer(cfg)
+        trainers.make_cfg("MoPD", PETS, CASES["MoPD"].config, ["TRAINER.MOPD.POOL", "task+bogus"])
 
 
 # spec mopd.md §3: W, W2, T, epochs; the DG targets of an ImageNet-trained model use ImageNet's.
@@ -419,19 +365,10 @@ CONFIGS = os.path.join(ROOT, "configs", "trainers", "MoPD")
 
 
 def mopd_cfg(dataset, config):
-    import train
+    import trainers
 
-    return train.setup_cfg(
-        train.parse_args(
-            [
-                "--trainer",
-                "MoPD",
-                "--dataset-config-file",
-                os.path.join(ROOT, "configs", "datasets", f"{dataset}.yaml"),
-                "--config-file",
-                os.path.join(CONFIGS, config),
-            ]
-        )
+    return trainers.make_cfg(
+        "MoPD", os.path.join(ROOT, "configs", "datasets", f"{dataset}.yaml"), os.path.join(CONFIGS, config)
     )
 
 

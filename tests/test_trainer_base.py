@@ -10,12 +10,11 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
-import train
+import trainers
 from clipprompt.schedule import EpochLRSchedule
 from tests.conftest import ROOT
 from tests.dataset_layouts import make_oxford_pets
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
-from trainers.prompt_trainer import load_learnable
 
 PETS = "configs/datasets/oxford_pets.yaml"
 COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
@@ -108,72 +107,72 @@ def test_schedule_keeps_group_multipliers_and_resumes():
     assert again.get_last_lr() == sched.get_last_lr()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def test_load_learnable_names_every_misfit():
-    model = torch.nn.Module()
-    model.ctx = torch.nn.Parameter(torch.zeros(4, 8))
-    model.router = torch.nn.Linear(8, 3)
-    state = {"ctx": torch.ones(16, 8), "router.weight": torch.ones(3, 8), "extra": torch.ones(1)}
-    with pytest.raises(RuntimeError) as err:
-        load_learnable(model, state, "ckpt.pth")
-    message = str(err.value)
-    assert "ckpt.pth" in message
-    assert "'ctx' has shape [16, 8] in the checkpoint but [4, 8]" in message
-    assert "'router.bias' is missing" in message and "'extra' is in the checkpoint" in message
-    load_learnable(
-        model, {"ctx": torch.ones(4, 8), "router.weight": torch.ones(3, 8), "router.bias": torch.ones(3)}, "x"
-    )
-    assert model.ctx.sum() == 32
-
-
 # ----------------------------------------------------------------------------- train.py config
-
-
-def setup(*argv):
-    return train.setup_cfg(train.parse_args(list(argv)))
 
 
 def test_unknown_trainer_dataset_and_key_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown trainer 'CoOOp': choose one of .*CoOp"):
-        setup("--trainer", "CoOOp")
+        trainers.make_cfg("CoOOp")
     bad = tmp_path / "bad.yaml"
     bad.write_text("DATASET:\n  NAME: OxfordPet\n")
     with pytest.raises(ValueError, match="Unknown dataset 'OxfordPet'.*OxfordPets"):
-        setup("--trainer", "CoOp", "--dataset-config-file", str(bad))
+        trainers.make_cfg("CoOp", str(bad))
     with pytest.raises(ValueError, match=r"vit_b16_ep25.yaml: Non-existent config key: TRAINER.MOCOOP"):
-        setup(
-            "--trainer",
-            "CoOp",
-            "--dataset-config-file",
-            PETS,
-            "--config-file",
-            "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml",
-        )
+        trainers.make_cfg("CoOp", PETS, "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml")
     with pytest.raises(ValueError, match="command-line options: Non-existent key: TRAINER.COOP.NCTX"):
-        setup("--trainer", "CoOp", "--dataset-config-file", PETS, "TRAINER.COOP.NCTX", "4")
+        trainers.make_cfg("CoOp", PETS, opts=["TRAINER.COOP.NCTX", "4"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
-        setup("--trainer", "CoOp", "--config-file", "missing.yaml")
+        trainers.make_cfg("CoOp", config_file="missing.yaml")
+
+
+def test_bad_values_fail_when_the_config_is_made():
+    with pytest.raises(ValueError, match="TRAINER.PREC must be one of"):
+        trainers.make_cfg("CoOp", PETS, opts=["TRAINER.PREC", "fp8"])
+    with pytest.raises(
+        ValueError, match=r"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts \(6\)"
+    ):
+        trainers.make_cfg(
+            "MoCoOp", PETS, "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml", ["TRAINER.MOCOOP.TOPK", "7"]
+        )
+
+
+def test_flags_come_after_the_files_and_before_the_options():
+    cfg = trainers.make_cfg(
+        "CoOp",
+        PETS,
+        COOP,
+        ["OUTPUT_DIR", "from_opts"],
+        root="data",
+        output_dir="from_flag",
+        seed=3,
+        backbone="x.pt",
+    )
+    assert (cfg.DATASET.ROOT, cfg.OUTPUT_DIR, cfg.SEED, cfg.MODEL.BACKBONE.NAME) == (
+        "data",
+        "from_opts",
+        3,
+        "x.pt",
+    )
+    assert cfg.OPTIM.MAX_EPOCH == 50 and cfg.is_frozen()
 
 
 def test_variant_configs_inherit_imagenet_prompts():
-    imagenet = setup("--trainer", "MoCoOp", "--dataset-config-file", "configs/datasets/imagenet.yaml")
+    imagenet = trainers.make_cfg("MoCoOp", "configs/datasets/imagenet.yaml")
     for name, registered in [
         ("imagenetv2", "ImageNetV2"),
         ("imagenet_sketch", "ImageNetSketch"),
         ("imagenet_a", "ImageNetA"),
         ("imagenet_r", "ImageNetR"),
     ]:
-        variant = setup("--trainer", "MoCoOp", "--dataset-config-file", f"configs/datasets/{name}.yaml")
+        variant = trainers.make_cfg("MoCoOp", f"configs/datasets/{name}.yaml")
         assert variant.DATASET.NAME == registered
         assert variant.DATASET.PROMPTS == imagenet.DATASET.PROMPTS
         assert len(variant.DATASET.PROMPTS.EXPERT_GROUPS) == 20
 
 
 def test_seed_zero_is_kept():
-    assert setup("--trainer", "CoOp", "--dataset-config-file", PETS, "--seed", "0").SEED == 0
-    assert setup("--trainer", "CoOp", "--dataset-config-file", PETS).SEED == -1
+    assert trainers.make_cfg("CoOp", PETS, seed=0).SEED == 0
+    assert trainers.make_cfg("CoOp", PETS).SEED == -1
 
 
 # ----------------------------------------------------------------------------- in-process trainer
@@ -189,29 +188,9 @@ def pets5(tmp_path_factory):
 
 
 def build_trainer(root, clip_path, output_dir, *opts, trainer="CoOp", config=COOP):
-    from dassl.engine import build_trainer as dassl_build
-
-    cfg = setup(
-        "--trainer",
-        trainer,
-        "--root",
-        root,
-        "--dataset-config-file",
-        PETS,
-        "--config-file",
-        config,
-        "--output-dir",
-        str(output_dir),
-        "--seed",
-        "1",
-        "MODEL.BACKBONE.NAME",
-        clip_path,
-        *TINY_OPTS,
-        "DATASET.NUM_SHOTS",
-        "4",
-        *opts,
-    )
-    return dassl_build(cfg)
+    options = ["MODEL.BACKBONE.NAME", clip_path, *TINY_OPTS, "DATASET.NUM_SHOTS", "4", *opts]
+    cfg = trainers.make_cfg(trainer, PETS, config, options, root=root, output_dir=str(output_dir), seed=1)
+    return trainers.build_trainer(cfg)
 
 
 def test_evaluation_encodes_prompts_once(pets5, tiny_clip_path, tmp_path, monkeypatch):
@@ -393,21 +372,12 @@ TRAINER_CONFIGS = sorted(
 @pytest.mark.parametrize("config", TRAINER_CONFIGS)
 def test_every_trainer_config_loads(config):
     trainer = config.split(os.sep)[2]
-    cfg = setup(
-        "--trainer", trainer, "--dataset-config-file", PETS, "--config-file", os.path.join(ROOT, config)
-    )
+    cfg = trainers.make_cfg(trainer, PETS, os.path.join(ROOT, config))
     assert cfg.TRAINER.NAME == trainer and cfg.OPTIM.MAX_EPOCH > 0
 
 
 def test_base_list_merges_in_order():
-    cfg = setup(
-        "--trainer",
-        "MoCoOp",
-        "--dataset-config-file",
-        PETS,
-        "--config-file",
-        "configs/trainers/MoCoOp/demo.yaml",
-    )
+    cfg = trainers.make_cfg("MoCoOp", PETS, "configs/trainers/MoCoOp/demo.yaml")
     assert (
         cfg.OPTIM.LR == 0.064 and cfg.OPTIM.MAX_EPOCH == 30 and cfg.OPTIM.WARMUP_EPOCH == 1
     )  # demo base last

@@ -5,7 +5,7 @@
         [--trainers CoOp MoCoOp ...] [--dataset oxford_pets] [--forward] [--json out.json]
     python -m tools.benchmark --scale imagenet [--device cuda]
 
-Every model is a real trainer: the config comes from `train.setup_cfg` (the dataset config and
+Every model is a real trainer: the config comes from `trainers.make_cfg` (the dataset config and
 the trainer config the protocol scripts use, per-dataset files included) and the model from
 the trainer's own `build_model`, with CLIP ViT-B/16's architecture and random weights loaded
 through `MODEL.BACKBONE.NAME`. Only Dassl's data loaders are left out: the trainer is given
@@ -50,15 +50,13 @@ import random
 import statistics
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
-from dassl.engine.trainer import TrainerBase
 from tabulate import tabulate
 
-import train
+import trainers
 from clipprompt.caching import CachedTextFeatures
-from clipprompt.clip_loading import build_tiny_clip, convert_weights, save_clip_state_dict
+from clipprompt.clip_loading import build_tiny_clip, convert_weights, load_clip, save_clip_state_dict
 from clipprompt.prompts import PromptAssembler
 from clipprompt.templates import _TOKENIZER, PromptForm, bpe, clean_classname
 from clipprompt.text_encoder import TextEncoder, transformer_calls
@@ -275,7 +273,7 @@ def dataset_file(dataset):
 
 def expert_groups(dataset, experts=None):
     """(group sizes, flat templates) of the first `experts` expert groups of a dataset config."""
-    prompts = train.read_config_file(dataset_file(dataset))["DATASET"]["PROMPTS"]
+    prompts = trainers.read_config_file(dataset_file(dataset))["DATASET"]["PROMPTS"]
     sizes, templates = list(prompts["EXPERT_GROUPS"]), list(prompts["EXPERT_TEMPLATES"])
     experts = experts or len(sizes)
     if not 1 <= experts <= len(sizes):
@@ -294,23 +292,13 @@ def expert_subset(dataset, experts):
 def make_cfg(name, args, clip_path, opts=()):
     trainer, config, _ = TRAINERS[name]
     extra = expert_subset(args.dataset, args.experts) if trainer == "MoCoOp" and args.experts else []
-    argv = [
-        "--trainer",
-        trainer,
-        "--dataset-config-file",
-        dataset_file(args.dataset),
-        "--config-file",
-        trainer_config_file(trainer, config, args.dataset),
-        "MODEL.BACKBONE.NAME",
-        clip_path,
-        "TRAINER.PREC",
-        args.prec,
-        "INPUT.SIZE",
-        f"({args.image_size}, {args.image_size})",
-        *extra,
-        *opts,
-    ]
-    return train.setup_cfg(train.parse_args(argv))
+    options = [
+        "MODEL.BACKBONE.NAME", clip_path, "TRAINER.PREC", args.prec, "INPUT.SIZE",
+        f"({args.image_size}, {args.image_size})", "USE_CUDA", str(args.device == "cuda"), *extra, *opts,
+    ]  # fmt: skip
+    return trainers.make_cfg(
+        trainer, dataset_file(args.dataset), trainer_config_file(trainer, config, args.dataset), options
+    )
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -440,7 +428,8 @@ def round_robin(fns, args, device, peak):
 
 
 class Bench:
-    """Builds trainers without Dassl's data loaders; frozen CLIP models are loaded once and shared."""
+    """Builds trainers for given class names (`trainers.build_trainer`, no data loaders); the
+    frozen CLIP is loaded once and shared (a trainer that trains CLIP weights copies it)."""
 
     def __init__(self, args, device, clip_path):
         self.args = args
@@ -450,37 +439,12 @@ class Bench:
 
     def build(self, name, base, virtual, opts=()):
         cfg = make_cfg(name, self.args, self.clip_path, opts)
-        cls = train.trainers.get_trainer_class(cfg.TRAINER.NAME)
-        trainer = cls.__new__(cls)
-        # Dassl's TrainerBase registries (models, optimisers, schedules); SimpleTrainer's
-        # __init__ would also build the data loaders, which a benchmark does not have.
-        TrainerBase.__init__(trainer)
-        trainer.cfg = cfg
-        trainer.device = self.device
-        trainer.dm = SimpleNamespace(
-            dataset=SimpleNamespace(classnames=list(base), all_classnames=list(base) + list(virtual))
-        )
-        trainer.check_cfg(cfg)
-        # The release preset trains the image LayerNorms of its CLIP: it gets a CLIP of its own.
-        owns_clip = cfg.TRAINER.NAME == "MoCoOp" and cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN
-        loaded = []
-
-        def load_clip():
-            if self.frozen_clip is not None and not owns_clip:
-                return self.frozen_clip
-            # On the device, as MoCoOp, KgCoOp, MoPD and ZeroshotCLIP put it: CoOp and CoCoOp
-            # move only their model, which leaves the token embedding where load_clip put it.
-            loaded.append(type(trainer).load_clip(trainer).to(self.device))
-            return loaded[-1]
-
-        trainer.load_clip = load_clip
+        if self.frozen_clip is None:
+            dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
+            self.frozen_clip = load_clip(self.clip_path, dtype=dtype).to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):
-            trainer.build_model()
-        if loaded and not owns_clip:
-            self.frozen_clip = loaded[0]
-        if self.frozen_clip is not None and any(p.requires_grad for p in self.frozen_clip.parameters()):
-            raise RuntimeError(
-                f"{name} made weights of the shared frozen CLIP learnable: give it its own copy"
+            trainer = trainers.build_trainer(
+                cfg, base, list(base) + list(virtual), clip_model=self.frozen_clip
             )
         trainer.batch_idx, trainer.num_batches = 0, 2  # never an epoch's last batch: no LR step
         return trainer

@@ -17,60 +17,40 @@ import re
 
 import torch
 
-from clipprompt import mixture
 from tools.demo_world import STYLES
 
 STYLE_IN_NAME = re.compile(r"_([a-z]+)\.png$")
 
 
 def routing_report(run_dir, root, split):
-    from dassl.engine import build_trainer
-
-    import train
+    import trainers
 
     # The run's resolved config, with this data root, split and output folder on top.
-    cfg = train.setup_cfg(
-        train.parse_args(
-            [
-                "--trainer",
-                "MoCoOp",
-                "--config-file",
-                os.path.join(run_dir, "config.yaml"),
-                "--root",
-                root,
-                "--output-dir",
-                os.path.join(run_dir, f"routing_{split}"),
-                "DATASET.SUBSAMPLE_CLASSES",
-                split,
-            ]
-        )
+    cfg = trainers.make_cfg(
+        "MoCoOp",
+        config_file=os.path.join(run_dir, "config.yaml"),
+        opts=["DATASET.SUBSAMPLE_CLASSES", split],
+        root=root,
+        output_dir=os.path.join(run_dir, f"routing_{split}"),
     )
-    trainer = build_trainer(cfg)
+    trainer = trainers.build_trainer(cfg)
     trainer.load_model(run_dir)
-    model, opts = trainer.model.eval(), cfg.TRAINER.MOCOOP
+    model = trainer.model.eval()
     counts = collections.defaultdict(collections.Counter)
     with torch.no_grad(), model.cached_text_features():
         for batch in trainer.test_loader:
             v = model.encode_image(batch["img"])
-            logits, index, _ = model.classify_features(v)
-            target = mixture.router_target(
-                v,
-                batch["label"],
-                model.prototypes,
-                model.group_mean,
-                opts.ROUTER_TARGET,
-                opts.ROUTER_TARGET_TOP2_BOOST,
-                opts.ROUTER_TEMPERATURE,
-            )
+            logits, routing = model.classify_features(v)
+            target = model.router_target(v, batch["label"])
             for i, path in enumerate(batch["impath"]):
                 style = STYLES.index(STYLE_IN_NAME.search(path).group(1))
                 c = counts[style]
                 c["images"] += 1
-                c["router"] += style in index[i].tolist()
-                c["reference"] += style in target[i].topk(opts.TOPK).indices.tolist()
+                c["router"] += style in routing.index[i].tolist()
+                c["reference"] += style in target[i].topk(model.top_k).indices.tolist()
                 c["peak"] += target[i].max().item()
                 c["correct"] += int(logits[i].argmax() == batch["label"][i])
-    return counts, opts.TOPK
+    return counts, model.top_k
 
 
 def main(argv=None):

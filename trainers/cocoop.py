@@ -15,7 +15,9 @@ from dassl.engine import TRAINER_REGISTRY
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from . import coop
+from clipprompt.model import ContextPrompt, PromptedCLIP
+
+from .prompt_trainer import PromptTrainer
 
 
 def add_config(cfg):
@@ -41,21 +43,27 @@ class MetaNet(nn.Sequential):
         super().__init__(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, text_dim))
 
 
-class PromptLearner(coop.PromptLearner):
+class ConditionalPrompt(ContextPrompt):
     """Context table `[M, d]` shifted per image: `forward(image_features)` → `[B, rows, L, d]`."""
 
-    def __init__(self, cfg, classnames, clip_model):
-        opts = cfg.TRAINER.COCOOP
-        super().__init__(cfg, classnames, clip_model, opts)
+    def __init__(self, classnames, clip_model, n_ctx, ctx_init, reduction, truncate=True):
+        super().__init__(classnames, clip_model.token_embedding, n_ctx, ctx_init, truncate=truncate)
         text_dim = clip_model.token_embedding.weight.shape[1]
-        self.meta_net = MetaNet(clip_model.visual.output_dim, text_dim, opts.META_NET_REDUCTION)
+        self.meta_net = MetaNet(clip_model.visual.output_dim, text_dim, reduction)
 
     def forward(self, image_features):
         shift = self.meta_net(image_features)  # [B, d]
         return self.assembler(self.ctx + shift[:, None, :])
 
 
-class CustomCLIP(coop.PromptedCLIP):
+class ConditionalCLIP(PromptedCLIP):
+    """Class features per image; trained with cross-entropy as CoOp."""
+
+    def __init__(self, clip_model, prompt_learner, text_encoder):
+        super().__init__(clip_model)
+        self.prompt_learner = prompt_learner
+        self.text_encoder = text_encoder
+
     def text_features(self, image_features):
         """Normalised class features per image, `[B, C, D]`, from one text-encoder call."""
         prompts, eot = self.prompt_learner(image_features)
@@ -63,19 +71,25 @@ class CustomCLIP(coop.PromptedCLIP):
         feats = self.text_encoder(prompts.flatten(0, 1), eot.repeat(batch))
         return F.normalize(feats.float(), dim=-1).view(batch, rows, -1)
 
-    def forward(self, image):
+    def classify(self, image):
         image_features = self.encode_image(image)
         text_features = self.text_features(image_features)
         logits = (text_features @ image_features[:, :, None]).squeeze(-1)
-        return self.logit_scale.exp() * logits
+        return self.logit_scale.exp() * logits, None
 
 
 @TRAINER_REGISTRY.register()
-class CoCoOp(coop.CoOp):
-    """CoOp's training step; only the model differs."""
-
+class CoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
 
-    def build_custom_clip(self, clip_model):
-        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
-        return CustomCLIP(prompt_learner, self.build_text_encoder(clip_model), clip_model)
+    def make_model(self, clip_model):
+        opts = self.cfg.TRAINER.COCOOP
+        prompt = ConditionalPrompt(
+            self.classnames,
+            clip_model,
+            opts.N_CTX,
+            opts.CTX_INIT,
+            opts.META_NET_REDUCTION,
+            self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
+        )
+        return ConditionalCLIP(clip_model, prompt, self.build_text_encoder(clip_model))

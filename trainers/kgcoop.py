@@ -4,7 +4,7 @@ Optimization". CVPR 2023.
 CoOp's prompt `[SOS] v1 .. vM CLASS . [EOS]` trained with cross-entropy plus
 `λ · (1 - mean_c cos(w_c, w_c^clip))`, which keeps the learned class text features `w_c` close
 to those of the dataset's hand-crafted prompt `w_c^clip` (`clipprompt.knowledge`). The
-hand-crafted features come from the frozen CLIP, so they are computed once in `build_model`;
+hand-crafted features come from the frozen CLIP, so they are computed once in `make_model`;
 evaluation uses only the learned prompts, encoded once per evaluation.
 """
 
@@ -13,9 +13,10 @@ from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
 from clipprompt.knowledge import knowledge_guided_loss
+from clipprompt.model import ContextPrompt, SoftPromptCLIP
+from clipprompt.templates import check_template
 from clipprompt.text_encoder import encode_templates
 
-from . import coop
 from .prompt_trainer import PromptTrainer
 
 
@@ -29,52 +30,49 @@ def add_config(cfg):
     cfg.TRAINER.KGCOOP.W = 8.0
 
 
-class PromptLearner(coop.PromptLearner):
-    def __init__(self, cfg, classnames, clip_model):
-        super().__init__(cfg, classnames, clip_model, cfg.TRAINER.KGCOOP)
+class KnowledgeGuidedCLIP(SoftPromptCLIP):
+    """CoOp's model holding the hand-crafted class features `[C, D]` (a constant buffer) and
+    the weight λ of the knowledge-guided term."""
 
-
-class KnowledgeGuidedCLIP(coop.CustomCLIP):
-    """CoOp's model holding the hand-crafted class features `[C, D]` (a constant buffer)."""
-
-    def __init__(self, prompt_learner, text_encoder, clip_model, hard_features):
-        super().__init__(prompt_learner, text_encoder, clip_model)
+    def __init__(self, clip_model, prompt_learner, text_encoder, hard_features, weight):
+        super().__init__(clip_model, prompt_learner, text_encoder)
         # Rebuilt from the frozen CLIP with the model; checkpoints do not carry it.
         self.register_buffer("hard_features", hard_features, persistent=False)
+        self.weight = weight
 
-    def classify(self, image, text_features):
-        return self.logit_scale.exp() * self.encode_image(image) @ text_features.t()
+    def losses(self, image, label):
+        # One encoding of the prompts serves both terms.
+        text_features = self.compute_text_features()
+        logits = self.similarity_logits(self.encode_image(image), text_features)
+        terms = {
+            "loss_ce": F.cross_entropy(logits.float(), label),
+            "loss_kg": self.weight * knowledge_guided_loss(text_features, self.hard_features),
+        }
+        return terms, logits, None
+
+
+def knowledge_template(prompts):
+    """The hand-crafted prompt of the knowledge-guided term: DATASET.PROMPTS.KNOWLEDGE_TEMPLATE
+    where set, else the dataset's TEMPLATE."""
+    key = "KNOWLEDGE_TEMPLATE" if prompts.KNOWLEDGE_TEMPLATE else "TEMPLATE"
+    return check_template(prompts[key], f"DATASET.PROMPTS.{key}")
 
 
 @TRAINER_REGISTRY.register()
 class KgCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
 
-    def knowledge_template(self):
-        key = "KNOWLEDGE_TEMPLATE" if self.cfg.DATASET.PROMPTS.KNOWLEDGE_TEMPLATE else "TEMPLATE"
-        return self.dataset_template(key)
-
-    def build_model(self):
-        template = self.knowledge_template()
+    def make_model(self, clip_model):
+        opts = self.cfg.TRAINER.KGCOOP
+        template = knowledge_template(self.cfg.DATASET.PROMPTS)
         print(f"Hand-crafted prompt of the knowledge-guided term: {template!r}")
-        clip_model = self.load_clip()
         text_encoder = self.build_text_encoder(clip_model)
-        hard_features = encode_templates(
-            text_encoder, clip_model.token_embedding, [template], self.classnames
-        )[0]
-        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
-        self.model = KnowledgeGuidedCLIP(prompt_learner, text_encoder, clip_model, hard_features)
-        self.register_learnable(self.model)
-
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            # One encoding of the prompts serves both terms.
-            text_features = self.model.compute_text_features()
-            logits = self.model.classify(image, text_features).float()
-        losses = {
-            "loss_ce": F.cross_entropy(logits, label),
-            "loss_kg": self.cfg.TRAINER.KGCOOP.W
-            * knowledge_guided_loss(text_features, self.model.hard_features),
-        }
-        return self.step(losses, logits, label)
+        hard = encode_templates(text_encoder, clip_model.token_embedding, [template], self.classnames)[0]
+        prompt = ContextPrompt(
+            self.classnames,
+            clip_model.token_embedding,
+            opts.N_CTX,
+            opts.CTX_INIT,
+            truncate=self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
+        )
+        return KnowledgeGuidedCLIP(clip_model, prompt, text_encoder, hard, opts.W)

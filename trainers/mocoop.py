@@ -8,6 +8,8 @@ features. Training adds hard-prompt-guided routing (L_router) and grouped text s
 the authors' release are available as config presets (README, "MoCoOp presets").
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
@@ -16,8 +18,9 @@ from yacs.config import CfgNode as CN
 
 from clipprompt import mixture
 from clipprompt.caching import CachedTextFeatures
+from clipprompt.model import PromptedCLIP, Routing
 from clipprompt.prompts import PromptAssembler
-from clipprompt.routing import Router, RoutingStats, topk_softmax
+from clipprompt.routing import Router, topk_softmax
 from clipprompt.templates import PromptForm, check_template
 from clipprompt.text_encoder import encode_templates
 
@@ -61,6 +64,49 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.VIRTUAL_CLASSES = True
 
 
+CHOICES = {
+    "GROUPING": ("dataset", "single"),
+    "ROUTER_TARGET": ("mean", "class"),
+    "ROUTER_KL": ("router_to_hard", "hard_to_router"),
+    "TEXT_LOSS_FORM": ("lasp", "prototype"),
+}
+
+
+@dataclass(frozen=True)
+class MixtureOptions:
+    """TRAINER.MOCOOP's model settings, as the model uses them (see `add_config`)."""
+
+    top_k: int
+    router_loss_weight: float
+    text_loss_weight: float
+    router_target: str
+    router_target_top2_boost: float
+    router_temperature: float
+    router_kl: str
+    text_loss_form: str
+    text_temperature: float
+    cls_temperature: float
+    text_bias: bool
+    finetune_image_ln: bool
+
+    @classmethod
+    def from_cfg(cls, opts):
+        return cls(
+            opts.TOPK,
+            opts.ROUTER_LOSS_WEIGHT,
+            opts.TEXT_LOSS_WEIGHT,
+            opts.ROUTER_TARGET,
+            opts.ROUTER_TARGET_TOP2_BOOST,
+            opts.ROUTER_TEMPERATURE,
+            opts.ROUTER_KL,
+            opts.TEXT_LOSS_FORM,
+            opts.TEXT_TEMPERATURE,
+            opts.CLS_TEMPERATURE,
+            opts.TEXT_BIAS,
+            opts.FINETUNE_IMAGE_LN,
+        )
+
+
 class ExpertPrompts(nn.Module):
     """G soft prompts over the text classes, as one flat context table."""
 
@@ -76,28 +122,37 @@ class ExpertPrompts(nn.Module):
         return self.assembler(self.ctx, rows)
 
 
-class MixtureCLIP(CachedTextFeatures, nn.Module):
-    def __init__(self, cfg, groups, templates, classnames, text_classnames, clip_model, text_encoder):
-        super().__init__()
-        opts = cfg.TRAINER.MOCOOP
-        self.opts = opts
+class MixtureCLIP(CachedTextFeatures, PromptedCLIP):
+    """G experts over the text classes (this run's classes first, then virtual ones), a router,
+    and the frozen hard features of every template of every group."""
+
+    def __init__(
+        self,
+        clip_model,
+        text_encoder,
+        groups,
+        templates,
+        num_classes,
+        text_classnames,
+        options,
+        truncate=True,
+    ):
+        super().__init__(clip_model)
+        self.options = options
         self.num_experts = len(groups)
-        self.num_classes = len(classnames)
+        self.num_classes = num_classes
         self.num_text_classes = len(text_classnames)
         self.groups = groups
-        self.image_encoder = clip_model.visual
         self.text_encoder = text_encoder
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
         first_templates = [templates[idx[0]] for idx in groups]
-        self.prompt_learner = ExpertPrompts(
-            first_templates, text_classnames, clip_model, cfg.TRAINER.TEXT_ENCODER.TRUNCATE
-        )
+        self.routing_names = tuple(first_templates)
+        self.top_k = options.top_k
+        self.prompt_learner = ExpertPrompts(first_templates, text_classnames, clip_model, truncate)
         self.router = Router(clip_model.text_projection.shape[1], self.num_experts)
         embed_dim = clip_model.text_projection.shape[1]
-        self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if opts.TEXT_BIAS else None
+        self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
         self.image_norms = []
-        if opts.FINETUNE_IMAGE_LN:
+        if options.finetune_image_ln:
             # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
             self.image_norms = [
                 p for m in self.image_encoder.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
@@ -116,9 +171,7 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
         self.register_buffer("prototypes", prototypes, persistent=False)
         self.register_buffer("group_mean", group_mean, persistent=False)
         # Rows of the classification classes (the first C text classes) of every expert.
-        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(
-            self.num_classes
-        )
+        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(num_classes)
         self.register_buffer("class_rows", rows.flatten(), persistent=False)
 
     def soft_features(self, rows=None):
@@ -128,64 +181,70 @@ class MixtureCLIP(CachedTextFeatures, nn.Module):
             feats = feats + self.text_bias
         return F.normalize(feats, dim=-1).view(self.num_experts, -1, feats.shape[-1])
 
-    def encode_image(self, image):
-        return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
-
     def route(self, v):
+        """Router scores `[B, G]` and the top-K routing of normalised image features `v`."""
         scores = self.router(v).float()  # fp32 routing and losses under autocast too
-        index, weight = topk_softmax(scores, self.opts.TOPK)
-        return scores, index, weight
+        return scores, Routing(*topk_softmax(scores, self.options.top_k))
+
+    def router_target(self, v, label):
+        """W_hard `[B, G]` (Eq. 6), the router loss's detached reference distribution."""
+        opts = self.options
+        return mixture.router_target(
+            v,
+            label,
+            self.prototypes,
+            self.group_mean,
+            opts.router_target,
+            opts.router_target_top2_boost,
+            opts.router_temperature,
+        )
 
     def compute_text_features(self):
         """Soft features of the classification classes for every expert (cached at evaluation)."""
         return self.soft_features(self.class_rows)
 
     def classify(self, image):
-        """Logits with the top-K experts, and the routing that produced them."""
         return self.classify_features(self.encode_image(image))
 
     def classify_features(self, v):
         """`classify` from normalised image features."""
-        _, index, weight = self.route(v)
-        logits = mixture.mix_expert_logits(v, self.text_features(), index, weight, self.scale())
-        return logits, index, weight
+        _, routing = self.route(v)
+        return mixture.mix_expert_logits(v, self.text_features(), *routing, self.scale()), routing
 
     def scale(self):
         """1 / tau of the classification logits (CLIP's logit scale unless CLS_TEMPERATURE)."""
-        tau = self.opts.CLS_TEMPERATURE
+        tau = self.options.cls_temperature
         return 1.0 / tau if tau > 0 else self.logit_scale.exp().float()
 
-    def forward(self, image):
-        return self.classify(image)[0]
-
     def losses(self, image, label):
-        """Weighted loss terms, logits and routing for one training batch."""
-        opts = self.opts
+        opts = self.options
         v = self.encode_image(image)
-        scores, index, weight = self.route(v)
+        scores, routing = self.route(v)
         soft = self.soft_features()  # one encoder call: all experts x all text classes
-        logits = mixture.mix_expert_logits(v, soft[:, : self.num_classes], index, weight, self.scale())
+        logits = mixture.mix_expert_logits(v, soft[:, : self.num_classes], *routing, self.scale())
         terms = {"loss_cls": F.cross_entropy(logits, label)}
-        if opts.ROUTER_LOSS_WEIGHT:
-            target = mixture.router_target(
-                v,
-                label,
-                self.prototypes,
-                self.group_mean,
-                opts.ROUTER_TARGET,
-                opts.ROUTER_TARGET_TOP2_BOOST,
-                opts.ROUTER_TEMPERATURE,
-            )
-            terms["loss_router"] = opts.ROUTER_LOSS_WEIGHT * mixture.router_loss(
-                scores, target, opts.ROUTER_KL
-            )
-        if opts.TEXT_LOSS_WEIGHT:
-            if opts.TEXT_LOSS_FORM == "lasp":
-                text = mixture.text_loss_lasp(soft, self.hard, self.groups, opts.TEXT_TEMPERATURE)
+        if opts.router_loss_weight:
+            loss = mixture.router_loss(scores, self.router_target(v, label), opts.router_kl)
+            terms["loss_router"] = opts.router_loss_weight * loss
+        if opts.text_loss_weight:
+            if opts.text_loss_form == "lasp":
+                text = mixture.text_loss_lasp(soft, self.hard, self.groups, opts.text_temperature)
             else:
-                text = mixture.text_loss_prototype(soft, self.prototypes, opts.TEXT_TEMPERATURE)
-            terms["loss_text"] = opts.TEXT_LOSS_WEIGHT * text
-        return terms, logits, index, weight
+                text = mixture.text_loss_prototype(soft, self.prototypes, opts.text_temperature)
+            terms["loss_text"] = opts.text_loss_weight * text
+        return terms, logits, routing
+
+
+def expert_groups(cfg):
+    """(template index lists per expert, flat templates) of the model's prompts, validated."""
+    prompts = model_prompts(cfg)
+    templates = [
+        check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES
+    ]
+    groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
+    if cfg.TRAINER.MOCOOP.GROUPING == "single":
+        groups = [list(range(len(templates)))]
+    return groups, templates
 
 
 @TRAINER_REGISTRY.register()
@@ -193,32 +252,18 @@ class MoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
     routing_stats_stem = "expert_stats"
 
-    def check_cfg(self, cfg):
+    @classmethod
+    def check_cfg(cls, cfg):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MOCOOP
-        choices = {
-            "GROUPING": ("dataset", "single"),
-            "ROUTER_TARGET": ("mean", "class"),
-            "ROUTER_KL": ("router_to_hard", "hard_to_router"),
-            "TEXT_LOSS_FORM": ("lasp", "prototype"),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if opts[key] not in allowed:
                 raise ValueError(f"TRAINER.MOCOOP.{key} must be one of {allowed}, not {opts[key]!r}")
-
-    def expert_groups(self):
-        prompts = model_prompts(self.cfg)
-        templates = [
-            check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES
-        ]
-        groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
-        if self.cfg.TRAINER.MOCOOP.GROUPING == "single":
-            groups = [list(range(len(templates)))]
-        if not 1 <= self.cfg.TRAINER.MOCOOP.TOPK <= len(groups):
+        groups, _ = expert_groups(cfg)
+        if not 1 <= opts.TOPK <= len(groups):
             raise ValueError(
-                f"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts ({len(groups)})"
+                f"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts ({len(groups)}), not {opts.TOPK}"
             )
-        return groups, templates
 
     def text_classnames(self):
         """This run's classes first (labels index them directly), then, with virtual classes,
@@ -229,26 +274,29 @@ class MoCoOp(PromptTrainer):
             names += [c for c in self.all_classnames if c not in own]
         return names
 
-    def build_model(self):
+    def trains_clip_weights(self):
+        return self.cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN
+
+    def make_model(self, clip_model):
         cfg = self.cfg
-        groups, templates = self.expert_groups()
-        clip_model = self.load_clip()
+        groups, templates = expert_groups(cfg)
         text_names = self.text_classnames()
         print(
             f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
             f"({len(text_names) - len(self.classnames)} virtual)"
         )
-        self.model = MixtureCLIP(
-            cfg,
+        options = MixtureOptions.from_cfg(cfg.TRAINER.MOCOOP)
+        encoder = self.build_text_encoder(clip_model)
+        return MixtureCLIP(
+            clip_model,
+            encoder,
             groups,
             templates,
-            self.classnames,
+            len(self.classnames),
             text_names,
-            clip_model,
-            self.build_text_encoder(clip_model),
+            options,
+            cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
         )
-        self.register_learnable(self.model, param_groups=self.param_groups())
-        self.routing_stats = RoutingStats([templates[idx[0]] for idx in groups], cfg.TRAINER.MOCOOP.TOPK)
 
     def param_groups(self):
         """Image-encoder LayerNorms (release preset) learn at IMAGE_LN_LR_MULT x OPTIM.LR."""
@@ -259,16 +307,3 @@ class MoCoOp(PromptTrainer):
         prompt_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
         lr = self.cfg.OPTIM.LR * self.cfg.TRAINER.MOCOOP.IMAGE_LN_LR_MULT
         return [{"params": prompt_params}, {"params": norms, "lr": lr}]
-
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            terms, logits, index, weight = self.model.losses(image, label)
-        self.routing_stats.update(index, weight)
-        return self.step(terms, logits, label)
-
-    def model_inference(self, image):
-        with self.autocast():
-            logits, index, weight = self.model.classify(image)
-        self.routing_stats.update(index, weight)
-        return logits.float()

@@ -10,16 +10,18 @@ pulls the student towards the selected teachers, the selection term moves the ga
 teachers that are right on the true label. Inference uses the student prompt only.
 """
 
+from dataclasses import dataclass
+
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
 from clipprompt.distillation import COMBINES, mopd_losses, teacher_logits
 from clipprompt.hard_prompts import POOLS
-from clipprompt.routing import Router, RoutingStats, topk_softmax
+from clipprompt.model import ContextPrompt, Routing, SoftPromptCLIP
+from clipprompt.routing import Router, topk_softmax
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import encode_templates
 
-from . import coop
 from .prompt_trainer import PromptTrainer, model_prompts
 
 
@@ -76,29 +78,60 @@ def teacher_pool(pool, task_templates):
     return templates
 
 
-class PromptLearner(coop.PromptLearner):
-    def __init__(self, cfg, classnames, clip_model):
-        super().__init__(cfg, classnames, clip_model, cfg.TRAINER.MOPD)
+@dataclass(frozen=True)
+class DistillationOptions:
+    """TRAINER.MOPD's loss settings, as the model uses them."""
+
+    num_teachers: int  # T, teachers kept per image
+    w: float  # weight of the student's cross-entropy; the distillation term gets 1 - w
+    w2: float  # weight of the selection term
+    temperature: float  # Tkd
+    combine: str  # weighted_kl | mixture
+
+    @classmethod
+    def from_cfg(cls, opts):
+        return cls(opts.NUM_TEACHERS, opts.W, opts.W2, opts.DISTILL_TEMPERATURE, opts.TEACHER_COMBINE)
 
 
-class CustomCLIP(coop.CustomCLIP):
+class DistilledCLIP(SoftPromptCLIP):
     """CoOp's model (the student) plus frozen teacher features `[H, C, D]` and the gate."""
 
-    def __init__(self, prompt_learner, text_encoder, clip_model, teacher_features):
-        super().__init__(prompt_learner, text_encoder, clip_model)
+    def __init__(
+        self, clip_model, prompt_learner, text_encoder, teacher_templates, teacher_features, options
+    ):
+        super().__init__(clip_model, prompt_learner, text_encoder)
         num_teachers, _, dim = teacher_features.shape
         self.gate = Router(dim, num_teachers, bias=False, zero_init=True)
         # Rebuilt from the frozen CLIP and the config: never saved in checkpoints.
         self.register_buffer("teacher_features", teacher_features, persistent=False)
+        self.options = options
+        self.routing_names = tuple(teacher_templates)
+        self.top_k = options.num_teachers
 
-    def student_logits(self, image_features):
-        return self.logit_scale.exp() * image_features @ self.text_features().t()
-
-    def forward_train(self, image):
-        """Student logits `[B, C]`, teacher logits `[B, H, C]` and gate scores `[B, H]`."""
+    def losses(self, image, label):
+        opts = self.options
         image_features = self.encode_image(image)
+        student = self.similarity_logits(image_features, self.text_features())
         teachers = teacher_logits(image_features, self.teacher_features, self.logit_scale.exp())
-        return self.student_logits(image_features), teachers, self.gate(image_features)
+        terms, index, weights = mopd_losses(
+            student,
+            teachers,
+            self.gate(image_features),
+            label,
+            opts.num_teachers,
+            opts.w,
+            opts.w2,
+            opts.temperature,
+            opts.combine,
+        )
+        return terms, student, Routing(index, weights)
+
+    def classify(self, image):
+        """The student's logits; the gate does not change the prediction, its choice is
+        returned for the routing statistics."""
+        image_features = self.encode_image(image)
+        logits = self.similarity_logits(image_features, self.text_features())
+        return logits, Routing(*topk_softmax(self.gate(image_features).float(), self.options.num_teachers))
 
 
 @TRAINER_REGISTRY.register()
@@ -106,12 +139,11 @@ class MoPD(PromptTrainer):
     add_config = staticmethod(add_config)
     routing_stats_stem = "teacher_stats"
 
-    def check_cfg(self, cfg):
+    @classmethod
+    def check_cfg(cls, cfg):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MOPD
-        # Resolved here so that a bad pool fails before the data are read.
-        self.teacher_templates = teacher_pool(opts.POOL, model_prompts(cfg).TEACHER_TEMPLATES)
-        num = len(self.teacher_templates)
+        num = len(teacher_pool(opts.POOL, model_prompts(cfg).TEACHER_TEMPLATES))
         if not 1 <= opts.NUM_TEACHERS <= num:
             raise ValueError(
                 f"TRAINER.MOPD.NUM_TEACHERS must be in 1..{num} (pool {opts.POOL!r}), not {opts.NUM_TEACHERS}"
@@ -127,42 +159,18 @@ class MoPD(PromptTrainer):
         if not 0 <= opts.W <= 1 or opts.W2 < 0:
             raise ValueError(f"TRAINER.MOPD.W must be in [0, 1] and W2 >= 0 (got W {opts.W}, W2 {opts.W2})")
 
-    def build_model(self):
+    def make_model(self, clip_model):
         opts = self.cfg.TRAINER.MOPD
-        clip_model = self.load_clip()
+        templates = teacher_pool(opts.POOL, model_prompts(self.cfg).TEACHER_TEMPLATES)
         encoder = self.build_text_encoder(clip_model)
-        templates = self.teacher_templates
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")
         teacher_features = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
-        prompt_learner = PromptLearner(self.cfg, self.classnames, clip_model)
-        self.model = CustomCLIP(prompt_learner, encoder, clip_model, teacher_features)
-        self.register_learnable(self.model)
-        self.routing_stats = RoutingStats(templates, opts.NUM_TEACHERS)
-
-    def forward_backward(self, batch):
-        opts = self.cfg.TRAINER.MOPD
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            student, teachers, scores = self.model.forward_train(image)
-        losses, index, weights = mopd_losses(
-            student,
-            teachers,
-            scores,
-            label,
-            opts.NUM_TEACHERS,
-            opts.W,
-            opts.W2,
-            opts.DISTILL_TEMPERATURE,
-            opts.TEACHER_COMBINE,
+        prompt = ContextPrompt(
+            self.classnames,
+            clip_model.token_embedding,
+            opts.N_CTX,
+            opts.CTX_INIT,
+            truncate=self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
         )
-        self.routing_stats.update(index, weights)
-        return self.step(losses, student.float(), label)
-
-    def model_inference(self, image):
-        # The gate does not change the prediction; its choices are recorded for the statistics.
-        with self.autocast():
-            image_features = self.model.encode_image(image)
-            logits = self.model.student_logits(image_features)
-            scores = self.model.gate(image_features)
-        self.routing_stats.update(*topk_softmax(scores.float(), self.cfg.TRAINER.MOPD.NUM_TEACHERS))
-        return logits.float()
+        options = DistillationOptions.from_cfg(opts)
+        return DistilledCLIP(clip_model, prompt, encoder, templates, teacher_features, options)

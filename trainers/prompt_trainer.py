@@ -15,14 +15,16 @@ What it changes in Dassl (c61a1b5, used unmodified):
   as if it had not stopped;
 - precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
   same code in every mode, only the autocast context and gradient scaling differ;
-- evaluation encodes class prompts once per evaluation (`CachedTextFeatures`).
+- evaluation encodes class prompts once per evaluation (`CachedTextFeatures`);
+- training and evaluation are generic: every model speaks `clipprompt.model`'s interface
+  (`losses`, `classify`), so a trainer only declares its config keys and builds its model
+  (`make_model`); routing statistics are kept for every model that routes.
 """
 
+import copy
 import os.path as osp
-import random
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
@@ -31,12 +33,22 @@ from dassl.utils import save_checkpoint
 from yacs.config import CfgNode as CN
 
 from clipprompt.caching import CachedTextFeatures
+from clipprompt.checkpoints import (
+    latest_checkpoint,
+    learnable_parameters,
+    learnable_state,
+    load_learnable,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from clipprompt.clip_loading import load_clip
+from clipprompt.routing import RoutingStats
 from clipprompt.schedule import EpochLRSchedule
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
 
-from .config_files import read_config_file
+from .config import read_config_file
 
 PRECISIONS = ("fp32", "fp16", "amp")
 
@@ -83,7 +95,6 @@ def model_prompts(cfg):
         raise ValueError(f"DATASET.SOURCE_CONFIG {path} has no DATASET.PROMPTS")
     prompts = prompt_defaults()
     prompts.merge_from_other_cfg(CN(source))
-    print(f"Model prompts taken from the source dataset config {path}")
     return prompts
 
 
@@ -104,20 +115,29 @@ def prompt_defaults():
 
 
 class PromptTrainer(TrainerX):
-    """Shared machinery; subclasses implement `build_model` and `forward_backward`."""
+    """Shared machinery; a subclass declares `add_config` and implements `make_model`."""
 
-    # Subclasses set this to their own `add_config(cfg)`; train.py calls it before merging files.
+    # Subclasses set this to their own `add_config(cfg)`; `make_cfg` calls it before merging files.
     add_config = None
-    # Trainers that route images (MoCoOp's experts, MoPD's teachers) set a RoutingStats in
-    # build_model; its records are printed and written as <routing_stats_stem>.json/.csv.
-    routing_stats = None
-    routing_stats_stem = ""
+    # Models that route images (MoCoOp's experts, MoPD's teachers) get a RoutingStats; its
+    # records are printed and written as <routing_stats_stem>.json/.csv.
+    routing_stats_stem = "routing_stats"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, classnames=None, all_classnames=None, clip_model=None):
+        """Dassl builds a trainer as `Trainer(cfg)`, reading the data; `trainers.build_trainer`
+        passes `classnames` (and optionally `all_classnames`, `clip_model`) to build it without."""
         self.finished_epochs = 0  # training epochs behind the current model (0: untrained)
+        self.routing_stats = None
+        self._class_lists = None
+        if classnames is not None:
+            names = list(classnames)
+            self._class_lists = (names, list(all_classnames) if all_classnames is not None else names)
+        self._shared_clip = clip_model
         super().__init__(cfg)
 
-    def check_cfg(self, cfg):
+    @classmethod
+    def check_cfg(cls, cfg):
+        """Validate the config (no side effects); `make_cfg` and Dassl both call it."""
         if cfg.TRAINER.PREC not in PRECISIONS:
             raise ValueError(f"TRAINER.PREC must be one of {PRECISIONS}, not {cfg.TRAINER.PREC!r}")
         if cfg.TRAINER.AMP_DTYPE not in ("auto", "bfloat16", "float16"):
@@ -127,14 +147,28 @@ class PromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ data
 
+    def build_data_loader(self):
+        if self._class_lists is None:
+            super().build_data_loader()
+            return
+        names = self._class_lists[0]
+        self.dm = None
+        self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
+        self.num_classes, self.num_source_domains = len(names), 1
+        self.lab2cname = dict(enumerate(names))
+
     @property
     def classnames(self):
         """Class names of this run's classes, in label order."""
+        if self._class_lists is not None:
+            return self._class_lists[0]
         return self.dm.dataset.classnames
 
     @property
     def all_classnames(self):
         """Every class name of the dataset (base + new), in label order."""
+        if self._class_lists is not None:
+            return self._class_lists[1]
         return getattr(self.dm.dataset, "all_classnames", self.dm.dataset.classnames)
 
     def dataset_template(self, key="TEMPLATE"):
@@ -142,15 +176,36 @@ class PromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ model
 
+    def make_model(self, clip_model):
+        """The model (`clipprompt.model.PromptedCLIP`) over `clip_model`, for `self.classnames`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_model(clip_model)")
+
+    def trains_clip_weights(self):
+        """True when the model makes weights of CLIP itself learnable (a shared CLIP is copied)."""
+        return False
+
+    def param_groups(self):
+        """Optimiser parameter groups (Dassl/torch format), or None for one group of every
+        learnable tensor."""
+
+    def build_model(self):
+        self.model = self.make_model(self.load_clip())
+        self.register_learnable(self.model, param_groups=self.param_groups())
+        if self.model.routing_names:
+            self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k)
+
     def load_clip(self):
         """The frozen CLIP of MODEL.BACKBONE.NAME on the device, in the dtype PREC asks for.
 
         On the device before any prompt learner is built: the prompt assemblers keep a
         reference to CLIP's token embedding outside their module tree."""
         cfg = self.cfg
-        dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
-        print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
-        model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
+        if self._shared_clip is not None:
+            model = copy.deepcopy(self._shared_clip) if self.trains_clip_weights() else self._shared_clip
+        else:
+            dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
+            print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
+            model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
         resolution = model.visual.input_resolution
         if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
             raise ValueError(
@@ -221,6 +276,28 @@ class PromptTrainer(TrainerX):
                     if not any(p.requires_grad for p in module.parameters()):
                         module.eval()
 
+    def before_train(self):
+        if self.optim is None:
+            raise RuntimeError(f"{self.cfg.TRAINER.NAME} has nothing to train: run train.py with --eval-only")
+        super().before_train()
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            terms, logits, routing = self.model.losses(image, label)
+        self.record_routing(routing)
+        return self.step(terms, logits, label)
+
+    def model_inference(self, image):
+        with self.autocast():
+            logits, routing = self.model.classify(image)
+        self.record_routing(routing)
+        return logits.float()
+
+    def record_routing(self, routing):
+        if routing is not None and self.routing_stats is not None:
+            self.routing_stats.update(routing.index, routing.weight)
+
     def step(self, losses, logits=None, label=None):
         """Backward the sum of the weighted loss terms, update, and return the log summary.
 
@@ -255,10 +332,6 @@ class PromptTrainer(TrainerX):
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
-
-    def model_inference(self, image):
-        with self.autocast():
-            return self.model(image).float()
 
     @torch.no_grad()
     def test(self, split=None):
@@ -352,78 +425,3 @@ class PromptTrainer(TrainerX):
             load_learnable(self._models[name], ckpt["state_dict"], path)
             print(f"Loaded {path} (epoch {ckpt['epoch']})")
             self.finished_epochs = ckpt["epoch"]
-
-
-def learnable_parameters(model):
-    """{name: parameter} of the tensors of `model` that training changes (no frozen CLIP
-    weights, no buffers): what is optimised, saved and loaded."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def learnable_state(model):
-    return {n: p.detach().cpu().clone() for n, p in learnable_parameters(model).items()}
-
-
-def load_learnable(model, state, source):
-    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
-    expected = learnable_parameters(model)
-    problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
-    problems += [
-        f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected
-    ]
-    problems += [
-        f"'{n}' has shape {list(state[n].shape)} in the checkpoint but {list(p.shape)} in this model"
-        for n, p in expected.items()
-        if n in state and state[n].shape != p.shape
-    ]
-    if problems:
-        raise RuntimeError(
-            f"Checkpoint {source} does not fit the model: "
-            + "; ".join(problems)
-            + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
-        )
-    with torch.no_grad():
-        for n, p in expected.items():
-            p.copy_(state[n])
-
-
-def latest_checkpoint(folder):
-    marker = osp.join(folder, "checkpoint")
-    if not osp.exists(marker):
-        raise FileNotFoundError(
-            f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)"
-        )
-    with open(marker) as f:
-        return osp.join(folder, f.readline().strip())
-
-
-def read_checkpoint(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"Cannot read checkpoint {path} ({type(err).__name__}: {err}). Checkpoints of other "
-            "CoOp-family repositories pickle Python objects and are not supported."
-        ) from err
-
-
-def rng_state():
-    """RNG states as plain tensors and tuples (readable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

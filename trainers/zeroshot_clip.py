@@ -8,10 +8,10 @@ renormalised) as in CLIP's ImageNet prompt engineering. Nothing is trained.
 
 import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
-from torch import nn
 from yacs.config import CfgNode as CN
 
 from clipprompt.hard_prompts import POOLS
+from clipprompt.model import PromptedCLIP
 from clipprompt.text_encoder import encode_templates
 
 from .prompt_trainer import PromptTrainer
@@ -30,37 +30,32 @@ def add_config(cfg):
     cfg.TRAINER.ZEROSHOT.TEMPLATES = "dataset"
 
 
-class ZeroshotModel(nn.Module):
+class ZeroshotModel(PromptedCLIP):
+    """Fixed class weights: the text features of hand-crafted prompts."""
+
     def __init__(self, clip_model, text_features):
-        super().__init__()
-        self.image_encoder = clip_model.visual
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
+        super().__init__(clip_model)
         self.register_buffer("text_features", text_features)
 
-    def forward(self, image):
-        image_features = F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
-        return self.logit_scale.exp() * image_features @ self.text_features.t()
+    def classify(self, image):
+        return self.similarity_logits(self.encode_image(image), self.text_features), None
 
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(PromptTrainer):
     add_config = staticmethod(add_config)
 
-    def build_model(self):
-        choice = self.cfg.TRAINER.ZEROSHOT.TEMPLATES
+    @classmethod
+    def check_cfg(cls, cfg):
+        super().check_cfg(cfg)
+        choice = cfg.TRAINER.ZEROSHOT.TEMPLATES
         if choice not in ENSEMBLES:
             raise ValueError(f"TRAINER.ZEROSHOT.TEMPLATES must be one of {list(ENSEMBLES)}, not {choice!r}")
-        templates = ENSEMBLES[choice](self.dataset_template())
-        print(
-            f"Zero-shot templates ({len(templates)}): {templates if len(templates) < 10 else templates[:3] + ['...']}"
-        )
-        clip_model = self.load_clip()
+
+    def make_model(self, clip_model):
+        templates = ENSEMBLES[self.cfg.TRAINER.ZEROSHOT.TEMPLATES](self.dataset_template())
+        shown = templates if len(templates) < 10 else templates[:3] + ["..."]
+        print(f"Zero-shot templates ({len(templates)}): {shown}")
         encoder = self.build_text_encoder(clip_model)
         per_template = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
-        text_features = F.normalize(per_template.mean(dim=0), dim=-1)
-        self.model = ZeroshotModel(clip_model, text_features)
-        self.register_learnable(self.model, name="model")
-
-    def forward_backward(self, batch):
-        raise RuntimeError("ZeroshotCLIP has nothing to train: run train.py with --eval-only")
+        return ZeroshotModel(clip_model, F.normalize(per_template.mean(dim=0), dim=-1))

@@ -1,0 +1,209 @@
+"""The contract every registered trainer keeps, tested the way timm tests every model.
+
+Each trainer is built for given class names (`trainers.build_trainer`, no data loaders) on the
+tiny CLIP, and only its own entry points are called: `forward_backward` trains exactly the
+tensors it declares learnable (and nothing of CLIP), `model_inference` returns the logits of
+the training path and depends on the learned tensors, evaluation with cached text features
+equals per-batch encoding, and a checkpoint round trip reproduces the predictions.
+"""
+
+from typing import NamedTuple
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+
+from clipprompt.caching import CachedTextFeatures
+from trainers import build_trainer, make_cfg, repository_trainers
+
+PETS = "configs/datasets/oxford_pets.yaml"
+BASE = ["abyssinian", "great pyrenees mountain dog", "boxer"]
+NEW = ["bengal", "chihuahua"]
+ROUTER = {"router.linear.weight", "router.linear.bias"}
+# The tiny CLIP's image LayerNorms (2 residual blocks), which the release preset trains.
+IMAGE_NORMS = {f"image_encoder.{n}.{p}" for n in ("ln_pre", "ln_post") for p in ("weight", "bias")} | {
+    f"image_encoder.transformer.resblocks.{b}.{ln}.{p}" for b in (0, 1) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")
+}  # fmt: skip
+
+
+class Case(NamedTuple):
+    trainer: str
+    config: str
+    learnable: frozenset
+    loss_terms: frozenset
+    routes: bool = False
+    cached: bool = True
+
+
+CASES = {
+    # Fixed text features: nothing to cache.
+    "ZeroshotCLIP": Case(
+        "ZeroshotCLIP", "configs/trainers/ZeroshotCLIP/vit_b16.yaml", frozenset(), frozenset(), cached=False
+    ),
+    "CoOp": Case("CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml", frozenset({"prompt_learner.ctx"}), frozenset({"loss_ce"})),
+    "CoCoOp": Case(
+        "CoCoOp",
+        "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
+        frozenset({"prompt_learner.ctx"} | {f"prompt_learner.meta_net.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}),
+        frozenset({"loss_ce"}),
+        cached=False,
+    ),
+    "KgCoOp": Case(
+        "KgCoOp", "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml", frozenset({"prompt_learner.ctx"}),
+        frozenset({"loss_ce", "loss_kg"}),
+    ),
+    "MoCoOp-paper": Case(
+        "MoCoOp", "configs/trainers/MoCoOp/paper_vit_b16_ep25.yaml", frozenset({"prompt_learner.ctx"} | ROUTER),
+        frozenset({"loss_cls", "loss_router", "loss_text"}), routes=True,
+    ),
+    "MoCoOp-release": Case(
+        "MoCoOp", "configs/trainers/MoCoOp/release_vit_b16_ep25.yaml",
+        frozenset({"prompt_learner.ctx", "text_bias"} | ROUTER | IMAGE_NORMS),
+        frozenset({"loss_cls", "loss_router", "loss_text"}), routes=True,
+    ),
+    "MoPD": Case(
+        "MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml",
+        frozenset({"prompt_learner.ctx", "gate.linear.weight"}), frozenset({"loss_ce", "loss_mpd", "loss_mps"}),
+        routes=True,
+    ),
+}  # fmt: skip
+
+
+def test_every_registered_trainer_has_a_case():
+    assert {case.trainer for case in CASES.values()} == set(repository_trainers())
+
+
+def build(name, tiny_clip, tiny_clip_path, output_dir):
+    case = CASES[name]
+    # No warm-up: the first step runs at the configured rate, which moves every learnable tensor.
+    opts = [
+        "MODEL.BACKBONE.NAME",
+        tiny_clip_path,
+        "INPUT.SIZE",
+        "(32, 32)",
+        "TRAINER.PREC",
+        "fp32",
+        "OPTIM.WARMUP_EPOCH",
+        "0",
+    ]
+    cfg = make_cfg(case.trainer, PETS, case.config, opts, output_dir=str(output_dir))
+    torch.manual_seed(0)  # the same initial learnable tensors for every build of a case
+    return build_trainer(cfg, BASE, BASE + NEW, clip_model=tiny_clip)
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return {"img": torch.randn(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 2, 1, 2])}
+
+
+def learnable(trainer):
+    return {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def perturb(trainer, seed=2):
+    """Move every learnable tensor away from its initial value, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in learnable(trainer).values():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(params=list(CASES))
+def case(request, tiny_clip, tiny_clip_path, tmp_path):
+    name = request.param
+    return CASES[name], build(name, tiny_clip, tiny_clip_path, tmp_path)
+
+
+def test_learnable_tensors_are_exactly_the_declared_ones(case):
+    expected, trainer = case
+    assert set(learnable(trainer)) == expected.learnable
+    assert (trainer.optim is None) == (not expected.learnable)
+
+
+def test_training_step_changes_exactly_the_learnable_tensors(case):
+    expected, trainer = case
+    if not expected.learnable:
+        with pytest.raises(RuntimeError, match="nothing to train: run train.py with --eval-only"):
+            trainer.before_train()
+        return
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2  # not an epoch's last batch: no LR step
+    before = {n: t.detach().clone() for n, t in trainer.model.state_dict(keep_vars=True).items()}
+    summary = trainer.forward_backward(batch())
+    assert set(summary) == {"loss", "acc"} | (expected.loss_terms if len(expected.loss_terms) > 1 else set())
+    for name, tensor in trainer.model.state_dict(keep_vars=True).items():
+        if name in expected.learnable:
+            assert tensor.grad is not None and tensor.grad.abs().sum() > 0, f"{name} gets no gradient"
+            assert not torch.equal(tensor.detach(), before[name]), f"{name} was not updated"
+        else:
+            assert tensor.grad is None and torch.equal(tensor.detach(), before[name]), f"{name} changed"
+
+
+def test_inference_gives_the_logits_of_the_training_path(case):
+    expected, trainer = case
+    perturb(trainer)
+    trainer.set_model_mode("eval")
+    data = batch()
+    with torch.no_grad():
+        terms, train_logits, train_routing = trainer.model.losses(data["img"], data["label"])
+        logits = trainer.model_inference(data["img"])
+    if expected.loss_terms:
+        assert set(terms) == expected.loss_terms
+    torch.testing.assert_close(logits, train_logits.float(), atol=1e-5, rtol=1e-5)
+    assert logits.shape == (4, len(BASE))
+    assert (train_routing is not None) == expected.routes == (trainer.routing_stats is not None)
+    if expected.routes:
+        _, routing = trainer.model.classify(data["img"])
+        assert torch.equal(routing.index, train_routing.index)
+        assert routing.index.shape == (4, trainer.model.top_k)
+        assert len(trainer.routing_stats.names) == len(trainer.model.routing_names)
+
+
+def test_inference_depends_on_the_learned_tensors(case):
+    expected, trainer = case
+    if not expected.learnable:
+        return
+    trainer.set_model_mode("eval")
+    image = batch()["img"]
+    with torch.no_grad():
+        initial = trainer.model_inference(image)
+    perturb(trainer)
+    with torch.no_grad():
+        assert not torch.allclose(trainer.model_inference(image), initial, atol=1e-4)
+
+
+def test_cached_evaluation_equals_per_batch_encoding(case):
+    expected, trainer = case
+    model = trainer.model
+    assert isinstance(model, CachedTextFeatures) == expected.cached
+    if not expected.cached:
+        return
+    perturb(trainer)
+    trainer.set_model_mode("eval")
+    image = batch()["img"]
+    with torch.no_grad():
+        per_batch = trainer.model_inference(image)
+        with model.cached_text_features():
+            cached = trainer.model_inference(image)
+    torch.testing.assert_close(cached, per_batch, atol=1e-5, rtol=1e-5)
+    assert model._text_cache is None
+
+
+def test_checkpoint_round_trip_reproduces_the_predictions(case, tiny_clip, tiny_clip_path, tmp_path):
+    expected, trainer = case
+    if not expected.learnable:
+        return
+    perturb(trainer)
+    trainer.set_model_mode("eval")
+    image = batch()["img"]
+    trainer.save_model(0, str(tmp_path / "run"))
+    name = next(n for n, c in CASES.items() if c is expected)
+    fresh = build(name, tiny_clip, tiny_clip_path, tmp_path / "fresh")
+    fresh.set_model_mode("eval")
+    with torch.no_grad():
+        assert not torch.equal(fresh.model_inference(image), trainer.model_inference(image))
+        fresh.load_model(str(tmp_path / "run"), epoch=1)
+        torch.testing.assert_close(
+            fresh.model_inference(image), trainer.model_inference(image), atol=0, rtol=0
+        )
