@@ -7,6 +7,7 @@ build the model with `clip.model.build_model`, so every source goes through one 
 """
 
 import gzip
+import hashlib
 import io
 import os
 import warnings
@@ -99,6 +100,23 @@ def load_clip(name, download_root="", dtype=torch.float32):
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def backbone_fingerprint(model):
+    """A short hex digest identifying the weights of a CLIP model as loaded.
+
+    It hashes every tensor's name, shape and values rounded to fp16, so the same checkpoint
+    gives the same fingerprint whether it was loaded in fp32 or in OpenAI's fp16 layout, while
+    two different CLIPs of the same widths (ViT-B/16 and ViT-B/32 are both 512) differ. Take it
+    before training changes any CLIP weight (MoCoOp's release preset trains LayerNorms).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+        if tensor.is_floating_point():
+            tensor = tensor.detach().to("cpu", torch.float16)
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def build_tiny_clip(

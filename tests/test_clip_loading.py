@@ -76,3 +76,14 @@ def test_incomplete_clip_state_dict_is_a_clear_error(tiny_clip, tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="partial.pt"):
         load_clip(str(path))
+
+
+def test_fingerprint_names_the_weights_not_the_precision(tiny_clip_path):
+    from clipprompt.clip_loading import backbone_fingerprint, build_tiny_clip
+
+    fp32 = load_clip(tiny_clip_path)
+    fp16 = load_clip(tiny_clip_path, dtype=torch.float16)
+    assert backbone_fingerprint(fp32) == backbone_fingerprint(fp16)
+    other = build_tiny_clip(seed=1)  # same architecture, other weights
+    assert backbone_fingerprint(other) != backbone_fingerprint(fp32)
+    assert len(backbone_fingerprint(fp32)) == 16
