@@ -56,7 +56,8 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.CLS_TEMPERATURE = 0.0
     # Shared learnable bias added to every soft text feature before normalising (release).
     cfg.TRAINER.MOCOOP.TEXT_BIAS = False
-    # Train the image encoder's LayerNorms (release), at this multiple of OPTIM.LR.
+    # Train the LayerNorms of the image transformer's residual blocks (ln_1, ln_2; not ln_pre or
+    # ln_post), as the release does, at this multiple of OPTIM.LR. Needs a ViT image tower.
     cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN = False
     cfg.TRAINER.MOCOOP.IMAGE_LN_LR_MULT = 0.1
     # Base-to-new training: the text loss and router targets also cover the new class NAMES
@@ -107,6 +108,19 @@ class MixtureOptions:
         )
 
 
+def resblock_norms(image_encoder):
+    """Weights and biases of the LayerNorms inside the image transformer's residual blocks
+    (ln_1, ln_2), which the release trains; ln_pre and ln_post stay frozen, as there."""
+    blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise ValueError(
+            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
+            "set it to False for a ResNet CLIP"
+        )
+    # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
+    return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]
+
+
 class ExpertPrompts(nn.Module):
     """G soft prompts over the text classes, as one flat context table."""
 
@@ -151,18 +165,9 @@ class MixtureCLIP(CachedTextFeatures, PromptedCLIP):
         self.router = Router(clip_model.text_projection.shape[1], self.num_experts)
         embed_dim = clip_model.text_projection.shape[1]
         self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
-        self.image_norms = []
-        if options.finetune_image_ln:
-            # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
-            self.image_norms = [
-                p for m in self.image_encoder.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
-            ]
-            if not self.image_norms:
-                raise ValueError(
-                    "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs an image tower with LayerNorms (a ViT)"
-                )
-            for p in self.image_norms:
-                p.requires_grad_(True)
+        self.image_norms = resblock_norms(self.image_encoder) if options.finetune_image_ln else []
+        for p in self.image_norms:
+            p.requires_grad_(True)
 
         # Hard features: every template of every group for every text class, once, frozen.
         hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
