@@ -42,8 +42,10 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.ROUTER_TARGET = "mean"
     # Added to the two largest reference similarities before the softmax (release: 10).
     cfg.TRAINER.MOCOOP.ROUTER_TARGET_TOP2_BOOST = 0.0
-    # tau_r of W_hard = softmax(sim / tau_r) (paper 0.07, release 1.0).
-    cfg.TRAINER.MOCOOP.ROUTER_TEMPERATURE = 0.07
+    # tau_r of W_hard = softmax(sim / tau_r). 1.0 in both presets: the paper's Eq. 6 has no
+    # temperature (its text sets 0.07 for Eq. 3 and Eq. 8 only) and the release uses 1;
+    # 0.07 is an ablation (paper_vit_b16_ep25_router_tau007.yaml).
+    cfg.TRAINER.MOCOOP.ROUTER_TEMPERATURE = 1.0
     # "router_to_hard" = KL(W_router || W_hard) (paper Eq. 7); "hard_to_router" (release).
     cfg.TRAINER.MOCOOP.ROUTER_KL = "router_to_hard"
     # "lasp" = paper Eq. 8-9 (hard features classified among soft features); "prototype" =
