@@ -8,6 +8,9 @@
 # env: DATA (data: where the world is generated), OUTPUT (output/demo), SEEDS ("1 2 3"),
 #      TRAINERS (the five above), CONFIG (demo: configs/trainers/<Trainer>/<CONFIG>.yaml),
 #      PYTHON (python3). Re-running skips finished runs.
+# MoCoOp's demo ablations (README's demo table): TRAINERS=MoCoOp CONFIG=demo_moe (experts and
+# router, no L_router, no L_text) and CONFIG=demo_router_tau007 (tau_r 0.07 in W_hard instead
+# of the paper preset's 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Threads sleep instead of spinning while they wait: on a busy or small machine spinning

@@ -21,8 +21,9 @@ PETS = "configs/datasets/oxford_pets.yaml"
 BASE = ["abyssinian", "great pyrenees mountain dog", "boxer"]
 NEW = ["bengal", "chihuahua"]
 ROUTER = {"router.linear.weight", "router.linear.bias"}
-# The tiny CLIP's image LayerNorms (2 residual blocks), which the release preset trains.
-IMAGE_NORMS = {f"image_encoder.{n}.{p}" for n in ("ln_pre", "ln_post") for p in ("weight", "bias")} | {
+# The LayerNorms of the tiny CLIP's 2 image residual blocks, which the release preset trains
+# (as the release does: not ln_pre, not ln_post).
+IMAGE_NORMS = {
     f"image_encoder.transformer.resblocks.{b}.{ln}.{p}" for b in (0, 1) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")
 }  # fmt: skip
 

@@ -47,14 +47,44 @@ def test_gradients_reach_exactly_the_learnable_tensors(preset):
     sum(terms.values()).backward()
     learnable = {"prompt_learner.ctx", "router.linear.weight", "router.linear.bias"}
     if preset == "release":
+        # The release trains the image resblocks' ln_1 / ln_2 only; ln_pre and ln_post stay frozen.
         learnable |= {"text_bias"} | {
-            n
-            for n, _ in model.image_encoder.named_parameters(prefix="image_encoder")
-            if ".ln_" in n or n.startswith("image_encoder.ln_")
+            f"image_encoder.transformer.resblocks.{b}.{ln}.{p}"
+            for b in (0, 1)
+            for ln in ("ln_1", "ln_2")
+            for p in ("weight", "bias")
         }
     got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert got == learnable
     assert {n for n, p in model.named_parameters() if p.requires_grad} == learnable
+
+
+def test_release_preset_trains_the_resblock_norms_at_a_tenth_of_the_rate():
+    """The optimiser's second group is exactly the image resblocks' ln_1 / ln_2 (the release's
+    selection), at IMAGE_LN_LR_MULT x OPTIM.LR; everything else learns at OPTIM.LR."""
+    cfg = make_cfg("release")
+    trainer = trainers.build_trainer(cfg, BASE, BASE + NEW, clip_model=fresh_clip())
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    prompt_group, norm_group = trainer.optim.param_groups
+    assert {names[id(p)] for p in norm_group["params"]} == {
+        f"image_encoder.transformer.resblocks.{b}.{ln}.{p}"
+        for b in (0, 1)
+        for ln in ("ln_1", "ln_2")
+        for p in ("weight", "bias")
+    }
+    assert {names[id(p)] for p in prompt_group["params"]} == {
+        "prompt_learner.ctx",
+        "text_bias",
+        "router.linear.weight",
+        "router.linear.bias",
+    }
+    assert trainer.sched.base_lrs == pytest.approx([cfg.OPTIM.LR, 0.1 * cfg.OPTIM.LR])
+
+
+def test_image_norm_finetuning_needs_a_vit():
+    resnet = build_tiny_clip(vision_layers=(1, 1, 1, 1)).requires_grad_(False)
+    with pytest.raises(ValueError, match="FINETUNE_IMAGE_LN needs a ViT image tower"):
+        build(make_cfg("release"), resnet)
 
 
 def test_each_loss_term_trains_its_own_part(tiny_clip):

@@ -42,8 +42,10 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.ROUTER_TARGET = "mean"
     # Added to the two largest reference similarities before the softmax (release: 10).
     cfg.TRAINER.MOCOOP.ROUTER_TARGET_TOP2_BOOST = 0.0
-    # tau_r of W_hard = softmax(sim / tau_r) (paper 0.07, release 1.0).
-    cfg.TRAINER.MOCOOP.ROUTER_TEMPERATURE = 0.07
+    # tau_r of W_hard = softmax(sim / tau_r). 1.0 in both presets: the paper's Eq. 6 has no
+    # temperature (its text sets 0.07 for Eq. 3 and Eq. 8 only) and the release uses 1;
+    # 0.07 is an ablation (paper_vit_b16_ep25_router_tau007.yaml).
+    cfg.TRAINER.MOCOOP.ROUTER_TEMPERATURE = 1.0
     # "router_to_hard" = KL(W_router || W_hard) (paper Eq. 7); "hard_to_router" (release).
     cfg.TRAINER.MOCOOP.ROUTER_KL = "router_to_hard"
     # "lasp" = paper Eq. 8-9 (hard features classified among soft features); "prototype" =
@@ -56,7 +58,8 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.CLS_TEMPERATURE = 0.0
     # Shared learnable bias added to every soft text feature before normalising (release).
     cfg.TRAINER.MOCOOP.TEXT_BIAS = False
-    # Train the image encoder's LayerNorms (release), at this multiple of OPTIM.LR.
+    # Train the LayerNorms of the image transformer's residual blocks (ln_1, ln_2; not ln_pre or
+    # ln_post), as the release does, at this multiple of OPTIM.LR. Needs a ViT image tower.
     cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN = False
     cfg.TRAINER.MOCOOP.IMAGE_LN_LR_MULT = 0.1
     # Base-to-new training: the text loss and router targets also cover the new class NAMES
@@ -107,6 +110,19 @@ class MixtureOptions:
         )
 
 
+def resblock_norms(image_encoder):
+    """Weights and biases of the LayerNorms inside the image transformer's residual blocks
+    (ln_1, ln_2), which the release trains; ln_pre and ln_post stay frozen, as there."""
+    blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise ValueError(
+            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
+            "set it to False for a ResNet CLIP"
+        )
+    # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
+    return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]
+
+
 class ExpertPrompts(nn.Module):
     """G soft prompts over the text classes, as one flat context table."""
 
@@ -151,18 +167,9 @@ class MixtureCLIP(CachedTextFeatures, PromptedCLIP):
         self.router = Router(clip_model.text_projection.shape[1], self.num_experts)
         embed_dim = clip_model.text_projection.shape[1]
         self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
-        self.image_norms = []
-        if options.finetune_image_ln:
-            # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
-            self.image_norms = [
-                p for m in self.image_encoder.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
-            ]
-            if not self.image_norms:
-                raise ValueError(
-                    "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs an image tower with LayerNorms (a ViT)"
-                )
-            for p in self.image_norms:
-                p.requires_grad_(True)
+        self.image_norms = resblock_norms(self.image_encoder) if options.finetune_image_ln else []
+        for p in self.image_norms:
+            p.requires_grad_(True)
 
         # Hard features: every template of every group for every text class, once, frozen.
         hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
