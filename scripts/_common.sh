@@ -7,10 +7,12 @@ SHOTS=${SHOTS:-16}
 DRY_RUN=${DRY_RUN:-0}
 PYTHON=${PYTHON:-python3}
 
-# The 11 datasets of the base-to-new and few-shot tables (CoOp's order).
+# The dataset lists of tools/protocols.py (tests/test_scripts.py checks that they agree): the 11
+# datasets of the base-to-new and few-shot tables (CoOp's order), the cross-dataset source and
+# targets (the benchmark minus the source), and the DG targets.
 BENCHMARK_DATASETS="imagenet caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
-# Cross-dataset targets (the benchmark minus the ImageNet source) and the DG targets.
-XD_TARGETS=${BENCHMARK_DATASETS#imagenet }
+XD_SOURCE=imagenet
+XD_TARGETS=${BENCHMARK_DATASETS#"$XD_SOURCE "}
 DG_TARGETS="imagenetv2 imagenet_sketch imagenet_a imagenet_r"
 
 die() {
@@ -55,17 +57,11 @@ dataset_config() {
     echo "$f"
 }
 
-# trainer_config TRAINER CONFIG DATASET: the per-dataset config
-# configs/trainers/T/C/D.yaml when it exists, else configs/trainers/T/C.yaml.
+# trainer_config TRAINER CONFIG DATASET...: the trainer config of each dataset's runs, one
+# line each (tools/protocols.py's rule: configs/trainers/T/C/D.yaml when it exists, else
+# configs/trainers/T/C.yaml), or an error naming both paths.
 trainer_config() {
-    local per="configs/trainers/$1/$2/$3.yaml" shared="configs/trainers/$1/$2.yaml"
-    if [ -f "$per" ]; then
-        echo "$per"
-    elif [ -f "$shared" ]; then
-        echo "$shared"
-    else
-        die "no trainer config for $1/$2: neither $per nor $shared exists"
-    fi
+    "$PYTHON" -m tools.protocols trainer-config "$@" || exit 1
 }
 
 # is_zero_shot TRAINER: true for trainers that are evaluated only, never trained.
@@ -74,16 +70,16 @@ is_zero_shot() {
 }
 
 # is_finished DIR: DIR holds a run whose newest log ends with a result block that
-# has an accuracy: tools/_runlog.py's rule, which tools/results.py applies too.
+# has an accuracy: tools/results/runlog.py's rule, which tools.results applies too.
 is_finished() {
     [ -d "$1" ] || return 1
     local rc=0
-    "$PYTHON" -c 'import sys; from tools._runlog import read_run
+    "$PYTHON" -c 'import sys; from tools.results.runlog import read_run
 sys.exit(0 if read_run(sys.argv[1]).finished else 3)' "$1" || rc=$?
     case $rc in
         0) return 0 ;;
         3) return 1 ;;
-        *) die "cannot tell whether $1 is finished (tools/_runlog.py failed with exit code $rc)" ;;
+        *) die "cannot tell whether $1 is finished (tools/results/runlog.py failed with exit code $rc)" ;;
     esac
 }
 
@@ -168,8 +164,8 @@ for_each_dataset() {
     check_setup
     for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
         dataset_config "$d" >/dev/null
-        trainer_config "$1" "$2" "$d" >/dev/null
     done
+    trainer_config "$1" "$2" ${DATASETS:-$BENCHMARK_DATASETS} >/dev/null
     for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
         bash "$(dirname "$0")/$script" "$d" "$1" "$2"
     done

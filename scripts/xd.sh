@@ -11,7 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 TARGETS=${TARGETS:-"$XD_TARGETS $DG_TARGETS"}
-SOURCE=imagenet
+SOURCE=$XD_SOURCE
 
 require_args 2 "<Trainer> <config>" "$@"
 TRAINER=$1 CFG=$2

@@ -14,8 +14,9 @@ from PIL import Image
 
 from clipprompt.clip_loading import build_model, clip, load_clip
 from tests.conftest import ROOT
-from tools import demo_world as world
-from tools import pretrain_tiny_clip as pretrain
+from tools.demo import dataset, pretrain, world
+from tools.demo.captions import pretraining_batch
+from tools.demo.render import hue_rotation, render, to_tensor
 
 TINY_SPLITS = {"train": 2, "val": 1, "test": 2}
 CHECKPOINT = os.path.join(ROOT, "assets", "demo_clip_rn_tiny.pt.gz")
@@ -76,25 +77,25 @@ def test_style_templates_have_one_placeholder():
 def test_render_is_deterministic_and_covers_all_styles():
     n = len(world.STYLES)
     args = ([3] * n, [1] * n, list(range(n)), True)
-    a = world.render(np.random.default_rng(5), *args)
-    b = world.render(np.random.default_rng(5), *args)
+    a = render(np.random.default_rng(5), *args)
+    b = render(np.random.default_rng(5), *args)
     assert a.shape == (n, 64, 64, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert len({img.tobytes() for img in a}) == n
 
 
 def test_downstream_camera_shifts_colours_but_not_greys():
-    m = world.hue_rotation(world.DOWNSTREAM_HUE_SHIFT)
+    m = hue_rotation(world.DOWNSTREAM_HUE_SHIFT)
     np.testing.assert_allclose(m @ np.full(3, 0.4), np.full(3, 0.4), atol=1e-6)
     assert not np.allclose(m @ np.array(world.COLOUR_RGB["red"]), world.COLOUR_RGB["red"], atol=0.05)
-    shifted, labels, styles = world.render_split(0, "val", n_per_class=1)
-    plain, labels_plain, styles_plain = world.render_split(0, "val", n_per_class=1, shifted=False)
+    shifted, labels, styles = dataset.render_split(0, "val", n_per_class=1)
+    plain, labels_plain, styles_plain = dataset.render_split(0, "val", n_per_class=1, shifted=False)
     assert np.array_equal(labels, labels_plain) and np.array_equal(styles, styles_plain)
     assert not np.array_equal(shifted, plain)
 
 
 def test_pretraining_captions_name_one_seen_composition():
-    images, captions = world.pretraining_batch(np.random.default_rng(0), 64)
+    images, captions = pretraining_batch(np.random.default_rng(0), 64)
     assert images.shape == (64, 64, 64, 3) and len(captions) == 64
     unseen = {world.class_parts(n) for n in world.UNSEEN_CLASSNAMES}
     for caption in captions:
@@ -111,23 +112,23 @@ def test_pretraining_captions_name_one_seen_composition():
 
 
 def test_generator_is_deterministic_and_refuses_to_overwrite(tmp_path):
-    a = world.generate(str(tmp_path / "a"), seed=3, split_sizes=TINY_SPLITS, log=lambda *_: None)
-    b = world.generate(str(tmp_path / "b"), seed=3, split_sizes=TINY_SPLITS, log=lambda *_: None)
+    a = dataset.generate(str(tmp_path / "a"), seed=3, split_sizes=TINY_SPLITS, log=lambda *_: None)
+    b = dataset.generate(str(tmp_path / "b"), seed=3, split_sizes=TINY_SPLITS, log=lambda *_: None)
     assert _tree(a) == _tree(b)
-    c = world.generate(str(tmp_path / "c"), seed=4, split_sizes=TINY_SPLITS, log=lambda *_: None)
+    c = dataset.generate(str(tmp_path / "c"), seed=4, split_sizes=TINY_SPLITS, log=lambda *_: None)
     assert _tree(c) != _tree(a)
 
     messages = []
-    world.generate(str(tmp_path / "a"), seed=3, split_sizes=TINY_SPLITS, log=messages.append)
+    dataset.generate(str(tmp_path / "a"), seed=3, split_sizes=TINY_SPLITS, log=messages.append)
     assert "nothing to do" in messages[0]
     with pytest.raises(FileExistsError, match="differs"):
-        world.generate(str(tmp_path / "a"), seed=4, split_sizes=TINY_SPLITS)
+        dataset.generate(str(tmp_path / "a"), seed=4, split_sizes=TINY_SPLITS)
     assert _tree(a) == _tree(b)
     assert sorted(os.listdir(tmp_path / "a")) == [world.DATASET_DIR]  # no staging leftovers
 
 
 def test_generated_layout_and_split_file(tmp_path):
-    target = world.generate(str(tmp_path), seed=0, split_sizes=TINY_SPLITS, log=lambda *_: None)
+    target = dataset.generate(str(tmp_path), seed=0, split_sizes=TINY_SPLITS, log=lambda *_: None)
     assert target == os.path.join(str(tmp_path), "demo_world")
     with open(os.path.join(target, "split_zhou_DemoWorld.json")) as f:
         split = json.load(f)
@@ -149,7 +150,7 @@ def test_generated_layout_and_split_file(tmp_path):
     with Image.open(os.path.join(target, "images", split["test"][0][0])) as image:
         assert image.size == (64, 64) and image.mode == "RGB"
     # the files hold exactly what render_split gives the evaluation
-    images, labels, styles = world.render_split(0, "test", n_per_class=2)
+    images, labels, styles = dataset.render_split(0, "test", n_per_class=2)
     row = split["test"][3]
     with Image.open(os.path.join(target, "images", row[0])) as image:
         assert np.array_equal(np.asarray(image), images[3])
@@ -159,7 +160,7 @@ def test_generated_layout_and_split_file(tmp_path):
 def test_cli_reports_an_existing_different_world(tmp_path, capsys):
     os.makedirs(tmp_path / "demo_world")
     (tmp_path / "demo_world" / "stray.txt").write_text("x")
-    assert world.main(["--root", str(tmp_path)]) == 1
+    assert dataset.main(["--root", str(tmp_path)]) == 1
     assert "demo_world" in capsys.readouterr().err
 
 
@@ -209,7 +210,7 @@ def test_checkpoint_round_trips_through_build_model(tiny_run):
     # the same fp16-rounded weights in a fresh fp32 model give identical outputs
     reference = pretrain.build_demo_clip(1).eval()
     reference.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    images = world.to_tensor(world.render(np.random.default_rng(0), [0, 1], [2, 3], [0, 5], True))
+    images = to_tensor(render(np.random.default_rng(0), [0, 1], [2, 3], [0, 5], True))
     tokens = clip.tokenize(["a photo of a red circle.", "a sketch of a blue star."])
     with torch.no_grad():
         assert torch.equal(rebuilt.encode_image(images), reference.encode_image(images))
@@ -235,7 +236,7 @@ def test_committed_checkpoint_recognises_the_world():
     )
     assert os.path.getsize(CHECKPOINT) < 20 * 2**20
     model = load_clip(CHECKPOINT)
-    images, labels, styles = world.render_split(0, "test", n_per_class=2)
+    images, labels, styles = dataset.render_split(0, "test", n_per_class=2)
     feats = pretrain.image_features(model, images)
     acc = pretrain.zero_shot_accuracies(model, feats, labels, styles, world.CLASSNAMES)
     assert acc["generic"] > 20  # 40-way, chance 2.5 %

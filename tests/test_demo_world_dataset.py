@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
 import trainers
-from tools import demo_world
+from tools.demo import world
+from tools.demo.dataset import generate
 
 
 def cfg_for(root, *opts):
@@ -14,21 +15,21 @@ def cfg_for(root, *opts):
 
 def test_config_prompts_are_the_worlds_style_templates(tmp_path):
     prompts = cfg_for(tmp_path).DATASET.PROMPTS
-    styles = [demo_world.STYLE_TEMPLATES[s] for s in demo_world.STYLES]
+    styles = [world.STYLE_TEMPLATES[s] for s in world.STYLES]
     assert list(prompts.EXPERT_TEMPLATES) == styles
     assert list(prompts.EXPERT_GROUPS) == [1] * len(styles)
-    assert list(prompts.TEACHER_TEMPLATES) == [*styles, demo_world.GENERIC_TEMPLATE]
-    assert prompts.TEMPLATE == demo_world.GENERIC_TEMPLATE
+    assert list(prompts.TEACHER_TEMPLATES) == [*styles, world.GENERIC_TEMPLATE]
+    assert prompts.TEMPLATE == world.GENERIC_TEMPLATE
 
 
 @pytest.mark.parametrize("subsample, first", [("base", 0), ("new", 20)])
 def test_reader_splits_base_and_new(tmp_path, subsample, first):
     from datasets.demo_world import DemoWorld
 
-    demo_world.generate(str(tmp_path), split_sizes={"train": 2, "val": 1, "test": 1}, log=lambda *a: None)
+    generate(str(tmp_path), split_sizes={"train": 2, "val": 1, "test": 1}, log=lambda *a: None)
     dataset = DemoWorld(cfg_for(tmp_path, "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", subsample))
-    assert dataset.all_classnames == list(demo_world.CLASSNAMES)
-    assert dataset.classnames == list(demo_world.CLASSNAMES[first : first + 20])
+    assert dataset.all_classnames == list(world.CLASSNAMES)
+    assert dataset.classnames == list(world.CLASSNAMES[first : first + 20])
     assert len(dataset.train_x) == 40 and len(dataset.test) == 20
     assert sorted({d.label for d in dataset.test}) == list(range(20))
 
@@ -46,10 +47,10 @@ def test_regenerating_after_training_keeps_the_world(tmp_path):
     from datasets.demo_world import DemoWorld
 
     sizes = {"train": 2, "val": 1, "test": 1}
-    demo_world.generate(str(tmp_path), split_sizes=sizes, log=lambda *a: None)
+    generate(str(tmp_path), split_sizes=sizes, log=lambda *a: None)
     DemoWorld(cfg_for(tmp_path, "DATASET.NUM_SHOTS", "1"))  # writes split_fewshot/shot_1-seed_1.json
     messages = []
-    demo_world.generate(str(tmp_path), split_sizes=sizes, log=messages.append)
+    generate(str(tmp_path), split_sizes=sizes, log=messages.append)
     assert "already holds this world" in messages[0]
 
 
@@ -64,7 +65,7 @@ def test_routing_report_evaluates_the_trained_model(tmp_path):
 
     root, run = tmp_path / "data", tmp_path / "run"
     # 11 test images per class: one in every style.
-    demo_world.generate(str(root), split_sizes={"train": 2, "val": 1, "test": 11}, log=lambda *a: None)
+    generate(str(root), split_sizes={"train": 2, "val": 1, "test": 11}, log=lambda *a: None)
     run_train(
         "--root",
         root,
@@ -95,5 +96,5 @@ def test_routing_report_evaluates_the_trained_model(tmp_path):
     ).stdout.splitlines()
     table = report[report.index(next(line for line in report if line.startswith("style"))) + 1 :]
     rows = {line.split()[0]: [float(x.rstrip("%")) for x in line.split()[1:]] for line in table}
-    assert set(rows) == {*demo_world.STYLES, "all"}
+    assert set(rows) == {*world.STYLES, "all"}
     assert rows["all"][3] == pytest.approx(result_accuracy(read_log(run)), abs=0.05)

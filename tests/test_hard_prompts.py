@@ -12,29 +12,24 @@ import yaml
 from clipprompt import hard_prompts
 from clipprompt.templates import PromptForm
 from tests.conftest import ROOT
+from tools.protocols import ALL, BENCHMARK, DG_TARGETS, REGISTERED
 
 CONFIG_DIR = os.path.join(ROOT, "configs", "datasets")
 
 # CoOp's per-dataset template (spec baselines-and-protocols.md) and MoCoOp's expert count G
-# (spec mocoop.md §4), keyed by config file stem.
+# (spec mocoop.md §4) of each benchmark dataset (tools.protocols.BENCHMARK).
 DATASETS = {
-    "caltech101": ("Caltech101", "a photo of a {}.", 5),
-    "dtd": ("DescribableTextures", "{} texture.", 5),
-    "eurosat": ("EuroSAT", "a centered satellite photo of {}.", 6),
-    "fgvc_aircraft": ("FGVCAircraft", "a photo of a {}, a type of aircraft.", 5),
-    "food101": ("Food101", "a photo of {}, a type of food.", 4),
-    "oxford_flowers": ("OxfordFlowers", "a photo of a {}, a type of flower.", 5),
-    "oxford_pets": ("OxfordPets", "a photo of a {}, a type of pet.", 6),
-    "stanford_cars": ("StanfordCars", "a photo of a {}.", 5),
-    "sun397": ("SUN397", "a photo of a {}.", 4),
-    "ucf101": ("UCF101", "a photo of a person doing {}.", 6),
-    "imagenet": ("ImageNet", "a photo of a {}.", 20),
-}
-VARIANTS = {
-    "imagenetv2": "ImageNetV2",
-    "imagenet_sketch": "ImageNetSketch",
-    "imagenet_a": "ImageNetA",
-    "imagenet_r": "ImageNetR",
+    "caltech101": ("a photo of a {}.", 5),
+    "dtd": ("{} texture.", 5),
+    "eurosat": ("a centered satellite photo of {}.", 6),
+    "fgvc_aircraft": ("a photo of a {}, a type of aircraft.", 5),
+    "food101": ("a photo of {}, a type of food.", 4),
+    "oxford_flowers": ("a photo of a {}, a type of flower.", 5),
+    "oxford_pets": ("a photo of a {}, a type of pet.", 6),
+    "stanford_cars": ("a photo of a {}.", 5),
+    "sun397": ("a photo of a {}.", 4),
+    "ucf101": ("a photo of a person doing {}.", 6),
+    "imagenet": ("a photo of a {}.", 20),
 }
 PROMPT_KEYS = {"TEMPLATE", "KNOWLEDGE_TEMPLATE", "EXPERT_GROUPS", "EXPERT_TEMPLATES", "TEACHER_TEMPLATES"}
 
@@ -110,14 +105,15 @@ def test_every_config_file_is_covered():
     stems = {f[: -len(".yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")}
     # The generated demo world's prompts are checked against its generator in
     # tests/test_demo_world_dataset.py.
-    assert stems == set(DATASETS) | set(VARIANTS) | {"demo_world"}
+    assert stems == set(ALL) | {"demo_world"}
+    assert set(DATASETS) == set(BENCHMARK)
 
 
 @pytest.mark.parametrize("stem", sorted(DATASETS))
 def test_dataset_prompt_keys(stem):
     cfg = load(stem)
     assert set(cfg) == {"DATASET"}
-    assert cfg["DATASET"]["NAME"] == DATASETS[stem][0]
+    assert cfg["DATASET"]["NAME"] == REGISTERED[stem]
     p = cfg["DATASET"]["PROMPTS"]
     assert set(p) <= PROMPT_KEYS
     assert PROMPT_KEYS - set(p) <= {"KNOWLEDGE_TEMPLATE"}
@@ -131,7 +127,7 @@ def test_dataset_templates_have_one_placeholder(stem):
 
 @pytest.mark.parametrize("stem", sorted(DATASETS))
 def test_coop_template(stem):
-    assert prompts(stem)["TEMPLATE"] == DATASETS[stem][1]
+    assert prompts(stem)["TEMPLATE"] == DATASETS[stem][0]
 
 
 def test_knowledge_template_only_where_kgcoop_differs():
@@ -146,7 +142,7 @@ def test_expert_groups(stem):
     groups, templates = p["EXPERT_GROUPS"], p["EXPERT_TEMPLATES"]
     assert all(isinstance(g, int) and g >= 1 for g in groups), groups
     assert sum(groups) == len(templates)
-    assert len(groups) == DATASETS[stem][2]
+    assert len(groups) == DATASETS[stem][1]
     assert len(set(templates)) == len(templates), f"{stem}: an expert template is repeated"
 
 
@@ -193,10 +189,10 @@ def test_teacher_pool(stem):
 # ---- ImageNet variants ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stem", sorted(VARIANTS))
+@pytest.mark.parametrize("stem", DG_TARGETS)
 def test_variants_inherit_imagenet_prompts(stem):
     cfg = load(stem)
     assert next(iter(cfg)) == "_BASE_", "_BASE_ must be the first key"
     assert cfg["_BASE_"] == "imagenet.yaml"
     assert os.path.isfile(os.path.join(CONFIG_DIR, cfg["_BASE_"]))
-    assert cfg["DATASET"] == {"NAME": VARIANTS[stem]}, "a variant overrides DATASET.NAME only"
+    assert cfg["DATASET"] == {"NAME": REGISTERED[stem]}, "a variant overrides DATASET.NAME only"

@@ -22,6 +22,7 @@ from clipprompt.hard_prompts import POOLS
 from clipprompt.routing import gather_selected
 from tests.conftest import ROOT
 from tests.e2e import CASES, DTD, TINY_OPTS, read_log, run_train
+from tools.protocols import ALL
 
 B, H, C, K = 5, 6, 7, 3
 
@@ -373,6 +374,7 @@ def mopd_cfg(dataset, config):
 
 
 def test_every_dataset_has_a_config():
+    assert sorted(PER_DATASET) == sorted(ALL)
     assert sorted(os.listdir(os.path.join(CONFIGS, "vit_b16_c4_bs128"))) == sorted(
         f"{d}.yaml" for d in PER_DATASET
     )

@@ -11,10 +11,11 @@ import statistics
 
 import pytest
 
-from tools import _paper, results
-from tools._runlog import BENCHMARK, DISPLAY, LAYOUTS, last_result, read_run
-from tools._stats import t975
-from tools._synthetic import write_expert_stats, write_log
+from tools.protocols import BENCHMARK, DISPLAY
+from tools.results import fewshot, paper, report
+from tools.results.runlog import LAYOUTS, last_result, read_run
+from tools.results.stats import t975
+from tools.results.synthetic import write_expert_stats, write_log
 
 OTHERS = "ImageNet, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, EuroSAT, UCF101"
 
@@ -53,7 +54,7 @@ def b2n_tree(tmp_path):
 
 
 def test_base2new_table(b2n_tree):
-    sections, missing = results.build_report(b2n_tree)
+    sections, missing = report.build_report(b2n_tree)
     (table,) = tables(sections, "Base-to-new")
     assert table.title == "CoOp / vit_b16 (16 shots)"
     rows = {r[0]: r for r in table.rows}
@@ -110,7 +111,7 @@ def test_markdown_layout(tmp_path):
     for seed, (base, new) in enumerate(((70, 60), (72, 61), (74, 62)), start=1):
         finished(tmp_path, "base2new", "train_base", "caltech101", seed, base)
         finished(tmp_path, "base2new", "test_new", "caltech101", seed, new)
-    assert results.render("out", *results.build_report(tmp_path)) == GOLDEN_REPORT
+    assert report.render("out", *report.build_report(tmp_path)) == GOLDEN_REPORT
 
 
 GOLDEN_REPORT = """\
@@ -186,7 +187,7 @@ def test_fewshot_table(tmp_path):
         finished(tmp_path, "fewshot", "", "caltech101", seed, 59 + seed, shots=2)
     for seed in (1, 2):
         finished(tmp_path, "fewshot", "", "dtd", seed, 39 + seed, shots=1)
-    sections, missing = results.build_report(tmp_path)
+    sections, missing = report.build_report(tmp_path)
     (table,) = tables(sections, "Few-shot")
     assert table.headers == ["Dataset", "1 shot", "2 shots"]
     assert table.rows == [
@@ -214,7 +215,7 @@ def test_fewshot_curve_merges_configs_by_shot_count(tmp_path):
         for seed in (1, 2, 3):
             finished(tmp_path, "fewshot", "", "dtd", seed, 40 + shots + seed, shots=shots, config=config)
     finished(tmp_path, "fewshot", "", "dtd", 1, 30, shots=1, trainer="MoCoOp", config="c4")
-    sections, missing = results.build_report(tmp_path, declared=[1, 2, 3], curves=[COOP_CURVE])
+    sections, missing = report.build_report(tmp_path, declared=[1, 2, 3], curves=[COOP_CURVE])
     coop, mocoop = tables(sections, "Few-shot")
     assert coop.title == "CoOp / vit_b16_ep50+vit_b16_ep100+vit_b16_ep200"
     assert coop.headers == ["Dataset", "1 shot", "2 shots", "4 shots", "16 shots"]
@@ -224,7 +225,7 @@ def test_fewshot_curve_merges_configs_by_shot_count(tmp_path):
     assert not [m for m in missing if "CoOp/vit_b16" in m[0] and "shots_*" not in m[0]]
 
     # Without the curve, each config is its own table.
-    sections, _ = results.build_report(tmp_path, declared=[1, 2, 3])
+    sections, _ = report.build_report(tmp_path, declared=[1, 2, 3])
     assert [t.title for t in tables(sections, "Few-shot")] == [
         "CoOp / vit_b16_ep100",
         "CoOp / vit_b16_ep200",
@@ -237,12 +238,12 @@ def test_fewshot_curve_errors(tmp_path):
     finished(tmp_path, "fewshot", "", "dtd", 1, 40, shots=1, config="vit_b16_ep50")
     finished(tmp_path, "fewshot", "", "caltech101", 1, 40, shots=1, config="vit_b16_ep100")
     with pytest.raises(SystemExit, match="1-shot runs exist under both vit_b16_ep100 and vit_b16_ep50"):
-        results.build_report(tmp_path, declared=[1], curves=[COOP_CURVE])
+        report.build_report(tmp_path, declared=[1], curves=[COOP_CURVE])
     for spec in ("CoOp", "CoOp=vit_b16_ep50", "=a+b", "CoOp=a+a"):
         with pytest.raises(SystemExit, match="expected Trainer=config1\\+config2"):
-            results.parse_curve(spec)
-    assert results.parse_curve("CoOp=a+b") == ("CoOp", ["a", "b"])
-    _, missing = results.build_report(tmp_path, declared=[1], curves=[("KgCoOp", ["a", "b"])])
+            fewshot.parse_curve(spec)
+    assert fewshot.parse_curve("CoOp=a+b") == ("CoOp", ["a", "b"])
+    _, missing = report.build_report(tmp_path, declared=[1], curves=[("KgCoOp", ["a", "b"])])
     assert ("fewshot/*/shots_*/KgCoOp/{a,b}/seed*", "no runs") in missing
 
 
@@ -253,7 +254,7 @@ def test_xd_and_dg_tables(tmp_path):
         finished(tmp_path, "xd", "test", "imagenet_a", seed, 49.5 + seed)
     for seed in (1, 2, 3):
         finished(tmp_path, "xd", "test", "dtd", seed, 39 + seed)
-    sections, missing = results.build_report(tmp_path)
+    sections, missing = report.build_report(tmp_path)
     (xd,) = tables(sections, "Cross-dataset")
     (dg,) = tables(sections, "Domain generalisation")
     assert xd.headers[:4] == ["Method", "Shots", "ImageNet", "Caltech101"] and xd.headers[-1] == "Average"
@@ -282,7 +283,7 @@ def test_paper_columns(tmp_path):
             finished(tmp_path, "base2new", "test_new", "imagenet", seed, 68, trainer=trainer)
     finished(tmp_path, "xd", "train", "imagenet", 1, 71, trainer="KgCoOp")
     finished(tmp_path, "xd", "test", "imagenet_r", 1, 76, trainer="KgCoOp")
-    sections, _ = results.build_report(tmp_path, declared=[1], paper=_paper.load())
+    sections, _ = report.build_report(tmp_path, declared=[1], paper=paper.load())
     by_trainer = {t.title.split(" /")[0]: t for t in tables(sections, "Base-to-new")}
 
     clip = by_trainer["ZeroshotCLIP"]  # the paper's CLIP
@@ -320,7 +321,7 @@ def test_paper_columns(tmp_path):
     assert by_trainer["Other"].notes == ["Paper: no published numbers for Other."]
 
     finished(tmp_path, "base2new", "train_base", "imagenet", 1, 72, shots=4)
-    sections, _ = results.build_report(tmp_path, declared=[1], paper=_paper.load())
+    sections, _ = report.build_report(tmp_path, declared=[1], paper=paper.load())
     four_shots = tables(sections, "Base-to-new")[1]  # [0] is the all-trainers summary
     assert four_shots.title == "CoOp / vit_b16 (4 shots)" and "Paper Base" not in four_shots.headers
     assert four_shots.notes == ["Paper: the published numbers are for 16 shots; none are shown here."]
@@ -332,7 +333,7 @@ def test_paper_columns(tmp_path):
 
 
 def test_paper_json_is_the_reference_data():
-    data = _paper.load()
+    data = paper.load()
     table = data["mocoop_table1_base_to_new"]
     assert [k for k in table if k != "Average"] == [DISPLAY[d] for d in BENCHMARK]
     assert table["ImageNet"]["MoCoOp"] == {"base": 76.52, "new": 69.2, "H": 72.67}
@@ -349,7 +350,7 @@ def test_t_quantiles(df):
 
 def test_cli_writes_csv(b2n_tree, tmp_path, capsys):
     csv_dir = tmp_path / "csv"
-    results.main([str(b2n_tree), "--csv-dir", str(csv_dir)])
+    report.main([str(b2n_tree), "--csv-dir", str(csv_dir)])
     out = capsys.readouterr().out
     assert "## Base-to-new generalisation" in out and "## Missing or unfinished runs (12)" in out
     with open(csv_dir / "base2new.csv") as f:
@@ -364,9 +365,9 @@ def test_cli_writes_csv(b2n_tree, tmp_path, capsys):
 
 def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="no runs under"):
-        results.build_report(tmp_path)
+        report.build_report(tmp_path)
     (tmp_path / "fewshot/dtd/shots_1/CoOp/vit_b16/old-seed1").mkdir(parents=True)
-    _, missing = results.build_report(tmp_path)
+    _, missing = report.build_report(tmp_path)
     assert missing == [
         (
             "fewshot/dtd/shots_1/CoOp/vit_b16/old-seed1",
@@ -376,7 +377,7 @@ def test_cli_errors(tmp_path):
 
 
 def test_plots(tmp_path):
-    from tools import plots
+    from tools.results import plots
 
     for seed in (1, 2, 3):
         for k in (1, 2):
@@ -411,7 +412,7 @@ def test_single_dataset_summary_compares_trainers(tmp_path):
         for trainer, shift in (("CoOp", 0), ("MoCoOp", 2)):
             finished(tmp_path, "base2new", "train_base", "demo_world", seed, base + shift, trainer=trainer)
             finished(tmp_path, "base2new", "test_new", "demo_world", seed, new + shift, trainer=trainer)
-    sections, missing = results.build_report(tmp_path, declared=[1, 2], datasets=["demo_world"])
+    sections, missing = report.build_report(tmp_path, declared=[1, 2], datasets=["demo_world"])
     summary = tables(sections, "Base-to-new")[0]
     assert summary.title.startswith("All trainers (demo_world")
     coop, mocoop = summary.rows

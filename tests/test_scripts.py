@@ -12,27 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tools import results
-from tools._synthetic import write_log
+from tools.protocols import ALL, BENCHMARK, DG_TARGETS, XD_SOURCE, XD_TARGETS
+from tools.results.report import build_report
+from tools.results.synthetic import write_log
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-DATASETS = [
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-    "imagenetv2",
-    "imagenet_sketch",
-    "imagenet_a",
-    "imagenet_r",
-]
+TOOLS = SCRIPTS.parent / "tools"
 TRAINER_CONFIGS = (
     "CoOp/vit_b16.yaml",
     "ZeroshotCLIP/vit_b16.yaml",
@@ -65,12 +50,11 @@ correct = 500 + 10 * int(args[args.index("--seed") + 1]) + (100 if "new" in args
 def repo(tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(SCRIPTS, root / "scripts")
-    # The scripts ask tools/_runlog.py whether a run is finished.
-    (root / "tools").mkdir()
-    for name in ("__init__.py", "_runlog.py"):
-        shutil.copy(SCRIPTS.parent / "tools" / name, root / "tools" / name)
+    # The scripts ask tools.protocols for trainer configs and tools.results.runlog whether a
+    # run is finished.
+    shutil.copytree(TOOLS, root / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "train.py").write_text(FAKE_TRAIN)
-    for d in DATASETS:
+    for d in ALL:
         (root / "configs/datasets").mkdir(parents=True, exist_ok=True)
         (root / f"configs/datasets/{d}.yaml").write_text("")
     for cfg in TRAINER_CONFIGS:
@@ -114,6 +98,15 @@ def cmd(seed, dataset, cfg_file, out, *rest):
 
 COOP = "configs/trainers/CoOp/vit_b16.yaml"
 B2N = "output/base2new/{}/{}/shots_16/{}/{}/seed{}"
+
+
+def test_shell_dataset_lists_are_the_python_ones():
+    echo = 'source scripts/_common.sh && printf "%s\\n" "$BENCHMARK_DATASETS" "$XD_SOURCE" "$XD_TARGETS" "$DG_TARGETS"'
+    proc = subprocess.run(
+        ["bash", "-c", echo], cwd=SCRIPTS.parent, capture_output=True, text=True, check=True
+    )
+    benchmark, source, xd_targets, dg_targets = (line.split() for line in proc.stdout.splitlines())
+    assert (benchmark, source, xd_targets, dg_targets) == (BENCHMARK, [XD_SOURCE], XD_TARGETS, DG_TARGETS)
 
 
 def test_base2new_dry_run(repo):
@@ -216,7 +209,7 @@ def test_xd_dry_run(repo):
     out = lines(run(repo, "xd.sh", "MoCoOp", "c4", SEEDS="1"))
     train = "output/xd/train/imagenet/shots_16/MoCoOp/c4/seed1"
     cfg = "configs/trainers/MoCoOp/c4/imagenet.yaml"  # the source's config, for every target
-    targets = DATASETS[1:11] + DATASETS[11:]
+    targets = XD_TARGETS + DG_TARGETS
     assert out == [
         cmd(1, "imagenet", cfg, train, "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all"),
         *(
@@ -238,7 +231,7 @@ def test_all_datasets_drivers(repo):
     order = list(
         dict.fromkeys(re.search(r"train_base/(\w+)/", line)[1] for line in out if "train_base/" in line)
     )
-    assert order == DATASETS[:11]
+    assert order == BENCHMARK
     out = lines(
         run(repo, "all_fewshot.sh", "CoOp", "vit_b16", DATASETS="dtd eurosat", SEEDS="1", SHOTS_LIST="2")
     )
@@ -270,6 +263,18 @@ def test_all_datasets_drivers(repo):
             ("dtd", "CoOp", "nocfg"),
             {},
             "neither configs/trainers/CoOp/nocfg/dtd.yaml nor configs/trainers/CoOp/nocfg.yaml exists",
+        ),
+        (
+            "all_base2new.sh",
+            ("CoOp", "nocfg"),
+            {"DATASETS": "dtd eurosat"},
+            "neither configs/trainers/CoOp/nocfg/dtd.yaml nor configs/trainers/CoOp/nocfg.yaml exists",
+        ),
+        (
+            "xd.sh",
+            ("MoCoOp", "nocfg"),
+            {},
+            "neither configs/trainers/MoCoOp/nocfg/imagenet.yaml nor configs/trainers/MoCoOp/nocfg.yaml exists",
         ),
         ("base2new.sh", ("dtd", "CoOp", "vit_b16"), {"SEEDS": "1 x"}, "SEEDS must be non-negative integers"),
         ("fewshot.sh", ("dtd", "CoOp", "vit_b16"), {"SHOTS_LIST": "1 0"}, "positive integers"),
@@ -307,7 +312,7 @@ def test_real_run_then_rerun_then_results(repo, tmp_path):
     assert all(line.startswith("# skip finished: ") for line in second) and len(second) == 4
     assert len((repo / "calls.txt").read_text().splitlines()) == 4
 
-    sections, _ = results.build_report(repo / "output", declared=[1, 2])
+    sections, _ = build_report(repo / "output", declared=[1, 2])
     (table,) = sections[0].tables
     assert table.rows[0][:5] == [
         "DTD",

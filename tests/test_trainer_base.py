@@ -15,6 +15,7 @@ from clipprompt.schedule import EpochLRSchedule
 from tests.conftest import ROOT
 from tests.dataset_layouts import make_oxford_pets
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
+from tools.protocols import DG_TARGETS, REGISTERED
 
 PETS = "configs/datasets/oxford_pets.yaml"
 COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
@@ -158,14 +159,9 @@ def test_flags_come_after_the_files_and_before_the_options():
 
 def test_variant_configs_inherit_imagenet_prompts():
     imagenet = trainers.make_cfg("MoCoOp", "configs/datasets/imagenet.yaml")
-    for name, registered in [
-        ("imagenetv2", "ImageNetV2"),
-        ("imagenet_sketch", "ImageNetSketch"),
-        ("imagenet_a", "ImageNetA"),
-        ("imagenet_r", "ImageNetR"),
-    ]:
+    for name in DG_TARGETS:
         variant = trainers.make_cfg("MoCoOp", f"configs/datasets/{name}.yaml")
-        assert variant.DATASET.NAME == registered
+        assert variant.DATASET.NAME == REGISTERED[name]
         assert variant.DATASET.PROMPTS == imagenet.DATASET.PROMPTS
         assert len(variant.DATASET.PROMPTS.EXPERT_GROUPS) == 20
 

@@ -11,10 +11,10 @@ import json
 import statistics
 from pathlib import Path
 
-from tools._runlog import BENCHMARK, DISPLAY
-from tools._stats import harmonic
+from tools.protocols import BENCHMARK, DISPLAY
+from tools.results.stats import harmonic
 
-PAPER_FILE = Path(__file__).with_name("paper_results.json")
+PAPER_FILE = Path(__file__).parents[1] / "paper_results.json"
 # Printed cells have two decimals, so a recomputed value within this of the
 # printed one is rounding; anything further is a garbled or inconsistent cell.
 TOLERANCE = 0.015

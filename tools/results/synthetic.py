@@ -3,7 +3,7 @@
 For the tests and for the example tables of docs/PROTOCOLS.md; nothing here
 trains or evaluates a model.
 
-    python -m tools._synthetic <new output root>
+    python -m tools.results.synthetic <new output root>
 """
 
 import json
@@ -11,7 +11,8 @@ import random
 import sys
 from pathlib import Path
 
-from tools._runlog import RunKey
+from tools.protocols import BENCHMARK, DG_TARGETS, XD_SOURCE
+from tools.results.runlog import RunKey
 
 
 def write_log(run_dir, correct=None, total=1000, name="log.txt", epochs=2):
@@ -64,7 +65,8 @@ def write_expert_stats(run_dir, shares, epochs=2, name="expert_stats.json"):
     return path
 
 
-# Invented centres (not any paper's numbers): base and new accuracy per dataset.
+# Invented centres (not any paper's numbers): base and new accuracy per benchmark dataset, and the
+# accuracy on each DG target.
 _DEMO_CENTRES = {
     "imagenet": (75, 68),
     "caltech101": (97, 93),
@@ -78,6 +80,7 @@ _DEMO_CENTRES = {
     "eurosat": (87, 62),
     "ucf101": (83, 71),
 }
+_DEMO_DG = {"imagenetv2": 64, "imagenet_sketch": 47, "imagenet_a": 49, "imagenet_r": 76}
 _DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0), ("MoCoOp", "vit_b16_c4_ep10", 1.5))
 
 
@@ -96,7 +99,8 @@ def write_demo(root, seed=0):
             write_expert_stats(path, [r / sum(raw) for r in raw])  # shares sum to 1, as RoutingStats writes
 
     for trainer, config, gain in _DEMO_METHODS:
-        for d, (base, new) in _DEMO_CENTRES.items():
+        for d in BENCHMARK:
+            base, new = _DEMO_CENTRES[d]
             for s in (1, 2, 3):
                 run("base2new", "train_base", d, 16, trainer, config, s, base + gain)
                 run("base2new", "test_new", d, 16, trainer, config, s, new + 2 * gain)
@@ -104,7 +108,7 @@ def write_demo(root, seed=0):
                     run("fewshot", "", d, k, trainer, config, s, (base + new) / 2 - 12 + 3 * k**0.5 + gain)
                 run(
                     "xd",
-                    "train" if d == "imagenet" else "test",
+                    "train" if d == XD_SOURCE else "test",
                     d,
                     16,
                     trainer,
@@ -112,14 +116,9 @@ def write_demo(root, seed=0):
                     s,
                     new - 4 + gain / 3,
                 )
-            for d, acc in (
-                ("imagenetv2", 64),
-                ("imagenet_sketch", 47),
-                ("imagenet_a", 49),
-                ("imagenet_r", 76),
-            ):
+            for d in DG_TARGETS:
                 for s in (1, 2, 3):
-                    run("xd", "test", d, 16, trainer, config, s, acc + gain / 3)
+                    run("xd", "test", d, 16, trainer, config, s, _DEMO_DG[d] + gain / 3)
     # An interrupted evaluation (a newer log without a result block) and an absent seed.
     write_log(
         root / "base2new/test_new/eurosat/shots_16/MoCoOp/vit_b16_c4_ep10/seed3",
@@ -131,5 +130,5 @@ def write_demo(root, seed=0):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or Path(sys.argv[1]).exists():
-        sys.exit("usage: python -m tools._synthetic <new output root> (must not exist yet)")
+        sys.exit("usage: python -m tools.results.synthetic <new output root> (must not exist yet)")
     write_demo(sys.argv[1])

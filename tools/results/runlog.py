@@ -17,29 +17,6 @@ _FIELD = re.compile(r"\* (\w+): ([\d,]+(?:\.\d+)?)%?")
 _SHOTS = re.compile(r"shots_(\d+)")
 _SEED = re.compile(r"seed(\d+)")
 
-# Dataset config names (the directory names of the layout) and the names tables print.
-DISPLAY = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "OxfordFlowers",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DTD",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-    "imagenetv2": "ImageNetV2",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-}
-BENCHMARK = list(DISPLAY)[:11]
-XD_SOURCE = "imagenet"
-XD_TARGETS = BENCHMARK[1:]
-DG_TARGETS = list(DISPLAY)[11:]
-
 # (protocol, part) -> directory below the output root.
 LAYOUTS = {
     ("base2new", "train_base"): "base2new/train_base",

@@ -1,0 +1,3 @@
+from tools.benchmark.cli import main
+
+main()

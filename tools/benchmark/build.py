@@ -1,0 +1,151 @@
+"""The benchmark's inputs and trainers: generated class names, the configs the protocol
+scripts use, and trainers built for given class names (no data loaders)."""
+
+import contextlib
+import io
+import os
+import random
+import statistics
+from pathlib import Path
+
+import torch
+
+import trainers
+from clipprompt.clip_loading import load_clip
+from clipprompt.templates import _TOKENIZER, bpe, clean_classname
+from tools.protocols import trainer_config
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+# CLIP ViT-B/16's architecture (what clip.model.build_model reads from the OpenAI checkpoint).
+VIT_B16 = {
+    "embed_dim": 512,
+    "image_resolution": 224,
+    "vision_layers": 12,
+    "vision_width": 768,
+    "vision_patch_size": 16,
+    "transformer_width": 512,
+    "transformer_layers": 12,
+}
+
+# Benchmark row -> (trainer, trainer config as the protocol scripts name it, compare options).
+# MoCoOp-release encodes its prompts exactly as MoCoOp (paper) does: its option comparisons
+# would repeat MoCoOp's.
+TRAINERS = {
+    "ZeroshotCLIP": ("ZeroshotCLIP", "vit_b16", False),
+    "CoOp": ("CoOp", "vit_b16_ep50", True),
+    "KgCoOp": ("KgCoOp", "vit_b16_ep100_ctxv1", True),
+    "CoCoOp": ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", True),
+    "MoCoOp": ("MoCoOp", "paper_vit_b16_ep25", True),
+    "MoCoOp-release": ("MoCoOp", "release_vit_b16_ep25", False),
+    "MoPD": ("MoPD", "vit_b16_c4_bs128", True),
+}
+
+
+def generated_classnames(n, seed=0):
+    """`n` distinct class names of 1-3 words; a word is a common BPE word or a rare one made of
+    a stem and an ending (two or more BPE tokens, as in "bedlington terrier")."""
+    pieces = list(_TOKENIZER.encoder)[1000:30000]
+    words = [
+        p[:-4] for p in pieces if p.endswith("</w>") and p[:-4].isascii() and p[:-4].isalpha() and len(p) > 6
+    ]
+    stems = [p for p in pieces if not p.endswith("</w>") and p.isascii() and p.isalpha() and len(p) > 2]
+    rng = random.Random(seed)
+    names, seen = [], set()
+    while len(names) < n:
+        count = rng.choices((1, 2, 3), weights=(4, 4, 2))[0]
+        name = " ".join(
+            rng.choice(words) if rng.random() < 0.6 else rng.choice(stems) + rng.choice(words)
+            for _ in range(count)
+        )
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def read_classnames(path):
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    first = [line.split(" ", 1)[0] for line in lines]
+    if all(w[:1] == "n" and w[1:].isdigit() and " " in line for w, line in zip(first, lines)):
+        lines = [line.split(" ", 1)[1] for line in lines]  # ImageNet's "<wnid> <name>"
+    return lines
+
+
+def classnames(args, total):
+    names = read_classnames(args.classnames_file) if args.classnames_file else generated_classnames(total)
+    if len(set(names)) < total:
+        raise ValueError(
+            f"--classnames-file {args.classnames_file} has {len(set(names))} distinct names; "
+            f"{total} are needed (--classes + --virtual)"
+        )
+    return list(dict.fromkeys(names))[:total]
+
+
+def name_stats(names):
+    counts = [len(bpe(clean_classname(n))) for n in names]
+    return {
+        "mean_bpe_tokens": round(statistics.mean(counts), 2),
+        "max_bpe_tokens": max(counts),
+        "examples": names[:5],
+    }
+
+
+def dataset_file(dataset):
+    path = os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
+    if not os.path.isfile(path):
+        raise ValueError(f"--dataset {dataset}: {path} does not exist")
+    return path
+
+
+def expert_groups(dataset, experts=None):
+    """(group sizes, flat templates) of the first `experts` expert groups of a dataset config."""
+    prompts = trainers.read_config_file(dataset_file(dataset))["DATASET"]["PROMPTS"]
+    sizes, templates = list(prompts["EXPERT_GROUPS"]), list(prompts["EXPERT_TEMPLATES"])
+    experts = experts or len(sizes)
+    if not 1 <= experts <= len(sizes):
+        raise ValueError(
+            f"--experts {experts}: configs/datasets/{dataset}.yaml has {len(sizes)} expert groups"
+        )
+    return sizes[:experts], templates[: sum(sizes[:experts])]
+
+
+def expert_subset(dataset, experts):
+    """Config overrides keeping the first `experts` template groups of the dataset's experts."""
+    sizes, templates = expert_groups(dataset, experts)
+    return ["DATASET.PROMPTS.EXPERT_GROUPS", repr(sizes), "DATASET.PROMPTS.EXPERT_TEMPLATES", repr(templates)]
+
+
+def make_cfg(name, args, clip_path, opts=()):
+    trainer, config, _ = TRAINERS[name]
+    extra = expert_subset(args.dataset, args.experts) if trainer == "MoCoOp" and args.experts else []
+    options = [
+        "MODEL.BACKBONE.NAME", clip_path, "TRAINER.PREC", args.prec, "INPUT.SIZE",
+        f"({args.image_size}, {args.image_size})", "USE_CUDA", str(args.device == "cuda"), *extra, *opts,
+    ]  # fmt: skip
+    config_file = os.path.join(REPO, trainer_config(trainer, config, args.dataset, REPO))
+    return trainers.make_cfg(trainer, dataset_file(args.dataset), config_file, options)
+
+
+class Bench:
+    """Builds trainers for given class names (`trainers.build_trainer`, no data loaders); the
+    frozen CLIP is loaded once and shared (a trainer that trains CLIP weights copies it)."""
+
+    def __init__(self, args, device, clip_path):
+        self.args = args
+        self.device = device
+        self.clip_path = clip_path
+        self.frozen_clip = None
+
+    def build(self, name, base, virtual, opts=()):
+        cfg = make_cfg(name, self.args, self.clip_path, opts)
+        if self.frozen_clip is None:
+            dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
+            self.frozen_clip = load_clip(self.clip_path, dtype=dtype).to(self.device)
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer = trainers.build_trainer(
+                cfg, base, list(base) + list(virtual), clip_model=self.frozen_clip
+            )
+        trainer.batch_idx, trainer.num_batches = 0, 2  # never an epoch's last batch: no LR step
+        return trainer

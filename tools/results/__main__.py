@@ -1,0 +1,3 @@
+from tools.results.report import main
+
+main()
