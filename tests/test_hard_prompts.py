@@ -29,6 +29,8 @@ DATASETS = {
     "sun397": ("SUN397", "a photo of a {}.", 4),
     "ucf101": ("UCF101", "a photo of a person doing {}.", 6),
     "imagenet": ("ImageNet", "a photo of a {}.", 20),
+    # Your own images: the generic sets (tests/test_image_folder.py).
+    "image_folder": ("ImageFolder", "a photo of a {}.", 4),
 }
 VARIANTS = {
     "imagenetv2": "ImageNetV2",
