@@ -241,10 +241,15 @@ class ImageFolder(CoOpDataset):
         try:
             return super().samples_from_rows(rows, base_dir, source)
         except ValueError as err:
+            if self.split_dirs:
+                remedy = f"move {os.path.join(self.dataset_dir, FEWSHOT_FOLDER)} away to draw new samples."
+            else:
+                remedy = (
+                    f"move {self.split_path} and {FEWSHOT_FOLDER}/ away and set DATASET.CREATE_SPLIT True "
+                    "to make a new split."
+                )
             raise ValueError(
-                f"{err} The class folders or {CLASSNAMES_FILE} changed after the split was made: "
-                f"move {self.split_path} and {FEWSHOT_FOLDER}/ away and set DATASET.CREATE_SPLIT True "
-                "to make a new split."
+                f"{err} The class folders or {CLASSNAMES_FILE} changed since it was written: {remedy}"
             ) from None
 
     def missing_split_message(self):

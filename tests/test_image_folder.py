@@ -131,10 +131,16 @@ def test_classes_changed_after_the_split_are_an_error(tmp_path):
     folder = make_pool(tmp_path, "mine", CLASSES)
     build(tmp_path, create_split=True)
     Path(folder, "classnames.txt").write_text("Blue_Jay jay\ncat cat\ndog dog\nred_fox fox\n")
-    with pytest.raises(
-        ValueError, match="changed after the split was made: move .*split_zhou_ImageFolder.json"
-    ):
+    with pytest.raises(ValueError, match="changed since it was written: move .*split_zhou_ImageFolder.json"):
         build(tmp_path)
+
+
+def test_pre_split_classes_renamed_after_few_shot_sampling_are_an_error(tmp_path):
+    folder = make_pre_split(tmp_path, "mine", {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    build(tmp_path, shots=1)
+    Path(folder, "classnames.txt").write_text("a apple\nb banana\n")
+    with pytest.raises(ValueError, match=f"changed since it was written: move {folder}/split_fewshot away"):
+        build(tmp_path, shots=1)
 
 
 def test_a_new_split_refuses_few_shot_samples_of_an_earlier_one(tmp_path):
