@@ -10,8 +10,11 @@ def add_config(cfg):
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     # Explicit opt-in to create a missing split_zhou_*.json at random (not comparable to papers).
     cfg.DATASET.CREATE_SPLIT = False
+    # Readers with keys of their own (ImageFolder's folder) declare them in their module.
+    for module in _MODULES:
+        if hasattr(module, "add_config"):
+            module.add_config(cfg)
 
 
 # Every module registers its readers on import, so adding a dataset edits no list here.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+_MODULES = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]

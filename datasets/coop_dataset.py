@@ -203,15 +203,19 @@ class CoOpDataset(DatasetBase):
             self._split_rows = read_json(self.split_path)
         return self._split_rows
 
+    def missing_split_message(self):
+        """What to do when the split file is missing and DATASET.CREATE_SPLIT is False."""
+        return (
+            f"Split file {self.split_path} not found. Download it from the CoOp DATASETS.md link for "
+            f"{type(self).__name__}, or set DATASET.CREATE_SPLIT True to create a new random split "
+            "(numbers will not be comparable to published ones)."
+        )
+
     def _create_missing_split(self):
         name = type(self).__name__
         where = f"Download it from the CoOp DATASETS.md link for {name}"
         if not self.create_split_if_missing:
-            raise FileNotFoundError(
-                f"Split file {self.split_path} not found. {where}, or set "
-                "DATASET.CREATE_SPLIT True to create a new random split (numbers will not be "
-                "comparable to published ones)."
-            )
+            raise FileNotFoundError(self.missing_split_message())
         split = self.create_split()
         if split is None:
             raise FileNotFoundError(

@@ -14,6 +14,8 @@ SPLIT_SEED = 1
 # CoOp's fractions: per class 50% train, 20% val, the rest test; 20% of trainval for val.
 TRAIN_FRACTION = 0.5
 VAL_FRACTION = 0.2
+# One image per split at least.
+MIN_IMAGES = 3
 
 
 def split_class_folders(image_dir, ignored=(), renames=None):
@@ -27,19 +29,23 @@ def split_class_folders(image_dir, ignored=(), renames=None):
             [f"{folder}/{im}", label, renames.get(folder, folder)]
             for im in list_files(os.path.join(image_dir, folder))
         ]
-        if len(rows) < 3:
+        if len(rows) < MIN_IMAGES:
             raise ValueError(
                 f"Class folder {os.path.join(image_dir, folder)} has {len(rows)} images; "
-                "a train/val/test split needs at least 3."
+                f"a train/val/test split needs at least {MIN_IMAGES}."
             )
-        rng.shuffle(rows)
-        # Small classes still get one image in each split.
-        n_val = max(1, round(len(rows) * VAL_FRACTION))
-        n_train = max(1, min(round(len(rows) * TRAIN_FRACTION), len(rows) - n_val - 1))
-        split["train"] += rows[:n_train]
-        split["val"] += rows[n_train : n_train + n_val]
-        split["test"] += rows[n_train + n_val :]
+        for name, part in zip(SPLIT_NAMES, split_rows(rows, rng)):
+            split[name] += part
     return split
+
+
+def split_rows(rows, rng):
+    """One class's rows (at least MIN_IMAGES), shuffled by `rng` and cut into (train, val, test)."""
+    rng.shuffle(rows)
+    # Small classes still get one image in each split.
+    n_val = max(1, round(len(rows) * VAL_FRACTION))
+    n_train = max(1, min(round(len(rows) * TRAIN_FRACTION), len(rows) - n_val - 1))
+    return rows[:n_train], rows[n_train : n_train + n_val], rows[n_train + n_val :]
 
 
 def split_train_val(trainval, test):

@@ -104,8 +104,8 @@ def test_imagenet_experts_come_from_the_lasp_pool():
 def test_every_config_file_is_covered():
     stems = {f[: -len(".yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")}
     # The generated demo world's prompts are checked against its generator in
-    # tests/test_demo_world_dataset.py.
-    assert stems == set(ALL) | {"demo_world"}
+    # tests/test_demo_world_dataset.py, ImageFolder's generic set in tests/test_image_folder.py.
+    assert stems == set(ALL) | {"demo_world", "image_folder"}
     assert set(DATASETS) == set(BENCHMARK)
 
 

@@ -1,0 +1,239 @@
+"""The nearest words of CLIP's vocabulary to each learned context vector of a trained run.
+
+    python -m tools.interpret --model-dir RUN [--load-epoch N] [--topk K] [--root DATA]
+
+For every context vector of the run's checkpoint: the K token embeddings of CLIP's vocabulary
+nearest to it by Euclidean distance and by cosine similarity, with their distances. Vectors are
+grouped per prompt (MoCoOp: per expert, with the template it was initialised from; CoOp with
+CSC: per class) and labelled by position, before or after the class name. CoCoOp's vectors are
+its static context; the meta-net adds an image-dependent shift at inference. ZeroshotCLIP has
+no learned context.
+
+The model is built from the run's own config.yaml (as trained) and loaded as evaluation loads
+it: without --load-epoch, the last epoch of a finished run. The result is printed and written
+to RUN/interpret-epoch<E>.json (atomically; an earlier file of this tool for the same epoch is
+replaced, any other file of that name is refused). In the JSON, `token` is CLIP's BPE token
+(`</w>` ends a word) and `text` its decoded text; printed, a word piece that the next token
+continues ends with "-".
+"""
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+TOOL = "tools.interpret"
+# Context that does not depend on the class list is interpreted in a model built for one
+# stand-in class: no data is needed.
+STAND_IN_CLASSES = ["object"]
+
+
+class NothingToInterpret(Exception):
+    """The run's model has no learned context (ZeroshotCLIP)."""
+
+
+def build_run_model(model_dir, epoch=None, root=""):
+    """(trainer, config) of the run in `model_dir`, its checkpoint loaded.
+
+    Per-class context (CoOp's CSC) needs the run's class names: the model is then built from
+    the run's dataset (DATASET.ROOT of its config, or `root`).
+    """
+    import trainers
+
+    config_path = os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"{config_path} not found: --model-dir must be the --output-dir of a train.py training run"
+        )
+    name = trainers.read_config_file(config_path).get("TRAINER", {}).get("NAME")
+    cfg = trainers.make_cfg(name, config_file=config_path, root=root)
+    trainer = trainers.build_trainer(cfg, STAND_IN_CLASSES)
+    prompt = learned_prompt(trainer.model)
+    if prompt is None:
+        raise NothingToInterpret(
+            f"nothing to interpret: {model_dir} is a {name} run, whose prompts are hand-crafted "
+            "templates with no learned context vectors"
+        )
+    if prompt.assembler.class_specific:
+        trainer = trainers.build_trainer(cfg)  # the run's classes, read from its dataset
+    trainer.load_model(model_dir, epoch=epoch)
+    return trainer, cfg
+
+
+def learned_prompt(model):
+    """The prompt learner holding a learned context table (`ctx`) and its `assembler`, or None."""
+    prompt = getattr(model, "prompt_learner", None)
+    if prompt is None or not isinstance(getattr(prompt, "ctx", None), torch.nn.Parameter):
+        return None
+    return prompt
+
+
+def prompt_labels(model, assembler, classnames):
+    """One record per prompt of the context table, in table order: (label, template, class,
+    first table row, form)."""
+    from trainers.mocoop import MixtureCLIP
+
+    experts = isinstance(model, MixtureCLIP)
+    per_class = sum(form.n_ctx for form in assembler.forms)
+    classes = list(enumerate(classnames)) if assembler.class_specific else [(0, None)]
+    records = []
+    for c, classname in classes:
+        offset = c * per_class
+        for g, form in enumerate(assembler.forms):
+            label = f"expert {g + 1}" if experts else "context"
+            if classname is not None:
+                label += f" of class {classname!r}"
+            template = model.routing_names[g] if experts else None
+            records.append((label, template, classname, offset, form))
+            offset += form.n_ctx
+    return records
+
+
+def layout(form):
+    """The prompt with its context slots numbered: "V1 V2 {class} V3 ."."""
+    slots = [f"V{i + 1}" for i in range(form.n_ctx)]
+    return " ".join(slots[: form.n_before] + ["{class}"] + slots[form.n_before :] + [form.suffix]).strip()
+
+
+def decode(token_id):
+    """(BPE token, its text); a token that is part of a multi-byte character shows its bytes."""
+    from clipprompt.templates import _TOKENIZER
+
+    token = _TOKENIZER.decoder[token_id]
+    text = _TOKENIZER.decode([token_id]).strip()
+    if "\ufffd" in text:
+        raw = bytes(_TOKENIZER.byte_decoder[ch] for ch in token.removesuffix("</w>"))
+        text = "<" + raw.hex(" ") + ">"
+    return token, text
+
+
+def nearest_tokens(vectors, embeddings, k):
+    """Per vector: (ids, distances) of the k nearest embeddings by Euclidean distance and
+    (ids, similarities) of the k most cosine-similar ones; fp32."""
+    vectors, embeddings = vectors.float(), embeddings.float()
+    # Differences, not the |x|² + |y|² - 2xy shortcut, so that a vector equal to a token
+    # embedding is at distance 0, not at the shortcut's rounding error.
+    distance = torch.cdist(vectors, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
+    near = distance.topk(k, dim=1, largest=False)
+    cosine = F.normalize(vectors, dim=-1) @ F.normalize(embeddings, dim=-1).t()
+    similar = cosine.topk(k, dim=1)
+    return (near.indices, near.values), (similar.indices, similar.values)
+
+
+def _words(ids, values, key):
+    words = []
+    for i, v in zip(ids.tolist(), values.tolist()):
+        token, text = decode(i)
+        words.append({"id": i, "token": token, "text": text, key: v})
+    return words
+
+
+def interpret(trainer, k):
+    """The report (a JSON-ready dict) of a loaded trainer's learned context."""
+    model = trainer.model
+    prompt = learned_prompt(model)
+    embeddings = prompt.assembler.token_embedding.weight.detach()
+    if not 1 <= k <= embeddings.shape[0]:
+        raise ValueError(f"--topk must be between 1 and the vocabulary size {embeddings.shape[0]}, not {k}")
+    table = prompt.ctx.detach()
+    (near_ids, near_d), (sim_ids, sim_c) = nearest_tokens(table, embeddings, k)
+    prompts = []
+    for label, template, classname, first, form in prompt_labels(model, prompt.assembler, trainer.classnames):
+        vectors = []
+        for j in range(form.n_ctx):
+            row = first + j
+            before = j < form.n_before
+            vectors.append(
+                {
+                    "slot": f"V{j + 1}",
+                    "position": "before" if before else "after",
+                    "index": j + 1 if before else j + 1 - form.n_before,
+                    "table_row": row,
+                    "euclidean": _words(near_ids[row], near_d[row], "distance"),
+                    "cosine": _words(sim_ids[row], sim_c[row], "similarity"),
+                }
+            )
+        prompts.append(
+            {
+                "label": label,
+                "template": template,
+                "class": classname,
+                "layout": layout(form),
+                "vectors": vectors,
+            }
+        )
+    cfg = trainer.cfg
+    note = None
+    if hasattr(prompt, "meta_net"):
+        note = "static context: the meta-net adds an image-dependent shift to every vector at inference"
+    return {
+        "tool": TOOL,
+        "trainer": cfg.TRAINER.NAME,
+        "epoch": trainer.finished_epochs,
+        "backbone": cfg.MODEL.BACKBONE.NAME,
+        "vocabulary_size": embeddings.shape[0],
+        "topk": k,
+        "note": note,
+        "prompts": prompts,
+    }
+
+
+def _shown(word, key):
+    text = word["text"] if word["token"].endswith("</w>") else word["text"] + "-"
+    return f"{text} ({word[key]:.3f})"
+
+
+def format_report(report, model_dir):
+    title = f"{report['trainer']} run {model_dir} (epoch {report['epoch']})"
+    lines = [f"{title}: nearest of {report['vocabulary_size']:,} CLIP tokens, top {report['topk']}"]
+    if report["note"]:
+        lines.append(f"CoCoOp: {report['note']}")
+    for p in report["prompts"]:
+        head = f"{p['label']}: {p['layout']}"
+        lines.append(head + (f"  (initialised from {p['template']!r})" if p["template"] else ""))
+        for v in p["vectors"]:
+            lines.append(f"  {v['slot']:>4} {v['position']} {v['index']}")
+            lines.append("       euclidean: " + ", ".join(_shown(w, "distance") for w in v["euclidean"]))
+            lines.append("       cosine:    " + ", ".join(_shown(w, "similarity") for w in v["cosine"]))
+    return "\n".join(lines)
+
+
+def write_report(report, model_dir):
+    """RUN/interpret-epoch<E>.json, atomically; only this tool's own earlier file is replaced."""
+    path = os.path.join(model_dir, f"interpret-epoch{report['epoch']}.json")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                ours = json.load(f).get("tool") == TOOL
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{path} exists and was not written by {TOOL}: move it away first")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True, help="a training run (train.py --output-dir)")
+    parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
+    parser.add_argument("--topk", type=int, default=5, help="nearest tokens listed per vector (default 5)")
+    parser.add_argument("--root", default="", help="DATASET.ROOT for per-class context (CSC) if moved")
+    args = parser.parse_args(argv)
+    try:
+        trainer, _ = build_run_model(args.model_dir, args.load_epoch, args.root)
+    except NothingToInterpret as err:
+        raise SystemExit(str(err)) from None
+    with torch.no_grad():
+        report = interpret(trainer, args.topk)
+    print(format_report(report, args.model_dir))
+    print(f"Written to {write_report(report, args.model_dir)}")
+
+
+if __name__ == "__main__":
+    main()
