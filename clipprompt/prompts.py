@@ -8,8 +8,8 @@ vectors, for all rows at once: no Python loop over classes or experts per step.
 import torch
 from torch import nn
 
+from .prefix_sharing import SharedPrefix, shared_prefix
 from .templates import EOT_ID
-from .text_encoder import SharedPrefix, shared_prefix
 
 
 class PromptAssembler(nn.Module):

@@ -6,8 +6,8 @@ Speed options (all exact up to floating-point rounding, all parity-tested agains
   `PromptAssembler`); CLIP's causal mask makes later positions irrelevant to the EOT feature;
 - shared prefix: rows that begin with the same embeddings (SOS and the context before the class
   name, for every class of a prompt form) have the same hidden states at those positions in
-  every layer, again because of the causal mask; they run once per group (`SharedPrefix`, see
-  `TextEncoder._encode_shared`);
+  every layer, again because of the causal mask; they run once per group
+  (`clipprompt.prefix_sharing`);
 - fused attention: `scaled_dot_product_attention(is_causal=True)` instead of explicit
   softmax(QKᵀ/√d + mask)·V (`attention="math"` keeps the reference path);
 - chunking: at most `chunk_size` prompts per transformer call, bounding peak memory; prompts
@@ -16,37 +16,14 @@ Speed options (all exact up to floating-point rounding, all parity-tested agains
 """
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .prefix_sharing import SharedPrefix, pack, prefix_calls, shared_prefix
 from .templates import EOT_ID, SOT_ID, bpe, fill
-
-
-class SharedPrefix(NamedTuple):
-    """Which prompt rows begin with the same embeddings: the rows of one `group` are identical
-    at the positions before their `length` (equal within a group, at most each row's EOT
-    position, so that every row keeps its EOT among its own positions)."""
-
-    group: torch.Tensor  # [N] group id of each row
-    length: torch.Tensor  # [N] positions the row shares with the rest of its group
-
-
-def shared_prefix(keys, group, eot):
-    """The `SharedPrefix` of rows whose embeddings are determined by `keys` `[N, L]` or
-    `[N, L, k]` (token ids, context slots): each group shares its longest common run of keys
-    from position 0, cut at the group's first EOT."""
-    length = torch.empty_like(eot)
-    same_keys = keys.reshape(keys.shape[0], keys.shape[1], -1)
-    for g in group.unique():
-        rows = (group == g).nonzero().squeeze(1)
-        same = (same_keys[rows] == same_keys[rows[:1]]).all(dim=2).all(dim=0)
-        common = int(same.long().cumprod(0).sum())
-        length[rows] = min(common, int(eot[rows].min()))
-    return SharedPrefix(group, length)
 
 
 def transformer_calls(eot, width, chunk_size=0, truncate=True):
@@ -63,35 +40,6 @@ def transformer_calls(eot, width, chunk_size=0, truncate=True):
     if not truncate:
         return [(rows, width) for rows in torch.arange(len(eot), device=eot.device).split(chunk_size)]
     return [(rows, int(eot[rows].max()) + 1) for rows in eot.argsort().split(chunk_size)]
-
-
-def shared_prefix_calls(eot, prefix, chunk_size=0):
-    """The transformer calls `TextEncoder` makes for rows with a `SharedPrefix`: a list of
-    (row indices, prefix length P, number of blocks).
-
-    The rows of a call form blocks of equal size, each the rows of one group (or, with
-    `chunk_size`, a part of them of at most `chunk_size` rows): the P positions of a block run
-    once. A call holds the blocks of one prefix length and one block size, at most
-    `chunk_size` rows when chunking; a group split over several blocks runs its prefix once per
-    block. Within a group, rows are taken in order of length, so that parts are cut short.
-    """
-    order = torch.arange(len(eot), device=eot.device)
-    for key in (eot, prefix.group, prefix.length):  # stable sorts: by length, group, then EOT
-        order = order[key[order].argsort(stable=True)]
-    _, sizes = torch.unique_consecutive(prefix.group[order], return_counts=True)
-    group_rows = order.split(sizes.tolist())
-    lengths = prefix.length[torch.stack([rows[0] for rows in group_rows])].tolist()
-    blocks = {}  # (prefix length, block size) -> row blocks
-    for rows, length in zip(group_rows, lengths):
-        for block in rows.split(chunk_size) if chunk_size else (rows,):
-            blocks.setdefault((length, len(block)), []).append(block)
-    calls = []
-    for (length, size), same in blocks.items():
-        per_call = max(1, chunk_size // size) if chunk_size else len(same)
-        for start in range(0, len(same), per_call):
-            part = same[start : start + per_call]
-            calls.append((torch.cat(part), length, len(part)))
-    return calls
 
 
 def causal_mask(length, device):
@@ -139,14 +87,16 @@ class TextEncoder(nn.Module):
 
     def _encode_rows(self, prompts, eot, prefix):
         if self.share_prefix and prefix is not None:
-            calls = shared_prefix_calls(eot, prefix, self.chunk_size)
-            feats = [self._encode_shared(prompts[rows], eot[rows], p, n) for rows, p, n in calls]
+            width = None if self.truncate else prompts.shape[1]
+            packings = [pack(rows, eot, prefix, width) for rows in prefix_calls(eot, prefix, self.chunk_size)]
+            feats = [self._encode_packed(prompts, packing) for packing in packings]
+            order = torch.cat([packing.rows for packing in packings])
         else:
             calls = transformer_calls(eot, prompts.shape[1], self.chunk_size, self.truncate)
             if len(calls) == 1:
                 return self._encode(prompts, eot)
             feats = [self._encode(prompts[rows, :length], eot[rows]) for rows, length in calls]
-        order = torch.cat([rows for rows, *_ in calls])
+            order = torch.cat([rows for rows, _ in calls])
         return torch.cat(feats)[order.argsort()]
 
     def _encode(self, prompts, eot):
@@ -178,65 +128,40 @@ class TextEncoder(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
         return scores.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf")).softmax(dim=-1) @ v
 
-    def _encode_shared(self, prompts, eot, length, blocks):
-        """Features of rows forming `blocks` equal blocks whose rows share their first `length`
-        positions: those run once per block (`[blocks, length]`), the rows' own positions
-        (`[N, S]`) attend to their block's prefix and to themselves."""
-        width = int(eot.max()) + 1 if self.truncate else prompts.shape[1]
-        position = self.positional_embedding.to(self.dtype)
-        # Each block's first row stands for the block: gradients of the shared positions reach
-        # the context once, through it.
-        prefix = prompts[:: prompts.shape[0] // blocks, :length].to(self.dtype) + position[:length]
-        own = prompts[:, length:width].to(self.dtype) + position[length:width]
+    def _encode_packed(self, prompts, packing):
+        """Features of one call's rows (in `packing.rows` order), each shared prefix run once."""
+        positions = packing.token_positions
+        # A block's first row stands for its prefix: the gradient of the shared positions
+        # reaches the context once, through that row.
+        x = prompts[packing.token_rows, positions].to(self.dtype)
+        x = x + self.positional_embedding[positions].to(self.dtype)
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
-                prefix, own = checkpoint(self._shared_block, block, prefix, own, use_reentrant=False)
+                x = checkpoint(self._packed_block, block, x, packing, use_reentrant=False)
             else:
-                prefix, own = self._shared_block(block, prefix, own)
-        return self._features(own, eot - length)
+                x = self._packed_block(block, x, packing)
+        return self.ln_final(x[packing.eot_tokens]).to(self.dtype) @ self.text_projection
 
-    def _shared_block(self, block, prefix, own):
-        prefix_out, own_out = self._shared_attend(block.attn, block.ln_1(prefix), block.ln_1(own))
-        prefix, own = prefix + prefix_out, own + own_out
-        return prefix + block.mlp(block.ln_2(prefix)), own + block.mlp(block.ln_2(own))
+    def _packed_block(self, block, x, packing):
+        x = x + self._packed_attend(block.attn, block.ln_1(x), packing)
+        return x + block.mlp(block.ln_2(x))
 
-    def _shared_attend(self, attn, prefix, own):
-        """Attention of prefix blocks `[G, P, w]` (causal, among themselves) and of the rows'
-        own positions `[G * m, S, w]`, whose queries see their block's P prefix keys and their
-        own keys up to themselves, under one softmax.
-
-        Computed explicitly for the rows (whatever `attention` says): a fused kernel would
-        need every row's copy of its block's prefix keys and values, and would keep those for
-        backward. Folding the m rows of a block into one query axis scores them against the
-        block's prefix keys in one product, with no copy.
-        """
-        blocks, length, width = prefix.shape
-        rows, span, _ = own.shape
-        m, heads = rows // blocks, attn.num_heads
-        q, k, v = _heads(attn, prefix).unbind(2)
-        prefix_out = self._causal_attention(q, k, v)
-
-        qkv = F.linear(own, attn.in_proj_weight, attn.in_proj_bias).view(rows, span, 3, heads, -1)
-        q_own, k_own, v_own = qkv.unbind(2)  # [N, S, h, dh]
-        scale = 1 / math.sqrt(q_own.shape[-1])
-        folded = q_own.reshape(blocks, m * span, heads, -1).transpose(1, 2)  # [G, h, m S, dh]
-        to_prefix = (folded @ k.transpose(-2, -1)) * scale  # [G, h, m S, P]
-        to_own = (q_own.transpose(1, 2) @ k_own.permute(0, 2, 3, 1)) * scale  # [N, h, S, S]
-        to_own = to_own.masked_fill(causal_mask(span, own.device), float("-inf"))
-        scores = torch.cat(
-            [
-                to_prefix.view(blocks, heads, m, span, length),
-                to_own.view(blocks, m, heads, span, span).transpose(1, 2),
-            ],
-            dim=-1,
-        )
-        probs = scores.softmax(dim=-1)  # [G, h, m, S, P + S]
-        out = (probs[..., :length].reshape(blocks, heads, m * span, length) @ v).view(
-            blocks, heads, m, span, -1
-        )
-        out = out + probs[..., length:] @ v_own.view(blocks, m, span, heads, -1).permute(0, 3, 1, 2, 4)
-        out = out.permute(0, 2, 3, 1, 4).reshape(rows, span, width)
-        return attn.out_proj(_merge_heads(prefix_out)), attn.out_proj(out)
+    def _packed_attend(self, attn, x, packing):
+        """Attention over a packed sequence `[T, w]`: each prefix segment causally among
+        itself, each bucket's rows over their block's prefix and their own positions."""
+        heads, width = attn.num_heads, x.shape[-1]
+        parts = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).split(packing.sizes)
+        prefix_keys, outs = [], []
+        for (length, blocks), part in zip(packing.prefixes, parts):
+            q, k, v = part.view(blocks, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+            prefix_keys.append((k, v))
+            outs.append(_merge_heads(self._causal_attention(q, k, v)).flatten(0, 1))
+        for (segment, blocks, _, span), part in zip(packing.buckets, parts[len(packing.prefixes) :]):
+            k, v = prefix_keys[segment]
+            if blocks is not None:
+                k, v = k[blocks], v[blocks]
+            outs.append(_rows_attention(part.view(-1, span, 3, heads, width // heads), k, v).flatten(0, 1))
+        return attn.out_proj(torch.cat(outs))
 
 
 def tokenize(texts, context_length=77, truncate=True):
@@ -277,6 +202,39 @@ def encode_templates(encoder, token_embedding, templates, classnames):
     groups = [t for t in range(len(templates)) for _ in classnames]
     feats = encode_texts(encoder, token_embedding, texts, groups=groups)
     return feats.view(len(templates), len(classnames), -1)
+
+
+def _rows_attention(qkv, prefix_k, prefix_v):
+    """Attention of rows `qkv` `[G * m, S, 3, h, dh]` (m rows from each of G blocks, block by
+    block) whose queries see their block's prefix keys and values `[G, h, P, dh]` and their own
+    keys up to themselves, under one softmax: `[G * m, S, h * dh]`.
+
+    Computed explicitly whatever `attention` says: a fused kernel would need every row's copy
+    of its block's prefix keys and values, and would keep those for backward. Folding the m
+    rows of a block into one query axis scores them against the block's prefix in one product,
+    with no copy.
+    """
+    blocks, heads, length, _ = prefix_k.shape
+    rows, span = qkv.shape[:2]
+    m = rows // blocks
+    q, k, v = qkv.unbind(2)  # [G m, S, h, dh]
+    scale = 1 / math.sqrt(q.shape[-1])
+    folded = q.reshape(blocks, m * span, heads, -1).transpose(1, 2)  # [G, h, m S, dh]
+    to_prefix = (folded @ prefix_k.transpose(-2, -1)) * scale  # [G, h, m S, P]
+    to_own = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * scale  # [G m, h, S, S]
+    to_own = to_own.masked_fill(causal_mask(span, q.device), float("-inf"))
+    scores = torch.cat(
+        [
+            to_prefix.view(blocks, heads, m, span, length),
+            to_own.view(blocks, m, heads, span, span).transpose(1, 2),
+        ],
+        dim=-1,
+    )
+    probs = scores.softmax(dim=-1)  # [G, h, m, S, P + S]
+    out = probs[..., :length].reshape(blocks, heads, m * span, length) @ prefix_v
+    out = out.view(blocks, heads, m, span, -1)
+    out = out + probs[..., length:] @ v.view(blocks, m, span, heads, -1).permute(0, 3, 1, 2, 4)
+    return out.permute(0, 2, 3, 1, 4).reshape(rows, span, -1)
 
 
 def _heads(attn, x):
