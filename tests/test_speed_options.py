@@ -45,7 +45,12 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
     "MoCoOp-mixed": (
         "MoCoOp",
         MOCOOP,
-        ["DATASET.PROMPTS.EXPERT_GROUPS", "[2, 1, 1, 1]", "DATASET.PROMPTS.EXPERT_TEMPLATES", str(MIXED_TEMPLATES)],
+        [
+            "DATASET.PROMPTS.EXPERT_GROUPS",
+            "[2, 1, 1, 1]",
+            "DATASET.PROMPTS.EXPERT_TEMPLATES",
+            str(MIXED_TEMPLATES),
+        ],
     ),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", []),
 }
