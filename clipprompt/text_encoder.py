@@ -11,7 +11,8 @@ Speed options (all exact up to floating-point rounding, all parity-tested agains
 - fused attention: `scaled_dot_product_attention(is_causal=True)` instead of explicit
   softmax(QKᵀ/√d + mask)·V (`attention="math"` keeps the reference path);
 - chunking: at most `chunk_size` prompts per transformer call, bounding peak memory; prompts
-  are grouped by length so that each chunk is cut after its own longest EOT;
+  are grouped by length so that each chunk is cut after its own longest EOT (with a shared
+  prefix: by group, see `prefix_sharing.prefix_calls`);
 - activation checkpointing: each residual block recomputes its activations in backward.
 """
 
