@@ -86,7 +86,7 @@ class ContextPrompt(nn.Module):
         self.ctx = nn.Parameter(self.assembler.init_table())
 
     def forward(self):
-        """Prompt embeddings `[C, L, d]` and EOT positions `[C]`."""
+        """Prompt embeddings `[C, L, d]`, EOT positions `[C]` and their `SharedPrefix`."""
         return self.assembler(self.ctx)
 
 

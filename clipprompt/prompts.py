@@ -8,6 +8,7 @@ vectors, for all rows at once: no Python loop over classes or experts per step.
 import torch
 from torch import nn
 
+from .prefix_sharing import SharedPrefix, shared_prefix
 from .templates import EOT_ID
 
 
@@ -24,6 +25,11 @@ class PromptAssembler(nn.Module):
     Sequences are cut after the longest EOT (`truncate=True`): CLIP's causal mask makes the
     EOT feature independent of later positions, so this is exact. `truncate=False` pads to
     CLIP's context length, as `clip.tokenize` does (the reference path).
+
+    The rows of one form are a prefix group (`SharedPrefix`): they begin with the same
+    embeddings up to the class name (SOS and the shared context before it; SOS alone with
+    class-specific context), which the text encoder then runs once per form (per table, for a
+    batch of tables).
     """
 
     def __init__(
@@ -61,7 +67,13 @@ class PromptAssembler(nn.Module):
             slot_ids[i, : len(slot)] = torch.tensor(slot)
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("slot_ids", slot_ids, persistent=False)
-        self.register_buffer("eot", (token_ids == EOT_ID).int().argmax(dim=1), persistent=False)
+        eot = (token_ids == EOT_ID).int().argmax(dim=1)
+        self.register_buffer("eot", eot, persistent=False)
+        # Equal (token id, context slot) pairs mean equal embeddings, for any context table.
+        form_of_row = torch.arange(len(self.forms)).repeat_interleave(self.num_classes)
+        prefix = shared_prefix(torch.stack([token_ids, slot_ids], dim=-1), form_of_row, eot)
+        self.register_buffer("prefix_group", prefix.group, persistent=False)
+        self.register_buffer("prefix_length", prefix.length, persistent=False)
         self.table_size = ctx_per_class * (self.num_classes if class_specific else 1)
 
     @property
@@ -92,14 +104,17 @@ class PromptAssembler(nn.Module):
         return self._token_embedding[0]
 
     def forward(self, table, rows=None):
-        """Assembled embeddings `[n, L', d]` (or `[B, n, L', d]`) and EOT positions `[n]`.
+        """Assembled embeddings `[n, L', d]` (or `[B, n, L', d]`), EOT positions `[n]` and the
+        rows' `SharedPrefix`: the arguments of `TextEncoder`.
 
         `rows` selects prompts (a slice or index tensor); L' is the longest EOT + 1 among them
         when truncating, so chunks of short prompts run shorter sequences.
         """
         token_ids, slot_ids, eot = self.token_ids, self.slot_ids, self.eot
+        prefix = SharedPrefix(self.prefix_group, self.prefix_length)
         if rows is not None:
             token_ids, slot_ids, eot = token_ids[rows], slot_ids[rows], eot[rows]
+            prefix = SharedPrefix(prefix.group[rows], prefix.length[rows])
             if self.truncate:
                 length = int(eot.max()) + 1
                 token_ids, slot_ids = token_ids[:, :length], slot_ids[:, :length]
@@ -107,7 +122,7 @@ class PromptAssembler(nn.Module):
         is_ctx = slot_ids >= 0
         ctx = table[..., slot_ids[is_ctx], :].to(embeds.dtype)
         if table.dim() == 2:
-            return embeds.index_put((is_ctx,), ctx), eot
+            return embeds.index_put((is_ctx,), ctx), eot, prefix
         embeds = embeds.expand(table.shape[0], *embeds.shape).clone()
         embeds[:, is_ctx] = ctx
-        return embeds, eot
+        return embeds, eot, prefix

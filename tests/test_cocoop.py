@@ -58,10 +58,10 @@ def test_batched_forward_equals_per_image_loop(tiny_clip, chunk_size):
         looped = []
         for single in image:
             feature = model.encode_image(single[None])
-            prompts, eot = model.prompt_learner.assembler(
+            prompts = model.prompt_learner.assembler(
                 model.prompt_learner.ctx + model.prompt_learner.meta_net(feature)
             )
-            text = F.normalize(model.text_encoder(prompts, eot), dim=-1)
+            text = F.normalize(model.text_encoder(*prompts), dim=-1)
             looped.append(model.logit_scale.exp() * text @ feature[0])
         reference = reference_logits(model, tiny_clip, image)
     assert batched.shape == (4, len(CLASSES))

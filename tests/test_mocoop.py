@@ -120,7 +120,7 @@ def test_training_step_encodes_every_prompt_once(tiny_clip, monkeypatch):
     calls = []
     encode = model.text_encoder.forward
     monkeypatch.setattr(
-        model.text_encoder, "forward", lambda x, eot: calls.append(x.shape[0]) or encode(x, eot)
+        model.text_encoder, "forward", lambda x, *rest: calls.append(x.shape[0]) or encode(x, *rest)
     )
     model.losses(*batch())
     assert calls == [model.num_experts * (len(BASE) + len(NEW))]

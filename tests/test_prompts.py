@@ -48,14 +48,14 @@ def test_initial_soft_prompt_is_the_hard_prompt(tiny_clip, template):
     """Initialised from its template, a soft prompt reproduces the template token by token."""
     form = PromptForm.from_template(template)
     assembler = PromptAssembler([form], CLASSES, tiny_clip.token_embedding)
-    embeds, eot = assembler(assembler.init_table())
+    embeds, eot, prefix = assembler(assembler.init_table())
     hard_ids = tokenize([fill(template, c) for c in CLASSES])
     assert embeds.shape[1] == hard_ids.shape[1]
     torch.testing.assert_close(embeds, tiny_clip.token_embedding(hard_ids))
     assert eot.tolist() == hard_ids.argmax(1).tolist()
     encoder = TextEncoder(tiny_clip)
     with torch.no_grad():
-        soft = torch.nn.functional.normalize(encoder(embeds, eot), dim=-1)
+        soft = torch.nn.functional.normalize(encoder(embeds, eot, prefix), dim=-1)
     hard = encode_texts(encoder, tiny_clip.token_embedding, [fill(template, c) for c in CLASSES])
     torch.testing.assert_close(soft, hard, atol=1e-5, rtol=1e-5)
 
@@ -86,7 +86,7 @@ def test_class_specific_context_uses_one_block_per_class(tiny_clip):
     assembler = PromptAssembler([form], CLASSES, tiny_clip.token_embedding, class_specific=True)
     assert assembler.table_size == 2 * len(CLASSES)
     table = torch.arange(assembler.table_size, dtype=torch.float)[:, None].repeat(1, 64)
-    embeds, _ = assembler(table)
+    embeds = assembler(table)[0]
     for c in range(len(CLASSES)):
         assert embeds[c, 1:3, 0].tolist() == [2 * c, 2 * c + 1]
 
@@ -99,8 +99,8 @@ def test_rows_of_several_forms_and_chunk_truncation(tiny_clip):
     assembler = PromptAssembler(forms, CLASSES, tiny_clip.token_embedding)
     table = assembler.init_table()
     assert table.shape[0] == 1 + 9
-    full, _ = assembler(table)
-    part, part_eot = assembler(table, rows=slice(0, len(CLASSES)))
+    full = assembler(table)[0]
+    part, part_eot, _ = assembler(table, rows=slice(0, len(CLASSES)))
     assert part.shape[1] == int(part_eot.max()) + 1 < full.shape[1]
     torch.testing.assert_close(part, full[: len(CLASSES), : part.shape[1]])
 
@@ -108,7 +108,7 @@ def test_rows_of_several_forms_and_chunk_truncation(tiny_clip):
 def test_batched_tables_equal_per_table_assembly(tiny_clip):
     assembler = PromptAssembler([PromptForm.coop(4, "a photo of a")], CLASSES, tiny_clip.token_embedding)
     tables = torch.randn(3, assembler.table_size, 64, requires_grad=True)
-    batched, _ = assembler(tables)
+    batched = assembler(tables)[0]
     for b in range(3):
         torch.testing.assert_close(batched[b], assembler(tables[b])[0])
     batched.sum().backward()

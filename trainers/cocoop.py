@@ -66,10 +66,8 @@ class ConditionalCLIP(PromptedCLIP):
 
     def text_features(self, image_features):
         """Normalised class features per image, `[B, C, D]`, from one text-encoder call."""
-        prompts, eot = self.prompt_learner(image_features)
-        batch, rows = prompts.shape[:2]
-        feats = self.text_encoder(prompts.flatten(0, 1), eot.repeat(batch))
-        return F.normalize(feats.float(), dim=-1).view(batch, rows, -1)
+        feats = self.text_encoder(*self.prompt_learner(image_features))  # one prompt set per image
+        return F.normalize(feats.float(), dim=-1)
 
     def classify(self, image):
         image_features = self.encode_image(image)

@@ -74,6 +74,10 @@ def add_config(cfg):
     cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE = 0
     # Recompute text-transformer activations in backward to save memory.
     cfg.TRAINER.TEXT_ENCODER.CHECKPOINT = False
+    # Run the positions that all prompts of a form share (SOS and the context before the class
+    # name; per image for CoCoOp) once per form instead of once per class (exact); False runs
+    # every prompt in full (reference path).
+    cfg.TRAINER.TEXT_ENCODER.SHARE_PREFIX = True
     # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
     # which makes an interrupted run start over).
     cfg.TRAIN.CHECKPOINT_FREQ = 1
@@ -216,7 +220,9 @@ class PromptTrainer(TrainerX):
 
     def build_text_encoder(self, clip_model):
         opts = self.cfg.TRAINER.TEXT_ENCODER
-        return TextEncoder(clip_model, opts.ATTENTION, opts.CHUNK_SIZE, opts.CHECKPOINT, opts.TRUNCATE)
+        return TextEncoder(
+            clip_model, opts.ATTENTION, opts.CHUNK_SIZE, opts.CHECKPOINT, opts.TRUNCATE, opts.SHARE_PREFIX
+        )
 
     def register_learnable(self, model, name="prompt_learner", param_groups=None):
         """Move `model` to the device and optimise its tensors that require grad.
