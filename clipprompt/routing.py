@@ -99,8 +99,9 @@ class RoutingStats:
         return "\n".join(lines)
 
     def restore(self, directory, stem, upto_epoch):
-        """Reload the records of epochs <= `upto_epoch` written by an interrupted run (in
-        `directory`: its folder, or the one it is resumed from)."""
+        """Reload the training and validation records of epochs <= `upto_epoch` written by an
+        interrupted run (in `directory`: its folder, or the one it is resumed from). Test records
+        are not kept: the resumed run evaluates its final model again."""
         path = os.path.join(directory, f"{stem}.json")
         if not os.path.exists(path):
             print(f"Warning: no {path}: the routing records of epochs 1-{upto_epoch} are not kept")
@@ -109,7 +110,7 @@ class RoutingStats:
             saved = json.load(f)
         if saved["names"] != self.names:
             raise RuntimeError(f"{path} describes other candidates than this model: {saved['names']}")
-        self.records = [r for r in saved["records"] if r["epoch"] <= upto_epoch]
+        self.records = [r for r in saved["records"] if r["epoch"] <= upto_epoch and r["split"] != "test"]
 
     def write(self, directory, stem):
         """Write both files atomically: a resumed run reloads the JSON (`restore`)."""
