@@ -80,10 +80,11 @@ def assert_same_run(resumed, reference):
 @pytest.mark.parametrize(
     "prec, when, name, nth, resumed_from",
     [
-        # Epoch 2's checkpoint is complete but the marker still names epoch 1's.
-        ("fp16", "after", "model.pth.tar-2", 1, 1),
-        # During the final evaluation (its statistics about to be written).
-        ("amp-bf16", "before", STATS, 3, 2),
+        # Epoch 2's checkpoint is complete, the marker naming it is not (a stray temporary
+        # file), so the marker still names epoch 1's.
+        ("fp16", "before", "checkpoint", 2, 1),
+        # During the final evaluation: its statistics written, their CSV not.
+        ("amp-bf16", "after", STATS, 3, 2),
         # Epoch 2's statistics written, its CSV and checkpoint not: the loss scale and its
         # growth counter must come back from epoch 1's checkpoint.
         ("amp-fp16", "after", STATS, 2, 1),
