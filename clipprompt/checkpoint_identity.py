@@ -99,29 +99,31 @@ def identity_problems(saved, current, same_classes=False):
     return errors, unchecked
 
 
-def check_identity(checkpoint, current, source, same_classes=False):
-    """Raise CheckpointMismatch, naming both sides of every difference, unless the checkpoint
-    dict `checkpoint` fits the model of identity `current`. Returns the warning to print for
-    what could not be checked (a checkpoint saved before identities existed), or None."""
+def check_identity(checkpoint, current, source, same_classes=False, tensor_problems=()):
+    """Raise CheckpointMismatch, naming both sides of every difference (and the `tensor_problems`
+    of its tensors, found by the caller), unless the checkpoint dict `checkpoint` fits the model
+    of identity `current`. Returns the warning to print for what could not be checked (a
+    checkpoint saved before identities existed), or None."""
     saved = checkpoint.get("identity")
     if saved is None:
         trainer = checkpoint.get("trainer")
+        errors, unchecked = [], ["its backbone, config keys, routed candidates and class names"]
         if trainer is not None and trainer != current["trainer"]:
-            raise CheckpointMismatch(
-                f"Checkpoint {source} was trained by {trainer}, not by {current['trainer']}: "
-                "evaluate it with --trainer " + trainer
-            )
-        return (
-            f"Warning: checkpoint {source} has no identity (saved before checkpoints recorded one): "
-            f"its backbone, {', '.join(current['keys']) or 'config keys'}, routed candidates and class "
-            "names cannot be checked; only tensor names and shapes are."
-        )
-    errors, unchecked = identity_problems(saved, current, same_classes)
+            errors.append(f"it was trained by {trainer}, not by {current['trainer']}")
+    else:
+        errors, unchecked = identity_problems(saved, current, same_classes)
+    errors += list(tensor_problems)
     if errors:
         raise CheckpointMismatch(
-            f"Checkpoint {source} does not belong to this model: "
+            f"Checkpoint {source} does not fit the model: "
             + "; ".join(errors)
-            + ". Load it with the trainer, backbone and config it was trained with."
+            + ". Load it with the trainer, backbone and config it was trained with (e.g. the same "
+            "number of experts, CSC, N_CTX)."
+        )
+    if saved is None:
+        return (
+            f"Warning: checkpoint {source} has no identity (saved before checkpoints recorded one): "
+            f"{unchecked[0]} cannot be checked; only tensor names and shapes are."
         )
     if unchecked:
         return f"Warning: checkpoint {source}: {', '.join(unchecked)} recorded on one side only, not checked"

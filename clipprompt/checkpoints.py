@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file, write_text_atomically
-from .checkpoint_identity import check_identity
+from .checkpoint_identity import CheckpointMismatch, check_identity
 
 MARKER = "checkpoint"
 BEST = "model-best.pth.tar"
@@ -34,8 +34,8 @@ def learnable_state(model):
     return {n: p.detach().cpu().clone() for n, p in learnable_parameters(model).items()}
 
 
-def load_learnable(model, state, source):
-    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
+def tensor_problems(model, state):
+    """Why the learnable tensors `state` do not fit `model` (names, shapes), or []."""
     expected = learnable_parameters(model)
     problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
     problems += [
@@ -46,14 +46,20 @@ def load_learnable(model, state, source):
         for n, p in expected.items()
         if n in state and state[n].shape != p.shape
     ]
+    return problems
+
+
+def load_learnable(model, state, source):
+    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
+    problems = tensor_problems(model, state)
     if problems:
-        raise RuntimeError(
+        raise CheckpointMismatch(
             f"Checkpoint {source} does not fit the model: "
             + "; ".join(problems)
             + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
         )
     with torch.no_grad():
-        for n, p in expected.items():
+        for n, p in learnable_parameters(model).items():
             p.copy_(state[n])
 
 
@@ -116,11 +122,12 @@ def has_checkpoint(folder):
     return os.path.exists(os.path.join(folder, MARKER))
 
 
-def read_checked(path, identity, same_classes=False):
-    """The checkpoint at `path`, refused unless it belongs to the model of `identity`
-    (`check_identity`; what cannot be checked is printed)."""
+def read_checked(path, model, identity, same_classes=False):
+    """The checkpoint at `path`, refused with one error unless it belongs to the model of
+    `identity` and its tensors fit `model` (what cannot be checked is printed)."""
     ckpt = read_checkpoint(path)
-    warning = check_identity(ckpt, identity, path, same_classes)
+    problems = tensor_problems(model, ckpt["state_dict"])
+    warning = check_identity(ckpt, identity, path, same_classes, problems)
     if warning:
         print(warning)
     return ckpt
@@ -132,7 +139,7 @@ def load_for_evaluation(models, directory, identity, epoch=None, best=False):
     must come from a finished run. Returns the checkpoint's epoch."""
     for name, model in models.items():
         path = checkpoint_path(os.path.join(directory, name), epoch, best)
-        ckpt = read_checked(path, identity)
+        ckpt = read_checked(path, model, identity)
         if epoch is None and not best and ckpt.get("epoch") != ckpt.get("max_epoch"):
             raise RuntimeError(
                 f"{path} is from an unfinished run (epoch {ckpt.get('epoch')} of {ckpt.get('max_epoch')}): "
@@ -156,7 +163,7 @@ def resume_training(parts, scaler, directories, identity):
     print(f"Found checkpoint in {directory}: resuming training")
     for name, (model, optim, sched) in parts.items():
         path = latest_checkpoint(os.path.join(directory, name))
-        ckpt = read_checked(path, identity, same_classes=True)
+        ckpt = read_checked(path, model, identity, same_classes=True)
         restore_training_state(ckpt, model, optim, sched, scaler, path)
         print(f"Resumed {path} (finished epochs: {ckpt['epoch']})")
     return directory, ckpt["epoch"]
