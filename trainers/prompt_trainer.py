@@ -3,12 +3,10 @@
 What it changes in Dassl (c61a1b5, used unmodified):
 - learning rate: `EpochLRSchedule` (Dassl's per-epoch values after its warm-up) instead of
   Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
-- checkpoints (`clipprompt.checkpoints`): learnable tensors with plain optimiser, schedule,
-  gradient-scaler and RNG states (`torch.load(weights_only=True)` reads them), written
-  atomically, each with the identity of its model (`clipprompt.checkpoint_identity`: trainer,
-  backbone fingerprint, `identity_keys`, routed candidates, class names); loading refuses a
-  checkpoint of another model, while base -> new stays allowed where the learnable tensors do
-  not depend on the class list; resume continues exactly, in every precision;
+- checkpoints (`clipprompt.checkpoints`): learnable tensors, plain optimiser, schedule, scaler
+  and RNG states (`torch.load(weights_only=True)` reads them), written atomically, with the
+  identity of the model (`clipprompt.checkpoint_identity`), so resume is exact in every
+  precision and a checkpoint of another model is refused (base -> new stays allowed);
 - `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
   and, when no epoch is given, loads the newest checkpoint of a finished run (or
   `model-best.pth.tar` under `TEST.FINAL_MODEL best_val`);
@@ -138,7 +136,6 @@ class PromptTrainer(TrainerX):
             names = list(classnames)
             self._class_lists = (names, list(all_classnames) if all_classnames is not None else names)
         self._shared_clip = clip_model
-        self.backbone_fingerprint = None
         super().__init__(cfg)
 
     @classmethod
@@ -150,9 +147,8 @@ class PromptTrainer(TrainerX):
             raise ValueError(
                 f"TRAINER.AMP_DTYPE must be auto, bfloat16 or float16, not {cfg.TRAINER.AMP_DTYPE!r}"
             )
-        # Every trainer's context length is a TRAINER.<NAME>.N_CTX key.
-        for name, node in cfg.TRAINER.items():
-            if isinstance(node, CN) and "N_CTX" in node and node.N_CTX < 1:
+        for name, node in cfg.TRAINER.items():  # every context length is a TRAINER.<NAME>.N_CTX
+            if isinstance(node, CN) and node.get("N_CTX", 1) < 1:
                 raise ValueError(
                     f"TRAINER.{name}.N_CTX must be at least 1 (learnable context vectors), not {node.N_CTX}"
                 )
@@ -383,15 +379,10 @@ class PromptTrainer(TrainerX):
 
     def checkpoint_identity(self):
         """What this trainer's checkpoints belong to (`clipprompt.checkpoint_identity`)."""
-        return make_identity(
-            self.cfg.TRAINER.NAME,
-            self.cfg.MODEL.BACKBONE.NAME,
-            self.backbone_fingerprint,
-            config_values(self.cfg, self.identity_keys),
-            self.model.routing_names,
-            self.classnames,
-            self.class_specific_tensors(),
-        )
+        cfg, keys = self.cfg, config_values(self.cfg, self.identity_keys)
+        backbone = (cfg.MODEL.BACKBONE.NAME, self.backbone_fingerprint)
+        names = (self.model.routing_names, self.classnames, self.class_specific_tensors())
+        return make_identity(cfg.TRAINER.NAME, *backbone, keys, *names)
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Dassl's hook; `model_name` is set only for `model-best.pth.tar`, which the
