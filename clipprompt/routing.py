@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_file
+
 
 def topk_softmax(scores, k):
     """(indices [B, k], weights [B, k]): the k largest scores and their softmax."""
@@ -97,20 +99,24 @@ class RoutingStats:
         return "\n".join(lines)
 
     def restore(self, directory, stem, upto_epoch):
-        """Reload the records of epochs <= `upto_epoch` written by an interrupted run."""
+        """Reload the training and validation records of epochs <= `upto_epoch` written by an
+        interrupted run (in `directory`: its folder, or the one it is resumed from). Test records
+        are not kept: the resumed run evaluates its final model again."""
         path = os.path.join(directory, f"{stem}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved["names"] != self.names:
-                raise RuntimeError(f"{path} describes other candidates than this model: {saved['names']}")
-            self.records = [r for r in saved["records"] if r["epoch"] <= upto_epoch]
+        if not os.path.exists(path):
+            print(f"Warning: no {path}: the routing records of epochs 1-{upto_epoch} are not kept")
+            return
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["names"] != self.names:
+            raise RuntimeError(f"{path} describes other candidates than this model: {saved['names']}")
+        self.records = [r for r in saved["records"] if r["epoch"] <= upto_epoch and r["split"] != "test"]
 
     def write(self, directory, stem):
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"{stem}.json"), "w") as f:
+        """Write both files atomically: a resumed run reloads the JSON (`restore`)."""
+        with atomic_file(os.path.join(directory, f"{stem}.json")) as f:
             json.dump({"names": self.names, "top_k": self.top_k, "records": self.records}, f, indent=1)
-        with open(os.path.join(directory, f"{stem}.csv"), "w", newline="") as f:
+        with atomic_file(os.path.join(directory, f"{stem}.csv"), newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["epoch", "split", "index", "name", "selection_share", "mean_weight"])
             for r in self.records:

@@ -79,6 +79,7 @@ class ConditionalCLIP(PromptedCLIP):
 @TRAINER_REGISTRY.register()
 class CoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    identity_keys = ("TRAINER.COCOOP.N_CTX", "TRAINER.COCOOP.META_NET_REDUCTION")
 
     def make_model(self, clip_model):
         opts = self.cfg.TRAINER.COCOOP

@@ -28,6 +28,10 @@ def add_config(cfg):
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    identity_keys = ("TRAINER.COOP.N_CTX", "TRAINER.COOP.CSC", "TRAINER.COOP.CLASS_TOKEN_POSITION")
+
+    def class_specific_tensors(self):
+        return self.cfg.TRAINER.COOP.CSC
 
     def make_model(self, clip_model):
         opts = self.cfg.TRAINER.COOP

@@ -61,6 +61,7 @@ def knowledge_template(prompts):
 @TRAINER_REGISTRY.register()
 class KgCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    identity_keys = ("TRAINER.KGCOOP.N_CTX",)
 
     def make_model(self, clip_model):
         opts = self.cfg.TRAINER.KGCOOP

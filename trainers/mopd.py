@@ -138,6 +138,7 @@ class DistilledCLIP(SoftPromptCLIP):
 class MoPD(PromptTrainer):
     add_config = staticmethod(add_config)
     routing_stats_stem = "teacher_stats"
+    identity_keys = ("TRAINER.MOPD.N_CTX", "TRAINER.MOPD.POOL")
 
     @classmethod
     def check_cfg(cls, cfg):
