@@ -9,6 +9,7 @@ stamped log is newer than its last start line (an older run continued by Dassl's
 scripts/_common.sh calls `read_run` to decide what is finished.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ class RunState:
     path: Path
     log: Path | None  # the newest log file, None when there is none
     accuracy: float | None  # from the last result block of `log`, None when unfinished
+    # The run's data_summary.json (the training data train.py actually used: num_shots,
+    # effective_shots, short_classes), None for runs of versions that did not write it.
+    data: dict | None = None
 
     @property
     def finished(self):
@@ -107,7 +111,20 @@ def read_run(run_dir):
             accuracy = 100.0 * block.get("correct", 0.0) / block["total"]
         else:
             accuracy = block["accuracy"]
-    return RunState(run_dir, log, accuracy)
+    return RunState(run_dir, log, accuracy, read_data_summary(run_dir))
+
+
+def read_data_summary(run_dir):
+    path = Path(run_dir) / "data_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(
+            f"error: {path} is not valid JSON ({err}); train.py writes it atomically, so something "
+            "else changed it: delete it (the run's shots are then reported as unknown) or re-run the run"
+        ) from None
 
 
 def discover(root):
