@@ -99,7 +99,7 @@ def expand_inputs(inputs):
             found, reason = images_below(item), "folder without images"
         elif os.path.isfile(item):
             found, reason = [item], ""
-        elif glob.has_magic(item):
+        elif any(char in item for char in "*?["):  # a glob pattern
             found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             reason = "pattern matches no file"
         else:

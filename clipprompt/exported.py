@@ -153,9 +153,8 @@ class ExportedClassifier(nn.Module):
         if routing:
             weight = tensors["router.weight"]
             self.router = Router(weight.shape[1], weight.shape[0], bias="router.bias" in tensors)
-            self.router.load_state_dict(
-                {f"linear.{k[7:]}": v for k, v in tensors.items() if k.startswith("router.")}
-            )
+            state = {k.removeprefix("router."): v for k, v in tensors.items() if k.startswith("router.")}
+            self.router.linear.load_state_dict(state)
         if self.kind == "conditional":
             self.conditional = _conditional_model(clip_model, tensors, learned, metadata)
         else:
