@@ -135,6 +135,7 @@ class PromptTrainer(TrainerX):
         passes `classnames` (and optionally `all_classnames`, `clip_model`) to build it without."""
         self.finished_epochs = 0  # training epochs behind the current model (0: untrained)
         self.routing_stats = None
+        self._test_labels = None  # labels of the evaluation batch being classified
         self._class_lists = None
         if classnames is not None:
             names = list(classnames)
@@ -209,7 +210,7 @@ class PromptTrainer(TrainerX):
         self.model = self.make_model(self.load_clip())
         self.register_learnable(self.model, param_groups=self.param_groups())
         if self.model.routing_names:
-            self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k)
+            self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k, self.classnames)
 
     def load_clip(self):
         """The frozen CLIP of MODEL.BACKBONE.NAME on the device, in the dtype PREC asks for.
@@ -309,15 +310,21 @@ class PromptTrainer(TrainerX):
         self.record_routing(routing)
         return self.step(terms, logits, label)
 
+    def parse_batch_test(self, batch):
+        image, label = super().parse_batch_test(batch)
+        self._test_labels = label  # Dassl's test() passes only the images on: routing per class
+        return image, label
+
     def model_inference(self, image):
+        labels, self._test_labels = self._test_labels, None
         with self.autocast():
             logits, routing = self.model.classify(image)
-        self.record_routing(routing)
+        self.record_routing(routing, labels)
         return logits.float()
 
-    def record_routing(self, routing):
+    def record_routing(self, routing, labels=None):
         if routing is not None and self.routing_stats is not None:
-            self.routing_stats.update(routing.index, routing.weight)
+            self.routing_stats.update(routing.index, routing.weight, labels)
 
     def step(self, losses, logits=None, label=None):
         """Backward the sum of the weighted loss terms, update, and return the log summary.
