@@ -98,10 +98,6 @@ class Pool:
         self.eta = Eta(len(slots))
         self.jobs = {}  # path -> Job
         self.attempts = dict.fromkeys((r.path for r in runs), 0)
-        self.dependants = {}
-        for run in runs:
-            if run.after:
-                self.dependants.setdefault(run.after, []).append(run)
         # A run failed or blocked in an earlier sweep is tried again; one that another process
         # runs now is watched until it ends.
         classified = classify(runs, store)
@@ -236,8 +232,6 @@ class Pool:
             f"FAILED after {job.attempt} attempt(s) (exit status {code}): {run.path}\n"
             f"  log: {log_path}\n  " + "\n  ".join(last_lines.splitlines()[-5:])
         )
-        for dependant in self.dependants.get(run.path, []):
-            self._block(dependant, run.path)
 
     def _block(self, run, cause):
         if self.state[run.path] != PENDING:
