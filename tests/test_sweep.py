@@ -37,7 +37,8 @@ if "--eval-only" not in args:
 if "--model-dir" in args:
     assert list(Path(args[args.index("--model-dir") + 1]).glob("*/model.pth.tar-*")), "no model"
 correct = 500 + 10 * int(args[args.index("--seed") + 1]) + (100 if "new" in args else 0)
-(out / "log.txt").write_text(f"=> result\\n* total: 1,000\\n* correct: {correct}\\n* accuracy: {correct / 10:.1f}%\\n")
+result = f"=> result\\n* total: 1,000\\n* correct: {correct}\\n* accuracy: {correct / 10:.1f}%\\n"
+(out / "log.txt").write_text(result)
 call = {"out": str(out), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
 with open("calls.jsonl", "a") as f:
     f.write(json.dumps(call) + "\\n")
@@ -351,6 +352,7 @@ def test_slurm_backend_through_the_local_executor(repo):
         ),
         (("--trainers", "CoOp:v", "--data", "no/such/dir"), "--data no/such/dir is not a directory"),
         (("--trainers", "CoOp:v", "--gpus", "0,,1"), "expected GPU ids such as 0,1,3 (or 'cpu'), got '0,,1'"),
+        (("--trainers", "CoOp:v", "--time", "2h"), "expected a time in Slurm's format"),
     ],
 )
 def test_errors(repo, args, message):

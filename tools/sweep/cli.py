@@ -12,7 +12,7 @@ from tools.protocols import BENCHMARK, DG_TARGETS, PROTOCOL_NAMES, XD_TARGETS, G
 from tools.sweep.job import write_tables
 from tools.sweep.local import CPU, Pool, visible_gpus, worker_slots
 from tools.sweep.progress import Progress, print_plan, status_tables
-from tools.sweep.slurm import Slurm, live_jobs
+from tools.sweep.slurm import Slurm, live_jobs, parse_time
 from tools.sweep.state import DONE, Store, classify
 
 DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16]}
@@ -52,6 +52,16 @@ def mem_gb(text):
         return float(number)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected memory in GB such as 32 or 32G, got '{text}'") from None
+
+
+def time_limit(text):
+    try:
+        parse_time(text)
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"expected a time in Slurm's format (minutes, H:MM:SS, D-HH:MM:SS, ...), got '{text}'"
+        ) from None
+    return text
 
 
 def slurm_opt(text):
@@ -111,7 +121,10 @@ def parser():
     slurm = p.add_argument_group("slurm backend")
     slurm.add_argument("--partition")
     slurm.add_argument(
-        "--time", default="4:00:00", help="time limit per run, in Slurm's format (default: 4:00:00)"
+        "--time",
+        type=time_limit,
+        default="4:00:00",
+        help="time limit per run, in Slurm's format (default: 4:00:00)",
     )
     slurm.add_argument("--gpus-per-job", type=non_negative, default=1)
     slurm.add_argument("--cpus-per-job", type=positive, default=8)
@@ -187,7 +200,8 @@ def run_local(args, runs, store):
     if in_slurm:
         runs = [r for r in runs if r.path not in in_slurm and r.after not in in_slurm]
         print(
-            f"{len(in_slurm)} runs are queued or running in Slurm (--status): left to it, with their evaluations",
+            f"{len(in_slurm)} runs are queued or running in Slurm (see --status): this sweep leaves "
+            "them and their evaluations to it",
             file=sys.stderr,
         )
     gpus = args.gpus if args.gpus is not None else visible_gpus()

@@ -223,9 +223,8 @@ class Pool:
         last = last_lines.strip().splitlines()[-1:] or [""]
         if job.attempt <= self.retries:
             self.state[run.path] = PENDING
-            self.progress.event(
-                f"failed (exit status {code}), retrying ({job.attempt + 1}/{self.retries + 1}): {run.path}: {last[0]}"
-            )
+            attempts = f"{job.attempt + 1}/{self.retries + 1}"
+            self.progress.event(f"failed (exit status {code}), retrying ({attempts}): {run.path}: {last[0]}")
             return
         self.state[run.path] = FAILED
         self.progress.event(
