@@ -364,3 +364,31 @@ def test_time_formats():
     assert [parse_time(t) for t in ("90", "90:30", "2:00:00", "1-0", "1-2:30", "1-02:30:01")] == [
         90, 91, 120, 1440, 1590, 1591
     ]  # fmt: skip
+
+
+def test_two_sweeps_share_an_output_tree(repo):
+    """A second sweep leaves the runs that the first one runs to it, and waits for them."""
+    args = (
+        "--protocol",
+        "fewshot",
+        "--trainers",
+        "CoOp:v",
+        "--datasets",
+        "dtd",
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "2",
+    )
+    first = sweep(repo, *args, "--jobs-per-gpu", "2", wait=False, FAKE_SLEEP="3")
+    paths = [f"fewshot/dtd/shots_1/CoOp/v/seed{s}" for s in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all((repo / "output/sweep/state" / f"{p}.json").exists() for p in paths):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.1)
+    status = sweep(repo, *args, "--status").stdout
+    assert f"running: {paths[0]}: pid {record(repo, paths[0])['pid']} on " in status
+    second = sweep(repo, *args, "--jobs-per-gpu", "2")
+    assert second.returncode == 0 and first.wait(timeout=60) == 0, second.stderr
+    assert "2/2 runs done" in second.stderr and len(calls(repo)) == 2  # each run ran once

@@ -89,6 +89,7 @@ def _interrupt(signum, frame):
 class Pool:
     def __init__(self, runs, store, python, slots, retries, progress):
         self.runs = runs
+        self.by_path = {r.path: r for r in runs}
         self.store = store
         self.python = python
         self.slots = slots
@@ -132,11 +133,11 @@ class Pool:
 
     def _step(self):
         """Reap, watch, start; False when nothing runs and nothing can start."""
-        for path, job in list(self.jobs.items()):
+        for job in list(self.jobs.values()):
             if job.proc.poll() is not None:
                 self._finish(job)
         for path in list(self.elsewhere):
-            run = next(r for r in self.runs if r.path == path)
+            run = self.by_path[path]
             if not self.store.running_elsewhere(run):
                 self.elsewhere.discard(path)
                 self.state[path] = DONE if self.store.finished(run.path) else PENDING
@@ -145,15 +146,12 @@ class Pool:
                 break
             if self.state[run.path] == PENDING and self._ready(run):
                 self._start(run)
-        if self.jobs or self.elsewhere:
-            return True
-        for run in self.runs:  # what is left waits for a run that will not finish
-            if self.state[run.path] == PENDING:
-                self._block(run, run.after)
-        return False
+        # Nothing running means nothing is left to start: a run not started waits for a failed
+        # or blocked one, and _ready has blocked it.
+        return bool(self.jobs or self.elsewhere)
 
     def _ready(self, run):
-        if run.after is None or self.state.get(run.after, DONE) == DONE:
+        if run.after is None or self.state[run.after] == DONE:
             # A process started since this sweep began may have taken it meanwhile.
             if self.store.running_elsewhere(run):
                 self.state[run.path] = RUNNING
