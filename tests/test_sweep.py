@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tools.protocols import Grid, plan
 from tools.results.runlog import read_run
+from tools.sweep.progress import Eta
 from tools.sweep.slurm import parse_time
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +119,7 @@ def test_failed_run_retried_reported_and_its_evaluation_blocked(repo):
     proc = sweep(repo, *B2N_ARGS, "--jobs-per-gpu", "2", FAKE_FAIL=failing)
     assert proc.returncode == 1
     assert f"FAILED after 2 attempt(s) (exit status 3): {failing}" in proc.stderr
+    assert "[sweep] 6/8 done | 0 running | 1 failed | 1 blocked | elapsed " in proc.stderr  # the last line
     assert "RuntimeError: injected failure" in proc.stderr
     assert (
         f"blocked (its training run {failing} did not finish): {B2N.format('test_new', 'dtd', 2)}"
@@ -392,3 +395,15 @@ def test_two_sweeps_share_an_output_tree(repo):
     second = sweep(repo, *args, "--jobs-per-gpu", "2")
     assert second.returncode == 0 and first.wait(timeout=60) == 0, second.stderr
     assert "2/2 runs done" in second.stderr and len(calls(repo)) == 2  # each run ran once
+
+
+def test_eta_from_the_finished_runs_per_kind():
+    train, new = plan("base2new", Grid("CoOp", "vit_b16_ctxv1", "d", "o", ROOT), ["dtd"], [1], [16])
+    eta = Eta(workers=2)
+    assert eta.remaining([train, new], {}) is None  # nothing finished yet
+    eta.finished(train, 100.0)
+    assert eta.remaining([new], {}) == 50.0  # no evaluation finished yet: a training run's time
+    eta.finished(new, 10.0)
+    eta.finished(new, 30.0)
+    # (waiting: 100 + 20, running: 100 - 30 left) / 2 workers
+    assert eta.remaining([train, new], {train: 30.0}) == (120 + 70) / 2
