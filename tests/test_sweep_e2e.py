@@ -5,6 +5,7 @@ evaluations blocked, while the others finish, and re-running redoes only them.""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def repo(tmp_path_factory, tiny_clip_path, pets, dtd):
     root = tmp_path_factory.mktemp("sweep_e2e")
     for name in ("train.py", "trainers", "datasets", "clipprompt", "tools", "scripts"):
         (root / name).symlink_to(Path(ROOT) / name)
-    subprocess.run(["cp", "-r", str(Path(ROOT) / "configs"), str(root)], check=True)
+    shutil.copytree(Path(ROOT) / "configs", root / "configs")
     for trainer, base in TRAINERS.items():
         (root / f"configs/trainers/{trainer}/tiny.yaml").write_text(
             f"_BASE_: {base}\nMODEL:\n  BACKBONE:\n    NAME: {tiny_clip_path}\nINPUT:\n  SIZE: (32, 32)\n"
