@@ -41,7 +41,7 @@ from clipprompt.checkpoint_identity import CheckpointMismatch
 from clipprompt.clip_loading import CheckpointError
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
-from tools.export.run import load_run
+from tools.export.run import add_run_arguments, load_run
 
 FORMATS = (".csv", ".jsonl")
 # What PIL raises for files it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
@@ -52,21 +52,12 @@ SHOWN = 10  # problems named in an error message
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quoted)")
-    parser.add_argument("--model-dir", required=True, help="a training run (train.py --output-dir)")
-    parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
+    add_run_arguments(parser)
     parser.add_argument("--output", required=True, help="predictions file: .csv or .jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--topk", type=int, help="classes listed per image (default 5, or all if fewer)")
     parser.add_argument("--batch-size", type=int, help="default: the run's DATALOADER.TEST.BATCH_SIZE")
     parser.add_argument("--num-workers", type=int, help="default: the run's DATALOADER.NUM_WORKERS")
-    parser.add_argument("--device", default="", help="cpu, cuda or cuda:<index> (default: CUDA if available)")
-    classes = parser.add_mutually_exclusive_group()
-    classes.add_argument("--classnames", default="", help="a UTF-8 file of class names, one per line")
-    classes.add_argument("--dataset-config-file", default="", help="the classes of this dataset config")
-    parser.add_argument("--root", default="", help="DATASET.ROOT for --dataset-config-file (or the run's)")
-    parser.add_argument(
-        "--subsample-classes", choices=("all", "base", "new"), help="which classes of the dataset"
-    )
     parser.add_argument("--skip-bad", action="store_true", help="skip missing or unreadable images")
     args = parser.parse_args(argv)
     if os.path.splitext(args.output)[1] not in FORMATS:

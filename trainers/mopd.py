@@ -17,7 +17,7 @@ from yacs.config import CfgNode as CN
 
 from clipprompt.distillation import COMBINES, mopd_losses, teacher_logits
 from clipprompt.hard_prompts import POOLS
-from clipprompt.model import ContextPrompt, Routing, SoftPromptCLIP
+from clipprompt.model import Routing, SoftPromptCLIP
 from clipprompt.routing import Router, topk_softmax
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import encode_templates
@@ -167,12 +167,6 @@ class MoPD(PromptTrainer):
         encoder = self.build_text_encoder(clip_model)
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")
         teacher_features = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
-        prompt = ContextPrompt(
-            self.classnames,
-            clip_model.token_embedding,
-            opts.N_CTX,
-            opts.CTX_INIT,
-            truncate=self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
+        prompt = self.context_prompt(clip_model, opts)
         options = DistillationOptions.from_cfg(opts)
         return DistilledCLIP(clip_model, prompt, encoder, templates, teacher_features, options)

@@ -39,6 +39,7 @@ from clipprompt.checkpoints import (
     training_state,
 )
 from clipprompt.clip_loading import backbone_fingerprint, load_clip
+from clipprompt.model import ContextPrompt
 from clipprompt.routing import RoutingStats
 from clipprompt.schedule import EpochLRSchedule
 from clipprompt.templates import check_template
@@ -162,6 +163,21 @@ class PromptTrainer(TrainerX):
                 f"{cfg.MODEL.BACKBONE.NAME} ({resolution} px): set INPUT.SIZE ({resolution}, {resolution})"
             )
         return model.to(self.device)
+
+    def context_prompt(self, clip_model, opts):
+        """CoOp's context prompt over this run's classes from a trainer's config node: N_CTX,
+        CTX_INIT, and CoOp's CLASS_TOKEN_POSITION and CSC where the trainer declares them."""
+        position, class_specific = opts.get("CLASS_TOKEN_POSITION", "end"), opts.get("CSC", False)
+        truncate = self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE
+        return ContextPrompt(
+            self.classnames,
+            clip_model.token_embedding,
+            opts.N_CTX,
+            opts.CTX_INIT,
+            position,
+            class_specific,
+            truncate,
+        )
 
     def build_text_encoder(self, clip_model):
         opts = self.cfg.TRAINER.TEXT_ENCODER

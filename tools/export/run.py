@@ -24,6 +24,21 @@ from clipprompt.checkpoints import checkpoint_path, has_checkpoint, read_checkpo
 CHECKPOINTS = "prompt_learner"  # the model name PromptTrainer registers, a folder of the run
 
 
+def add_run_arguments(parser):
+    """The flags that choose the run, its epoch, the device and the classes (predict.py and
+    `python -m tools.export` share them; `load_run` reads them)."""
+    parser.add_argument("--model-dir", required=True, help="a training run (train.py --output-dir)")
+    parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
+    parser.add_argument("--device", default="", help="cpu, cuda or cuda:<index> (default: CUDA if available)")
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument("--classnames", default="", help="a UTF-8 file of class names, one per line")
+    classes.add_argument("--dataset-config-file", default="", help="the classes of this dataset config")
+    parser.add_argument("--root", default="", help="DATASET.ROOT for --dataset-config-file (or the run's)")
+    parser.add_argument(
+        "--subsample-classes", choices=("all", "base", "new"), help="which classes of the dataset"
+    )
+
+
 def run_config_path(model_dir):
     path = os.path.join(model_dir, "config.yaml")
     if not os.path.isfile(path):

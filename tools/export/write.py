@@ -19,7 +19,7 @@ from clipprompt.checkpoints import learnable_parameters
 from clipprompt.clip_loading import CheckpointError
 from clipprompt.conditional import ConditionalCLIP
 from clipprompt.exported import LEARNED, save_exported
-from tools.export.run import load_run
+from tools.export.run import add_run_arguments, load_run
 
 
 def templates(trainer):
@@ -126,18 +126,9 @@ def exported(trainer, model_dir, classes_from):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True, help="a training run (train.py --output-dir)")
+    add_run_arguments(parser)
     parser.add_argument("--out", required=True, help="the classifier file to write (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
-    parser.add_argument("--device", default="", help="cpu, cuda or cuda:<index> (default: CUDA if available)")
-    classes = parser.add_mutually_exclusive_group()
-    classes.add_argument("--classnames", default="", help="a UTF-8 file of class names, one per line")
-    classes.add_argument("--dataset-config-file", default="", help="the classes of this dataset config")
-    parser.add_argument("--root", default="", help="DATASET.ROOT for --dataset-config-file (or the run's)")
-    parser.add_argument(
-        "--subsample-classes", choices=("all", "base", "new"), help="which classes of the dataset"
-    )
     args = parser.parse_args(argv)
     if not args.out.endswith(".safetensors"):
         parser.error(f"--out {args.out}: the file name must end in .safetensors")
