@@ -24,6 +24,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from clipprompt.atomic import atomic_file
+
 TOOL = "tools.interpret"
 # Context that does not depend on the class list is interpreted in a model built for one
 # stand-in class: no data is needed.
@@ -211,10 +213,8 @@ def write_report(report, model_dir):
             ours = False
         if not ours:
             raise FileExistsError(f"{path} exists and was not written by {TOOL}: move it away first")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
-    os.replace(tmp, path)
     return path
 
 
