@@ -208,7 +208,8 @@ def made_up(t1, t2, t3, t4, m1, m23):
     def times(slow):
         return {p: {"median_s": s, "min_s": s} for p, s in (("shared", 1.0), ("truncated", slow))}
 
-    step = {"tokens": {"shared": 10, "truncated": 20}}
+    # The text encoding: half of the shared step, a quarter of the truncated one.
+    step = {"tokens": {"shared": 10, "truncated": 20}, "text_times": times(0.5)}
     rows = {k: {"trainer": "MoCoOp", "tokens": 100, "peak_bytes": v * 2**30} for k, v in (("M1", m1), ("M2", m23), ("M3", m23))}  # fmt: skip
     return {
         "T1": {"tokens": {"shared": 10, "truncated": 50}, "times": times(t1)},
@@ -236,9 +237,11 @@ def test_target_verdicts(above, met):
     )
     assert {k: g["met"] for k, g in goals.items()} == dict.fromkeys(goals, met)
     assert goals["T1"]["value"] == round(bounds["T1"] * above, 3) and goals["T1"]["token_bound"] == 5
-    assert goals["T3 CoOp"]["token_bound"] == 2
+    assert goals["T3 CoOp"]["token_bound"] == 2 and goals["T3 CoOp"]["text_only"] == 0.5
+    # The ceiling: the truncated step without its text encoding.
+    assert goals["T2 MoCoOp"]["ceiling"] == round(bounds["T2"] * above / (bounds["T2"] * above - 0.5), 3)
     # T4's bound counts an image position as (768 / 512)^2 text positions: 2 batches of 100
     # text and 10 image positions per batch, against a cache build of 10 and the images.
     image = 2.25 * 10
-    assert goals["T4"]["weighted_bound"] == round(2 * (100 + image) / (10 + 2 * image), 3)
+    assert goals["T4"]["weighted_token_ratio"] == round(2 * (100 + image) / (10 + 2 * image), 3)
     assert math.isclose(goals["M1"]["value"], round(bounds["M1"] * below, 3))
