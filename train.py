@@ -11,6 +11,14 @@ KEY VALUE pairs. A config file may start with `_BASE_: other.yaml` (resolved nex
 inherit another file.
 """
 
+import warnings
+
+# Two warnings printed by every run that no user can act on: openai-clip and wilds (a Dassl
+# dependency) import pkg_resources, and wilds' `outdated` asks PyPI for a newer version in a
+# background thread (after any import-time filter would have been undone). Only these two.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+warnings.filterwarnings("ignore", message="Failed to check for latest version of package")
+
 import argparse
 import json
 import os
@@ -19,16 +27,15 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 
+import dassl
 import torch
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # Dassl's dependencies import pkg_resources
-    import dassl
-    from dassl.utils import collect_env_info, set_random_seed, setup_logger
+from dassl.utils import collect_env_info, set_random_seed
 
 import trainers
+from clipprompt.atomic import write_text_atomically
+from clipprompt.determinism import set_determinism
+from clipprompt.run_folder import config_changes, describe_changes, held_results, start_log
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,26 +84,43 @@ def git_revision():
     return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
-def record_provenance(cfg, argv):
-    """Keep the resolved config, the command line, the git commit and the environment.
+def check_output_dir(cfg):
+    """Refuse an output folder that holds another run; returns (notes to log, whether this
+    start replaces the folder's config.yaml).
 
-    `config.yaml` is written once; re-running into the same directory with another config
-    is refused (results of two configs must not mix). Every invocation appends one line to
-    `invocations.jsonl`, so resumed and re-run evaluations stay on record.
+    Only run-defining keys are compared (`clipprompt.run_folder.NOT_RUN_DEFINING` lists the
+    others: paths, workers, logging, memory knobs), so a moved data or output tree resumes.
+    A folder without checkpoints and results (a start that failed) may start another config.
     """
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    resolved = cfg.dump()
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            if f.read() != resolved:
-                raise RuntimeError(
-                    f"{cfg.OUTPUT_DIR} holds a run with a different configuration ({config_path}). "
-                    "Use another --output-dir; results of different configs must not share a directory."
-                )
-    else:
-        with open(config_path, "w") as f:
-            f.write(resolved)
+    if not os.path.exists(config_path):
+        return [], False
+    with open(config_path, encoding="utf-8") as f:
+        changed, one_sided = config_changes(f.read(), cfg)
+    notes = []
+    if one_sided:
+        notes.append(
+            f"Note: not compared with {config_path} (declared on one side only): {', '.join(one_sided)}"
+        )
+    if changed:
+        held = held_results(cfg.OUTPUT_DIR)
+        if held:
+            raise RuntimeError(
+                f"{cfg.OUTPUT_DIR} holds a run with a different configuration ({config_path}): "
+                f"{describe_changes(changed)}; it has {', '.join(held[:4])}. Use another --output-dir "
+                "(results of different configs must not share a directory), or the same config to "
+                "resume or re-evaluate that run."
+            )
+        notes.append(
+            f"Note: {config_path} is from a start that left no checkpoint and no result; this start "
+            f"replaces it ({describe_changes(changed)})"
+        )
+    return notes, bool(changed)
+
+
+def record_invocation(cfg, argv, determinism):
+    """Append one line to `invocations.jsonl` per start: resumes and re-evaluations stay on
+    record with their command line, paths, commit, environment and determinism settings."""
     commit, dirty = git_revision()
     record = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -110,22 +134,38 @@ def record_provenance(cfg, argv):
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "dassl": getattr(dassl, "__version__", None),
+        **determinism,
     }
     with open(os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def record_run(cfg, trainer, replace):
+    """Once the data and the model are built: the resolved `config.yaml` (kept from the first
+    start unless `replace`) and the training data actually used (`data_summary.json`)."""
+    config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if replace or not os.path.exists(config_path):
+        write_text_atomically(config_path, cfg.dump())
+    summary = getattr(getattr(trainer.dm, "dataset", None), "summary", None)
+    if summary is not None:
+        path = os.path.join(cfg.OUTPUT_DIR, "data_summary.json")
+        write_text_atomically(path, json.dumps(summary(), indent=1) + "\n")
 
 
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     args = parse_args(argv[1:])
     cfg = setup_cfg(args)
-    record_provenance(cfg, argv)
-    setup_logger(cfg.OUTPUT_DIR)
+    notes, replace_config = check_output_dir(cfg)
+    start_log(cfg.OUTPUT_DIR)
+    for note in notes:
+        print(note)
+    determinism = set_determinism(cfg.DETERMINISTIC, torch.cuda.is_available() and cfg.USE_CUDA)
+    record_invocation(cfg, argv, determinism)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
+    print(f"Determinism: {determinism}")
 
     print("Command: " + " ".join(argv))
     print("** Config **")
@@ -135,6 +175,7 @@ def main(argv=None):
 
     print(f"Loading trainer: {cfg.TRAINER.NAME}")
     trainer = trainers.build_trainer(cfg)
+    record_run(cfg, trainer, replace_config)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()

@@ -1,9 +1,14 @@
 """Checkpoints of learnable tensors and RNG states, readable with `torch.load(weights_only=True)`.
 
 A checkpoint holds only the tensors training changes (`learnable_parameters`); frozen CLIP
-weights and buffers computed from them are rebuilt from the config. RNG states are stored as
-plain tensors and tuples, so that a resumed run draws the same random numbers as one that was
-never interrupted.
+weights and buffers computed from them are rebuilt from the config. With them go the plain
+state of the optimiser, the schedule and the fp16 gradient scaler, and the RNG states (plain
+tensors and tuples), so that a resumed run computes exactly what an uninterrupted one would,
+and the identity of the model (`clipprompt.checkpoint_identity`).
+
+Files are written atomically (`clipprompt.atomic`): first the checkpoint, then the
+`checkpoint` marker that names it, so a kill at any instant leaves the marker naming a
+complete checkpoint.
 """
 
 import os
@@ -11,6 +16,12 @@ import random
 
 import numpy as np
 import torch
+
+from .atomic import atomic_file, write_text_atomically
+from .checkpoint_identity import CheckpointMismatch, check_identity
+
+MARKER = "checkpoint"
+BEST = "model-best.pth.tar"
 
 
 def learnable_parameters(model):
@@ -23,8 +34,8 @@ def learnable_state(model):
     return {n: p.detach().cpu().clone() for n, p in learnable_parameters(model).items()}
 
 
-def load_learnable(model, state, source):
-    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
+def tensor_problems(model, state):
+    """Why the learnable tensors `state` do not fit `model` (names, shapes), or []."""
     expected = learnable_parameters(model)
     problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
     problems += [
@@ -35,20 +46,132 @@ def load_learnable(model, state, source):
         for n, p in expected.items()
         if n in state and state[n].shape != p.shape
     ]
+    return problems
+
+
+def load_learnable(model, state, source):
+    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
+    problems = tensor_problems(model, state)
     if problems:
-        raise RuntimeError(
+        raise CheckpointMismatch(
             f"Checkpoint {source} does not fit the model: "
             + "; ".join(problems)
             + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
         )
     with torch.no_grad():
-        for n, p in expected.items():
+        for n, p in learnable_parameters(model).items():
             p.copy_(state[n])
+
+
+def save_checkpoint(state, folder, name=None):
+    """Write `state` as `folder/name` atomically; without `name` as the epoch's
+    `model.pth.tar-<epoch>`, which the `checkpoint` marker then names (resume reads it)."""
+    path = os.path.join(folder, name or f"model.pth.tar-{state['epoch']}")
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
+    if name is None:
+        write_text_atomically(os.path.join(folder, MARKER), os.path.basename(path) + "\n")
+    print(f"Checkpoint saved to {path}")
+    return path
+
+
+def training_state(model, optim, sched, scaler):
+    """What a resumed run needs besides epoch counters and identity."""
+    return {
+        "state_dict": learnable_state(model),
+        "optimizer": optim.state_dict() if optim is not None else None,
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+    }
+
+
+def restore_training_state(ckpt, model, optim, sched, scaler, source):
+    """Inverse of `training_state`; a checkpoint without scaler state (saved before it was
+    kept) restarts the fp16 loss scale, which is said."""
+    load_learnable(model, ckpt["state_dict"], source)
+    if optim is not None:
+        optim.load_state_dict(ckpt["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(ckpt["scheduler"])
+    if scaler is not None:
+        if ckpt.get("scaler") is None:
+            print(f"Warning: {source} has no gradient-scaler state: the fp16 loss scale starts again")
+        else:
+            scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+
+
+def checkpoint_path(folder, epoch=None, best=False):
+    """The checkpoint of `folder` to evaluate: `model-best.pth.tar` (best), that of `epoch`,
+    or the newest (the `checkpoint` marker's)."""
+    if best:
+        path = os.path.join(folder, BEST)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No {path}: TEST.FINAL_MODEL best_val needs a run that validated")
+        return path
+    if epoch is None:
+        return latest_checkpoint(folder)
+    path = os.path.join(folder, f"model.pth.tar-{epoch}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint {path}: check --model-dir and --load-epoch")
+    return path
+
+
+def has_checkpoint(folder):
+    return os.path.exists(os.path.join(folder, MARKER))
+
+
+def read_checked(path, model, identity, same_classes=False):
+    """The checkpoint at `path`, refused with one error unless it belongs to the model of
+    `identity` and its tensors fit `model` (what cannot be checked is printed)."""
+    ckpt = read_checkpoint(path)
+    problems = tensor_problems(model, ckpt["state_dict"])
+    warning = check_identity(ckpt, identity, path, same_classes, problems)
+    if warning:
+        print(warning)
+    return ckpt
+
+
+def load_for_evaluation(models, directory, identity, epoch=None, best=False):
+    """Load the learnable tensors of `models` ({name: module}, each saved in `directory/name`)
+    from the checkpoint `checkpoint_path` picks, checked against `identity`; without an epoch it
+    must come from a finished run. Returns the checkpoint's epoch."""
+    for name, model in models.items():
+        path = checkpoint_path(os.path.join(directory, name), epoch, best)
+        ckpt = read_checked(path, model, identity)
+        if epoch is None and not best and ckpt.get("epoch") != ckpt.get("max_epoch"):
+            raise RuntimeError(
+                f"{path} is from an unfinished run (epoch {ckpt.get('epoch')} of {ckpt.get('max_epoch')}): "
+                "re-run its training command to resume it, or pass --load-epoch to use this epoch"
+            )
+        load_learnable(model, ckpt["state_dict"], path)
+        print(f"Loaded {path} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"]
+
+
+def resume_training(parts, scaler, directories, identity):
+    """Restore `parts` ({name: (model, optimiser, schedule)}, each saved in `<directory>/name`)
+    and `scaler` from the first of `directories` that holds a checkpoint of every part, checked
+    against `identity` with the same class names. Returns (directory, finished epochs), or
+    None when no directory holds one."""
+    directory = next(
+        (d for d in directories if d and all(has_checkpoint(os.path.join(d, n)) for n in parts)), None
+    )
+    if directory is None:
+        return None
+    print(f"Found checkpoint in {directory}: resuming training")
+    for name, (model, optim, sched) in parts.items():
+        path = latest_checkpoint(os.path.join(directory, name))
+        ckpt = read_checked(path, model, identity, same_classes=True)
+        restore_training_state(ckpt, model, optim, sched, scaler, path)
+        print(f"Resumed {path} (finished epochs: {ckpt['epoch']})")
+    return directory, ckpt["epoch"]
 
 
 def latest_checkpoint(folder):
     """Path of the newest checkpoint of `folder`, as its `checkpoint` marker names it."""
-    marker = os.path.join(folder, "checkpoint")
+    marker = os.path.join(folder, MARKER)
     if not os.path.exists(marker):
         raise FileNotFoundError(
             f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)"

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import os
+import urllib.error
 import warnings
 import zipfile
 
@@ -17,7 +18,7 @@ import torch
 
 # openai-clip imports pkg_resources, which warns on every setuptools < 81; the warning is noise.
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     import clip
     from clip.model import CLIP, build_model, convert_weights
 
@@ -30,8 +31,18 @@ def resolve_checkpoint(name, download_root=""):
     """Map `name` (OpenAI model name or file path) to a local file, downloading if needed."""
     if name in clip.available_models():
         root = download_root or os.path.expanduser("~/.cache/clip")
-        # clip's own downloader verifies the SHA256 embedded in the URL.
-        return clip.clip._download(clip.clip._MODELS[name], root)
+        url = clip.clip._MODELS[name]
+        try:
+            # clip's own downloader verifies the SHA256 embedded in the URL.
+            return clip.clip._download(url, root)
+        except (urllib.error.URLError, OSError) as err:  # no network, proxy, unwritable folder
+            target = os.path.join(root, os.path.basename(url))
+            raise CheckpointError(
+                f"The CLIP weights of {name!r} are not in {root} and cannot be downloaded ({err}). "
+                f"Download {url} where there is network access and put it at {target} (or set "
+                "MODEL.BACKBONE.DOWNLOAD_ROOT to the folder that holds it), or set "
+                "MODEL.BACKBONE.NAME to the path of a local checkpoint."
+            ) from err
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         return path

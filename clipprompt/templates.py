@@ -85,6 +85,8 @@ class PromptForm:
     def coop(cls, n_ctx, init="", position="end"):
         """CoOp's M context vectors: all before CLASS ("end"), split around it ("middle"),
         or all after it ("front"); initialised from the words `init` or randomly."""
+        if n_ctx < 1:
+            raise TemplateError(f"N_CTX must be at least 1 (learnable context vectors), not {n_ctx}")
         positions = {"end": n_ctx, "middle": n_ctx // 2, "front": 0}
         if position not in positions:
             raise ValueError(f"CLASS_TOKEN_POSITION must be end, middle or front, not {position!r}")

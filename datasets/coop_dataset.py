@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from dassl.data.datasets import DatasetBase, Datum
 
+from .image_check import check_images
+
 SUBSAMPLE_MODES = ("all", "base", "new")
 # Few-shot validation sets stay small: CoOp takes at most 4 images per class from val.
 MAX_VAL_SHOTS = 4
@@ -36,9 +38,23 @@ def dataset_key(cfg, key):
     return cfg.DATASET[key]
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_text(path, what):
+    """The text of the UTF-8 file `path` (`what` names it in the error)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}): "
+            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+
+
+def read_json(path, what="JSON file"):
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err}): download or create it again.") from None
 
 
 def write_new_json(obj, path):
@@ -65,8 +81,7 @@ def read_lines(path, what, hint):
     """The non-blank lines of the text file `path`, stripped; a missing file is an error that
     names it (`what`) and says what to download (`hint`)."""
     require_path(path, what, hint)
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in read_text(path, what).split("\n") if line.strip()]
 
 
 def list_files(folder):
@@ -82,7 +97,9 @@ class CoOpDataset(DatasetBase):
     """A dataset under DATASET.ROOT in CoOp's layout, with few-shot and base/new subsampling.
 
     Attributes added to Dassl's: `all_classnames` (every class in label order, before
-    subsampling) and `subsample` (the DATASET.SUBSAMPLE_CLASSES mode).
+    subsampling), `subsample` (the DATASET.SUBSAMPLE_CLASSES mode), `num_shots` (requested) and
+    `train_counts` (training images per class, in label order); `summary()` describes them.
+    Every listed image is checked to open (`image_check`) before anything trains.
     """
 
     folder = ""  # dataset folder under DATASET.ROOT, as named in CoOp's DATASETS.md
@@ -120,6 +137,11 @@ class CoOpDataset(DatasetBase):
         else:
             train, val = self._train_and_val(cfg, test)
         train, val, test = self._subsample(train, val, test)
+        check_images([s.path for split in (train, val, test) if split for s in split], self.download_hint)
+        self.num_shots = -1 if self.test_only else cfg.DATASET.NUM_SHOTS
+        self.train_counts = [0] * len(self._kept_labels())
+        for s in train:
+            self.train_counts[s.label] += 1
 
         test = self._to_datums(test)
         # Shared lists, not copies: ImageNet's test set has 50,000 images.
@@ -132,6 +154,36 @@ class CoOpDataset(DatasetBase):
         self._classnames = [self.all_classnames[y] for y in kept]
         self._lab2cname = dict(enumerate(self._classnames))
         self._num_classes = len(kept)
+        short = self.short_classes()
+        if short:
+            listed = ", ".join(f"{name} ({n})" for name, n in list(short.items())[:10])
+            print(
+                f"Warning: DATASET.NUM_SHOTS is {self.num_shots}, but {len(short)} of {len(kept)} classes "
+                f"have fewer training images and train on all they have: {listed}"
+                f"{', ...' if len(short) > 10 else ''} (see data_summary.json)"
+            )
+
+    def short_classes(self):
+        """{class name: training images} of the classes with fewer than NUM_SHOTS."""
+        if self.num_shots <= 0:
+            return {}
+        counts = zip(self._classnames, self.train_counts)
+        return {name: n for name, n in counts if n < self.num_shots}
+
+    def summary(self):
+        """The training data of this run, as train.py records it in data_summary.json.
+
+        `effective_shots` is the fewest training images of a class (None when NUM_SHOTS <= 0 asks
+        for all images); it is below `num_shots` exactly when `short_classes` is not empty.
+        """
+        return {
+            "dataset": type(self).__name__,
+            "subsample_classes": self.subsample,
+            "num_shots": self.num_shots,
+            "effective_shots": min(self.train_counts) if self.num_shots > 0 else None,
+            "short_classes": self.short_classes(),
+            "train_images_per_class": dict(zip(self._classnames, self.train_counts)),
+        }
 
     # ---- layout: overridden by readers whose files differ ----------------------------------
 
@@ -200,7 +252,7 @@ class CoOpDataset(DatasetBase):
         if self._split_rows is None:
             if not os.path.isfile(self.split_path):
                 self._create_missing_split()
-            self._split_rows = read_json(self.split_path)
+            self._split_rows = read_json(self.split_path, "Split file")
         return self._split_rows
 
     def missing_split_message(self):
@@ -252,7 +304,7 @@ class CoOpDataset(DatasetBase):
         return sample["train"], test if self.val_is_test else sample["val"]
 
     def _read_cache(self, cache, splits):
-        rows = read_json(cache)
+        rows = read_json(cache, "Few-shot cache")
         missing = [name for name in splits if name not in rows]
         if missing:
             raise ValueError(f"Few-shot cache {cache} has no {missing} rows; move it away to resample.")

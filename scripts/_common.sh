@@ -50,25 +50,6 @@ check_setup() {
     done
 }
 
-# dataset_config NAME: path of the dataset config, or an error.
-dataset_config() {
-    local f="configs/datasets/$1.yaml"
-    [ -f "$f" ] || die "unknown dataset '$1': $f does not exist"
-    echo "$f"
-}
-
-# trainer_config TRAINER CONFIG DATASET...: the trainer config of each dataset's runs, one
-# line each (tools/protocols.py's rule: configs/trainers/T/C/D.yaml when it exists, else
-# configs/trainers/T/C.yaml), or an error naming both paths.
-trainer_config() {
-    "$PYTHON" -m tools.protocols trainer-config "$@" || exit 1
-}
-
-# is_zero_shot TRAINER: true for trainers that are evaluated only, never trained.
-is_zero_shot() {
-    [ "$1" = ZeroshotCLIP ]
-}
-
 # is_finished DIR: DIR holds a run whose newest log ends with a result block that
 # has an accuracy: tools/results/runlog.py's rule, which tools.results applies too.
 is_finished() {
@@ -117,56 +98,24 @@ run_in() {
     fi
 }
 
-# train_py SEED DATASET CONFIG_FILE OUTDIR: sets CMD to the train.py prefix
-# shared by every run.
-train_py() {
-    CMD=("$PYTHON" train.py --root "$DATA" --seed "$1" --trainer "$TRAINER"
-        --dataset-config-file "configs/datasets/$2.yaml" --config-file "$3" --output-dir "$4")
-}
-
-# train_cmd SEED DATASET CONFIG_FILE OUTDIR: sets CMD to train into OUTDIR (a
-# zero-shot trainer is evaluated instead); callers append KEY VALUE options.
-train_cmd() {
-    train_py "$@"
-    if is_zero_shot "$TRAINER"; then
-        CMD+=(--eval-only)
-    fi
-}
-
-# eval_cmd SEED DATASET CONFIG_FILE OUTDIR MODEL_DIR: sets CMD to evaluate the
-# finished run in MODEL_DIR into OUTDIR (a zero-shot trainer has no model to load).
-eval_cmd() {
-    train_py "$1" "$2" "$3" "$4"
-    if ! is_zero_shot "$TRAINER"; then
-        require_model "$5"
-        CMD+=(--model-dir "$5")
-    fi
-    CMD+=(--eval-only)
-}
-
-# dataset_script_args ARGS...: the checks of a one-dataset script
-# (<dataset> <Trainer> <config>); sets DATASET, TRAINER, CFG and CFG_FILE.
-dataset_script_args() {
-    require_args 3 "<dataset> <Trainer> <config>" "$@"
-    DATASET=$1 TRAINER=$2 CFG=$3
-    check_setup
-    dataset_config "$DATASET" >/dev/null
-    CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$DATASET")
-}
-
-# for_each_dataset SCRIPT TRAINER CONFIG: bash scripts/SCRIPT <dataset> TRAINER
-# CONFIG for each dataset of DATASETS (default: the 11). Every dataset's configs
-# are checked first, so a typo fails before hours of training, not after.
-for_each_dataset() {
-    local script=$1 d
-    shift
-    require_args 2 "<Trainer> <config>" "$@"
-    check_setup
-    for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
-        dataset_config "$d" >/dev/null
-    done
-    trainer_config "$1" "$2" ${DATASETS:-$BENCHMARK_DATASETS} >/dev/null
-    for d in ${DATASETS:-$BENCHMARK_DATASETS}; do
-        bash "$(dirname "$0")/$script" "$d" "$1" "$2"
-    done
+# run_plan PROTOCOL TRAINER CONFIG "SHOTS" DATASET...: every run of the protocol (for xd the
+# DATASETS are the targets), in order, each through run_in. The runs come from tools/protocols.py
+# (`plan`), the grid python -m tools.sweep runs too; it checks every dataset and trainer config
+# before printing anything. Each line it prints is one run as shell words quoted by Python's
+# shlex.join (run directory, the training run it evaluates or '', train.py's arguments), so
+# `eval` only splits them back into words.
+run_plan() {
+    local protocol=$1 trainer=$2 config=$3 shots=$4 plan line
+    local -a run
+    shift 4
+    # shellcheck disable=SC2086 # SEEDS and shots are lists of words
+    plan=$("$PYTHON" -m tools.protocols plan "$protocol" "$trainer" "$config" --data "$DATA" \
+        --output "$OUTPUT" --seeds $SEEDS --shots $shots --datasets "$@") || exit 1
+    # fd 3, so that train.py's stdin stays the script's
+    while IFS= read -r -u 3 line; do
+        [ -n "$line" ] || continue
+        eval "run=($line)"
+        [ -z "${run[1]}" ] || require_model "${run[1]}"
+        run_in "${run[0]}" "$PYTHON" train.py "${run[@]:2}"
+    done 3<<<"$plan"
 }

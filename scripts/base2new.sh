@@ -9,15 +9,6 @@
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 
-dataset_script_args "$@"
-
-for SEED in $SEEDS; do
-    BASE_DIR=$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-    NEW_DIR=$OUTPUT/base2new/test_new/$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-
-    train_cmd "$SEED" "$DATASET" "$CFG_FILE" "$BASE_DIR"
-    run_in "$BASE_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base
-
-    eval_cmd "$SEED" "$DATASET" "$CFG_FILE" "$NEW_DIR" "$BASE_DIR"
-    run_in "$NEW_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new
-done
+require_args 3 "<dataset> <Trainer> <config>" "$@"
+check_setup
+run_plan base2new "$2" "$3" "$SHOTS" "$1"

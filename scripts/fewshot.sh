@@ -9,12 +9,6 @@ set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 SHOTS_LIST=${SHOTS_LIST:-"1 2 4 8 16"}
 
-dataset_script_args "$@"
-
-for K in $SHOTS_LIST; do
-    for SEED in $SEEDS; do
-        DIR=$OUTPUT/fewshot/$DATASET/shots_$K/$TRAINER/$CFG/seed$SEED
-        train_cmd "$SEED" "$DATASET" "$CFG_FILE" "$DIR"
-        run_in "$DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$K" DATASET.SUBSAMPLE_CLASSES all
-    done
-done
+require_args 3 "<dataset> <Trainer> <config>" "$@"
+check_setup
+run_plan fewshot "$2" "$3" "$SHOTS_LIST" "$1"

@@ -11,29 +11,8 @@
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 TARGETS=${TARGETS:-"$XD_TARGETS $DG_TARGETS"}
-SOURCE=$XD_SOURCE
 
 require_args 2 "<Trainer> <config>" "$@"
-TRAINER=$1 CFG=$2
 check_setup
-for T in $SOURCE $TARGETS; do
-    dataset_config "$T" >/dev/null
-done
-CFG_FILE=$(trainer_config "$TRAINER" "$CFG" "$SOURCE")
-
-for SEED in $SEEDS; do
-    TRAIN_DIR=$OUTPUT/xd/train/$SOURCE/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-    train_cmd "$SEED" "$SOURCE" "$CFG_FILE" "$TRAIN_DIR"
-    run_in "$TRAIN_DIR" "${CMD[@]}" DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all
-
-    for T in $TARGETS; do
-        TEST_DIR=$OUTPUT/xd/test/$T/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-        eval_cmd "$SEED" "$T" "$CFG_FILE" "$TEST_DIR" "$TRAIN_DIR"
-        # A trained model is shaped by its training data's prompts (MoCoOp's experts,
-        # MoPD's teacher pool), not by the target's.
-        if ! is_zero_shot "$TRAINER"; then
-            CMD+=(DATASET.SOURCE_CONFIG "$(dataset_config "$SOURCE")")
-        fi
-        run_in "$TEST_DIR" "${CMD[@]}"
-    done
-done
+# shellcheck disable=SC2086 # TARGETS is a list of words
+run_plan xd "$1" "$2" "$SHOTS" $TARGETS

@@ -87,11 +87,15 @@ def randomise_images(dataset_dir, seed=0):
                 Image.fromarray(pixels).save(os.path.join(folder, name))
 
 
-def run_train(*args, check=True, timeout=600):
-    """Run train.py with `args` from the repository root; returns the CompletedProcess."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)]
+def run_train(*args, check=True, timeout=600, env=None, python_args=()):
+    """Run train.py with `args` from the repository root; returns the CompletedProcess.
+
+    `env`: extra environment variables; `python_args`: given to Python before the script
+    (e.g. `("-c", code)` to run train.py from code that patches something first)."""
+    script = list(python_args) or [os.path.join(ROOT, "train.py")]
+    cmd = [sys.executable, *script, *map(str, args)]
     # Sleeping rather than spinning OpenMP threads: the test runner shares the CPU with them.
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **(env or {})}
     proc = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -100,6 +104,41 @@ def run_train(*args, check=True, timeout=600):
             f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+# train.py, with os.replace (the last step of every atomic write) patched to SIGKILL the process
+# right before or after the `nth` write of a file named `name`: argv is WHEN NAME NTH ARGS...
+KILL_AROUND_WRITE = """
+import os, runpy, signal, sys
+
+when, name, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+del sys.argv[1:4]
+sys.argv[0] = "train.py"
+writes = 0
+real_replace = os.replace
+
+
+def replace(src, dst):
+    global writes
+    writes += os.path.basename(dst) == name
+    hit = os.path.basename(dst) == name and writes == nth
+    if hit and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if hit and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.replace = replace
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def kill_around_write(when, name, nth, *args, env=None):
+    """Run train.py with `args` and SIGKILL it right `when` ("before" or "after") the `nth`
+    atomic write of a file named `name` (e.g. "checkpoint", "model.pth.tar-2")."""
+    proc = run_train(when, name, nth, *args, check=False, env=env, python_args=("-c", KILL_AROUND_WRITE))
+    assert proc.returncode == -9, f"not killed {when} write {nth} of {name}:\n{proc.stderr[-3000:]}"
 
 
 def result_accuracy(log_text):

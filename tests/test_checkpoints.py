@@ -1,20 +1,35 @@
-"""clipprompt.checkpoints without Dassl: what is saved, what loads, and RNG states."""
+"""clipprompt.checkpoints and checkpoint_identity without Dassl: what is saved (atomically), what
+loads, identities, RNG and gradient-scaler states, and the DETERMINISTIC switches."""
 
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from clipprompt.checkpoint_identity import (
+    CheckpointMismatch,
+    check_identity,
+    identity_problems,
+    make_identity,
+)
 from clipprompt.checkpoints import (
     latest_checkpoint,
     learnable_parameters,
     learnable_state,
     load_learnable,
     read_checkpoint,
+    restore_training_state,
     rng_state,
+    save_checkpoint,
     set_rng_state,
+    training_state,
 )
+from clipprompt.determinism import set_determinism
+from tests.conftest import ROOT
 
 
 def small_model():
@@ -75,3 +90,118 @@ def test_rng_state_restores_every_generator(tmp_path):
     again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(first[0], again[0])
     assert np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def identity(**changes):
+    base = {
+        "trainer": "CoOp",
+        "backbone_name": "ViT-B/16",
+        "fingerprint": "abc",
+        "keys": {"TRAINER.COOP.N_CTX": 16, "TRAINER.COOP.CSC": False},
+        "candidates": (),
+        "classnames": ["cat", "dog"],
+        "class_specific": False,
+    }
+    return make_identity(**{**base, **changes})
+
+
+def test_identity_problems_name_both_sides():
+    errors, unchecked = identity_problems(identity(), identity(trainer="KgCoOp", fingerprint="def"))
+    assert errors == [
+        "trainer CoOp (checkpoint) vs KgCoOp (this model)",
+        "backbone 'ViT-B/16' with fingerprint abc (checkpoint) vs 'ViT-B/16' with fingerprint def (this model)",
+    ]
+    assert unchecked == []
+    # The backbone is compared by fingerprint: a moved checkpoint file is the same CLIP.
+    assert identity_problems(identity(), identity(backbone_name="/new/place/clip.pt")) == ([], [])
+
+
+def test_class_names_matter_for_class_specific_tensors_and_for_resuming():
+    new_classes = identity(classnames=["owl", "dog"])
+    assert identity_problems(identity(), new_classes) == ([], [])
+    errors, _ = identity_problems(identity(), new_classes, same_classes=True)
+    assert errors == [
+        "class names differ (resuming needs the same classes): label 0 is 'cat' (checkpoint) vs 'owl' (this model)"
+    ]
+    errors, _ = identity_problems(
+        identity(class_specific=True), identity(class_specific=True, classnames=["cat"])
+    )
+    assert errors == [
+        "class names differ (the tensors are class-specific): 2 classes (checkpoint) vs 1 (this model)"
+    ]
+
+
+def test_keys_recorded_on_one_side_are_reported_not_compared():
+    newer = identity(keys={"TRAINER.COOP.N_CTX": 16, "TRAINER.COOP.CSC": False, "TRAINER.COOP.NEW": 1})
+    assert identity_problems(identity(), newer) == ([], ["TRAINER.COOP.NEW"])
+    warning = check_identity({"identity": identity()}, newer, "ckpt")
+    assert "TRAINER.COOP.NEW recorded on one side only" in warning
+    with pytest.raises(CheckpointMismatch, match=r"TRAINER.COOP.N_CTX 16 \(checkpoint\) vs 4 \(this model\)"):
+        check_identity({"identity": identity()}, identity(keys={"TRAINER.COOP.N_CTX": 4}), "ckpt")
+
+
+# ----------------------------------------------------------------------------- saving and resuming
+
+
+def test_save_checkpoint_names_the_newest_epoch_but_never_the_best(tmp_path):
+    folder = str(tmp_path / "prompt_learner")
+    save_checkpoint({"epoch": 1}, folder)
+    save_checkpoint({"epoch": 1}, folder, "model-best.pth.tar")
+    assert latest_checkpoint(folder).endswith("model.pth.tar-1")
+    assert sorted(os.listdir(folder)) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-1"]
+
+
+# A process that saves epoch 1, then is SIGKILLed while epoch 2's checkpoint is written to disk
+# (its bytes written, before the rename that publishes it).
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+from clipprompt.checkpoints import save_checkpoint
+folder = sys.argv[1]
+save_checkpoint({"epoch": 1, "state_dict": {"ctx": torch.ones(3)}}, folder)
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+save_checkpoint({"epoch": 2, "state_dict": {"ctx": torch.full((3,), 2.0)}}, folder)
+"""
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    folder = str(tmp_path / "prompt_learner")
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, folder], cwd=ROOT, check=False)
+    assert proc.returncode == -9
+    ckpt = read_checkpoint(latest_checkpoint(folder))
+    assert ckpt["epoch"] == 1 and torch.equal(ckpt["state_dict"]["ctx"], torch.ones(3))
+    assert not os.path.exists(os.path.join(folder, "model.pth.tar-2"))
+
+
+def test_training_state_round_trips_the_gradient_scaler():
+    model = small_model()
+    optim = torch.optim.SGD(learnable_parameters(model).values(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for factor in (1.0, float("inf")):  # a good step, then one with inf gradients (skipped)
+        scaler.scale((model.ctx * factor).sum()).backward()
+        scaler.step(optim)
+        scaler.update()
+        optim.zero_grad()
+    state = training_state(model, optim, None, scaler)
+    again = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    restore_training_state(state, small_model(), None, None, again, "ckpt")
+    assert again.get_scale() == 512.0 and again.state_dict() == scaler.state_dict()
+
+
+def test_deterministic_option_sets_every_switch():
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        settings = set_determinism(True, cuda=False)
+        assert settings == {
+            "deterministic": True,
+            "cudnn_deterministic": True,
+            "cudnn_benchmark": False,
+            "deterministic_algorithms": True,
+            "cpu_threads": 1,
+        }
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+        torch.backends.cudnn.deterministic = False

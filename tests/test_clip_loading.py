@@ -87,3 +87,20 @@ def test_fingerprint_names_the_weights_not_the_precision(tiny_clip_path):
     other = build_tiny_clip(seed=1)  # same architecture, other weights
     assert backbone_fingerprint(other) != backbone_fingerprint(fp32)
     assert len(backbone_fingerprint(fp32)) == 16
+
+
+def test_weights_that_cannot_be_downloaded_say_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint("ViT-B/32", str(tmp_path))
+    message = str(err.value)
+    assert "'ViT-B/32' are not in" in message and "name resolution" in message
+    assert "https://openaipublic.azureedge.net/clip/models/" in message
+    assert f"put it at {tmp_path}/ViT-B-32.pt" in message
+    assert "MODEL.BACKBONE.DOWNLOAD_ROOT" in message and "path of a local checkpoint" in message

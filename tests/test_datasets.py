@@ -347,6 +347,74 @@ def test_missing_imagenet_class_folder_is_an_error(tmp_path):
         build(tmp_path, "ImageNetSketch")
 
 
+def test_text_files_that_are_not_utf8_name_the_file(tmp_path):
+    pets = layouts.make_oxford_pets(tmp_path / "a")
+    split = os.path.join(pets.dataset_dir, "split_zhou_OxfordPets.json")
+    with open(split, "rb") as f:
+        data = f.read()
+    with open(split, "wb") as f:
+        f.write(data.replace(b"dog_breed_00", "d\u00f6g_breed_00".encode("latin-1")))
+    with pytest.raises(ValueError, match=f"Split file {split} is not UTF-8 text \\(byte 0xf6 at position"):
+        build(tmp_path / "a", "OxfordPets")
+    imagenet = layouts.make_imagenet(tmp_path / "b")
+    names = os.path.join(imagenet.dataset_dir, "classnames.txt")
+    with open(names, "ab") as f:
+        f.write("n99999999 caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"Class-name file {names} is not UTF-8 text"):
+        build(tmp_path / "b", "ImageNet")
+    with open(split, "w") as f:
+        f.write('{"train": [')
+    with pytest.raises(ValueError, match=f"Split file {split} is not valid JSON"):
+        build(tmp_path / "a", "OxfordPets")
+
+
+def test_unreadable_images_are_found_when_the_dataset_is_built(tmp_path, monkeypatch, capsys):
+    generated = layouts.make_oxford_pets(tmp_path, per_class=(4, 2, 2))
+    ds = build(tmp_path, "OxfordPets")
+    train_image, test_image, val_image = ds.train_x[0].impath, ds.test[-1].impath, ds.val[0].impath
+    open(test_image, "wb").close()  # zero bytes, in the test split read after training
+    with open(train_image, "wb") as f:
+        f.write(b"<html>Not Found</html>")  # a download that went wrong
+    with open(val_image, "r+b") as f:
+        f.truncate(20)  # cut within the JPEG header
+    with pytest.raises(ValueError) as err:
+        build(tmp_path, "OxfordPets")
+    message = str(err.value)
+    assert message.startswith("3 of the 24 listed images cannot be opened")
+    assert all(path in message for path in (train_image, test_image, val_image))
+    assert generated.dataset_dir in message and "Replace them" in message
+    from datasets import image_check
+
+    monkeypatch.setattr(image_check, "PROGRESS_EVERY", 10)  # progress on "large" datasets
+    with pytest.raises(ValueError):
+        build(tmp_path, "OxfordPets")
+    assert "Checked the headers of 20 / 24 images" in capsys.readouterr().out
+
+
+def test_classes_with_fewer_images_than_num_shots_are_reported(tmp_path, capsys):
+    generated = layouts.make_oxford_pets(tmp_path, per_class=(4, 2, 2))
+    split_path = os.path.join(generated.dataset_dir, "split_zhou_OxfordPets.json")
+    with open(split_path) as f:
+        split = json.load(f)
+    short = [row for row in split["train"] if row[1] == 1][:2]
+    split["train"] = [row for row in split["train"] if row not in short]
+    layouts.write_split(split_path, split)
+    ds = build(tmp_path, "OxfordPets", shots=3, seed=1)
+    assert (
+        "Warning: DATASET.NUM_SHOTS is 3, but 1 of 3 classes have fewer training images and train on "
+        "all they have: cat_breed_01 (2)"
+    ) in capsys.readouterr().out
+    assert ds.summary() == {
+        "dataset": "OxfordPets",
+        "subsample_classes": "all",
+        "num_shots": 3,
+        "effective_shots": 2,
+        "short_classes": {"cat_breed_01": 2},
+        "train_images_per_class": {"dog_breed_00": 3, "cat_breed_01": 2, "dog_breed_02": 3},
+    }
+    assert build(tmp_path, "OxfordPets").summary()["effective_shots"] is None  # all images
+
+
 def test_config_without_package_keys_is_an_error(tmp_path):
     cfg = get_cfg_default()
     cfg.DATASET.ROOT, cfg.DATASET.NAME = str(tmp_path), "DescribableTextures"

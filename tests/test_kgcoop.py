@@ -112,7 +112,7 @@ def test_knowledge_term_is_weighted_by_lambda(kgcoop, tiny_clip):
     ],
 )
 def test_knowledge_template_falls_back_to_the_dataset_template(kgcoop, prompts, expected):
-    from trainers.prompt_trainer import prompt_defaults
+    from trainers.config import prompt_defaults
 
     node = prompt_defaults()
     node.merge_from_list([item for pair in prompts.items() for item in pair])

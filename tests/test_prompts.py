@@ -81,6 +81,12 @@ def test_ctx_init_must_match_n_ctx():
         PromptForm.coop(16, "a photo of a")
 
 
+@pytest.mark.parametrize("n_ctx", [0, -1])
+def test_context_length_must_be_positive(n_ctx):
+    with pytest.raises(TemplateError, match=f"N_CTX must be at least 1 .*, not {n_ctx}"):
+        PromptForm.coop(n_ctx)
+
+
 def test_class_specific_context_uses_one_block_per_class(tiny_clip):
     form = PromptForm.coop(2)
     assembler = PromptAssembler([form], CLASSES, tiny_clip.token_embedding, class_specific=True)

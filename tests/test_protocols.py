@@ -2,6 +2,7 @@
 scripts and the benchmark use (function and command line)."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,95 @@ def test_command_line(configs):
             "configs/trainers/T/other.yaml exists\n"
         ),
     )
+
+
+def grid_paths(runs):
+    return [(r.path, r.after) for r in runs]
+
+
+def test_plan_base2new_evaluations_wait_for_their_training():
+    grid = protocols.Grid("CoOp", "vit_b16_ctxv1", "/data", "out", ROOT)
+    runs = protocols.plan("base2new", grid, ["dtd", "imagenet"], [1, 2], [16])
+    base = "base2new/train_base/{}/shots_16/CoOp/vit_b16_ctxv1/seed{}"
+    assert grid_paths(runs) == [
+        (path, after)
+        for d in ("dtd", "imagenet")
+        for s in (1, 2)
+        for path, after in (
+            (base.format(d, s), None),
+            (base.format(d, s).replace("train_base", "test_new"), base.format(d, s)),
+        )
+    ]
+    train, new = runs[:2]
+    assert train.trains and not new.trains
+    assert new.args[new.args.index("--model-dir") + 1] == f"out/{train.path}"
+    assert new.args[-4:] == ("DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new")
+    # ImageNet's runs use CoOp's per-dataset file (50 epochs)
+    assert (
+        runs[4].args[runs[4].args.index("--config-file") + 1]
+        == "configs/trainers/CoOp/vit_b16_ctxv1/imagenet.yaml"
+    )
+
+
+def test_plan_zero_shot_and_xd():
+    zs = protocols.plan(
+        "base2new", protocols.Grid("ZeroshotCLIP", "vit_b16", "d", "o", ROOT), ["dtd"], [1], [16]
+    )
+    assert [r.after for r in zs] == [None, None] and all(
+        "--eval-only" in r.args and "--model-dir" not in r.args for r in zs
+    )
+    xd = protocols.plan(
+        "xd", protocols.Grid("MoCoOp", "paper_vit_b16_ep25", "d", "o", ROOT), ["dtd", "imagenet_a"], [3], [16]
+    )
+    train = "xd/train/imagenet/shots_16/MoCoOp/paper_vit_b16_ep25/seed3"
+    assert grid_paths(xd) == [(train, None)] + [
+        (f"xd/test/{t}/shots_16/MoCoOp/paper_vit_b16_ep25/seed3", train) for t in ("dtd", "imagenet_a")
+    ]
+    for run in xd:  # every target with the source's config and prompts
+        assert "configs/trainers/MoCoOp/paper_vit_b16_ep25/imagenet.yaml" in run.args
+    assert xd[1].args[-2:] == ("DATASET.SOURCE_CONFIG", "configs/datasets/imagenet.yaml")
+    few = protocols.plan(
+        "fewshot", protocols.Grid("CoOp", "vit_b16_ep50", "d", "o", ROOT), ["dtd"], [1], [1, 4]
+    )
+    assert [r.path for r in few] == [f"fewshot/dtd/shots_{k}/CoOp/vit_b16_ep50/seed1" for k in (1, 4)]
+
+
+def test_plan_checks_every_dataset_before_any_trainer_config(configs):
+    (configs / "configs/datasets").mkdir(parents=True)
+    (configs / "configs/datasets/dtd.yaml").write_text("")
+    grid = protocols.Grid("T", "missing", "d", "o", configs)
+    with pytest.raises(FileNotFoundError, match="unknown dataset 'eurosat': configs/datasets/eurosat.yaml"):
+        protocols.plan("base2new", grid, ["dtd", "eurosat"], [1], [16])
+    with pytest.raises(FileNotFoundError, match="neither configs/trainers/T/missing/dtd.yaml nor"):
+        protocols.plan("fewshot", grid, ["dtd"], [1], [16])
+
+
+def test_plan_command_line(configs):
+    (configs / "configs/datasets").mkdir(parents=True)
+    (configs / "configs/datasets/dtd.yaml").write_text("")
+    cmd = [
+        "plan",
+        "base2new",
+        "T",
+        "shared",
+        "--data",
+        "my data",
+        "--output",
+        "o",
+        "--seeds",
+        "1",
+        "--shots",
+        "2",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.protocols", *cmd, "--datasets", "dtd"],
+        cwd=configs,
+        env=os.environ | {"PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    train, new = (shlex.split(line) for line in proc.stdout.splitlines())
+    assert train[:4] == ["o/base2new/train_base/dtd/shots_2/T/shared/seed1", "", "--root", "my data"]
+    assert new[:2] == ["o/base2new/test_new/dtd/shots_2/T/shared/seed1", train[0]]
+    assert new[-5:] == ["--eval-only", "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "new"]

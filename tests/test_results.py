@@ -17,6 +17,7 @@ from tools.results.runlog import LAYOUTS, last_result, read_run
 from tools.results.stats import t975
 from tools.results.synthetic import write_expert_stats, write_log
 
+UNKNOWN_SHOTS = "Shots not checked for {} run(s): no data_summary.json (runs of an older version)."
 OTHERS = "ImageNet, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, EuroSAT, UCF101"
 
 
@@ -127,6 +128,8 @@ Cells: mean ± sample std over seeds [95% t-interval of the mean]. H = 2·B·N/(
 |------------|---------|-----------------------------|-----------------------------|-----------------------------|------------------------------------------------------------------------------------------------------------------------------------|
 | Caltech101 | 1,2,3   | 72.00 ± 2.00 [67.03, 76.97] | 61.00 ± 1.00 [58.52, 63.48] | 66.05 ± 1.43 [62.50, 69.59] |                                                                                                                                    |
 | Average    |         | 72.00                       | 61.00                       | 66.05                       | over 1/11 datasets, without ImageNet, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101 |
+
+Shots not checked for 3 run(s): no data_summary.json (runs of an older version).
 
 ## Missing or unfinished runs (10)
 
@@ -318,13 +321,16 @@ def test_paper_columns(tmp_path):
     mopd = by_trainer["MoPD"]  # only an average H is published
     assert mopd.rows[0][5:8] == ["—", "—", "—"] and mopd.rows[-1][5:8] == ["—", "—", "77.90"]
     assert by_trainer["Other"].headers[-1] == "Flags" and "Paper Base" not in by_trainer["Other"].headers
-    assert by_trainer["Other"].notes == ["Paper: no published numbers for Other."]
+    assert by_trainer["Other"].notes == ["Paper: no published numbers for Other.", UNKNOWN_SHOTS.format(3)]
 
     finished(tmp_path, "base2new", "train_base", "imagenet", 1, 72, shots=4)
     sections, _ = report.build_report(tmp_path, declared=[1], paper=paper.load())
     four_shots = tables(sections, "Base-to-new")[1]  # [0] is the all-trainers summary
     assert four_shots.title == "CoOp / vit_b16 (4 shots)" and "Paper Base" not in four_shots.headers
-    assert four_shots.notes == ["Paper: the published numbers are for 16 shots; none are shown here."]
+    assert four_shots.notes == [
+        "Paper: the published numbers are for 16 shots; none are shown here.",
+        UNKNOWN_SHOTS.format(1),
+    ]
 
     (dg,) = tables(sections, "Domain generalisation")
     # MoCoOp's Table 3 order (ImageNet, -R, -A, -Sketch, -V2) mapped onto this table's columns.
@@ -421,3 +427,64 @@ def test_single_dataset_summary_compares_trainers(tmp_path):
     assert coop[4] == f"{2 * 61 * 52 / 113:.2f} ± {statistics.stdev(h):.2f}"
     assert mocoop[2] == "63.00 ± 1.41"
     assert missing == []  # only the listed dataset is expected
+
+
+def data_summary(log, num_shots=16, short=None, classes=("a", "b", "c", "d")):
+    """The data_summary.json train.py writes next to `log`: every class at `num_shots` except `short`."""
+    short = short or {}
+    counts = {c: short.get(c, num_shots) for c in classes}
+    summary = {
+        "num_shots": num_shots,
+        "effective_shots": min(counts.values()),
+        "short_classes": short,
+        "train_images_per_class": counts,
+    }
+    (log.parent / "data_summary.json").write_text(json.dumps(summary))
+
+
+def test_runs_trained_on_fewer_shots_are_flagged(tmp_path):
+    for seed in (1, 2, 3):
+        data_summary(
+            finished(tmp_path, "base2new", "train_base", "dtd", seed, 70), short={"b": 6} if seed < 3 else {}
+        )
+        finished(tmp_path, "base2new", "test_new", "dtd", seed, 60)
+        data_summary(finished(tmp_path, "base2new", "train_base", "eurosat", seed, 80))
+        finished(tmp_path, "base2new", "test_new", "eurosat", seed, 50)
+    data_summary(
+        finished(tmp_path, "fewshot", "", "dtd", 1, 55, shots=8), num_shots=8, short={"a": 5, "c": 7}
+    )
+    sections, _ = report.build_report(tmp_path, declared=[1])
+    (table,) = tables(sections, "Base-to-new")
+    rows = {r[0]: r for r in table.rows}
+    assert rows["DTD"][-1] == "fewer shots: seeds 1,2 (1 of 4 classes, min 6)"
+    assert rows["EuroSAT"][-1] == ""
+    assert rows["Average"][-1].endswith("includes flagged datasets")
+    assert table.notes == [
+        "DTD, seed 1: fewer training images than NUM_SHOTS for b (6).",
+        "DTD, seed 2: fewer training images than NUM_SHOTS for b (6).",
+    ]
+    records = {r["dataset"]: r for r in next(s for s in sections if s.csv_name == "base2new.csv").csv_rows}
+    assert (records["DTD"]["effective_shots_min"], records["DTD"]["short_classes"]) == (6, "b (6)")
+    assert (records["EuroSAT"]["effective_shots_min"], records["EuroSAT"]["short_classes"]) == ("", "")
+    (few,) = tables(sections, "Few-shot")
+    assert few.rows[0] == ["DTD", "55.00 (min 5 shots)"]
+    assert few.notes == ["DTD, 8 shots, seed 1: fewer training images than NUM_SHOTS for a (5), c (7)."]
+
+
+def test_a_users_own_target_alone_is_not_fourteen_missing_runs(tmp_path):
+    finished(tmp_path, "xd", "train", "imagenet", 1, 70)
+    finished(tmp_path, "xd", "test", "my_birds", 1, 40)
+    sections, missing = report.build_report(tmp_path, declared=[1])
+    (xd,) = tables(sections, "Cross-dataset")
+    assert xd.headers[-2:] == ["my_birds", "Average"]
+    assert not [path for path, _ in missing if path.startswith("xd/")]
+    finished(tmp_path, "xd", "test", "dtd", 1, 45)  # one of the protocol's targets: all 14 expected
+    _, missing = report.build_report(tmp_path, declared=[1])
+    assert len([path for path, _ in missing if path.startswith("xd/test/")]) == 13
+
+
+def test_fewshot_intro_counts_the_datasets_averaged(tmp_path):
+    finished(tmp_path, "fewshot", "", "dtd", 1, 55, shots=1)
+    sections, _ = report.build_report(tmp_path, declared=[1], datasets=["dtd"])
+    intro = next(s for s in sections if s.heading.startswith("Few-shot")).intro
+    assert "mean over the 1 datasets, with (k/1)" in intro

@@ -336,3 +336,17 @@ def test_scripts_never_delete():
         text = path.read_text()
         assert not re.search(r"(^|[\s;|&(])(rm|rmdir|unlink)\s", text, re.MULTILINE), path
         assert path.name == "_common.sh" or "set -euo pipefail" in text, path
+
+
+def test_paths_with_spaces_and_quotes(repo, tmp_path):
+    """The runs travel from tools.protocols to bash as shell words: odd paths arrive whole."""
+    data = tmp_path / "my data's"
+    data.mkdir()
+    env = {"data": str(data), "DRY_RUN": "0", "PYTHON": sys.executable, "SEEDS": "1", "OUTPUT": "out dir"}
+    out = lines(run(repo, "base2new.sh", "dtd", "CoOp", "vit_b16", **env))
+    assert len(out) == 2 and all(
+        "--root " + str(data).replace(" ", "\\ ").replace("'", "\\'") in line for line in out
+    )
+    assert "--output-dir out\\ dir/base2new/test_new/dtd/shots_16/CoOp/vit_b16/seed1" in out[1]
+    for part in ("train_base", "test_new"):  # the evaluation found its model under the same path
+        assert (repo / f"out dir/base2new/{part}/dtd/shots_16/CoOp/vit_b16/seed1/log.txt").exists()

@@ -137,6 +137,23 @@ def test_bad_values_fail_when_the_config_is_made():
         )
 
 
+@pytest.mark.parametrize(
+    "trainer, config, key",
+    [
+        ("CoOp", COOP, "TRAINER.COOP.N_CTX"),
+        ("CoCoOp", "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml", "TRAINER.COCOOP.N_CTX"),
+        ("KgCoOp", "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml", "TRAINER.KGCOOP.N_CTX"),
+        ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", "TRAINER.MOPD.N_CTX"),
+    ],
+)
+def test_context_length_must_be_positive(trainer, config, key):
+    for n_ctx in ("0", "-4"):
+        with pytest.raises(
+            ValueError, match=rf"{key} must be at least 1 \(learnable context vectors\), not {n_ctx}"
+        ):
+            trainers.make_cfg(trainer, PETS, config, [key, n_ctx])
+
+
 def test_flags_come_after_the_files_and_before_the_options():
     cfg = trainers.make_cfg(
         "CoOp",

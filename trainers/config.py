@@ -1,5 +1,6 @@
-"""Configs: YAML files with `_BASE_` inheritance, and `make_cfg`, the one way to build a
-trainer's config (train.py, the tools and the tests all use it).
+"""Configs: YAML files with `_BASE_` inheritance, the keys every trainer shares
+(`add_config`), and `make_cfg`, the one way to build a trainer's config (train.py, the tools
+and the tests all use it).
 
 Precedence: Dassl defaults < keys declared by the datasets package, the shared trainer base and
 the chosen trainer < dataset config < trainer config < `root`, `output_dir`, `resume`, `seed`,
@@ -45,6 +46,76 @@ def deep_update(base, override):
     return base
 
 
+def add_config(cfg):
+    """Keys shared by every trainer of this repository (each trainer declares its own in its
+    module's `add_config`)."""
+    # Directory for downloaded OpenAI CLIP weights ("" = clip's default, ~/.cache/clip).
+    cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+    # fp32: everything in fp32; fp16: frozen CLIP weights in fp16 (CoOp's default), learnable
+    # tensors and losses in fp32; amp: fp32 weights under torch.autocast.
+    cfg.TRAINER.PREC = "fp16"
+    # Autocast dtype for PREC amp: auto (bf16 where the device supports it, else fp16 with
+    # gradient scaling), bfloat16 or float16.
+    cfg.TRAINER.AMP_DTYPE = "auto"
+    # Clip the gradient norm of the learnable tensors to this value (0 = no clipping).
+    cfg.TRAINER.GRAD_CLIP_NORM = 0.0
+    cfg.TRAINER.TEXT_ENCODER = CN()
+    # Cut prompt sequences after the longest EOT (exact); False runs all 77 positions.
+    cfg.TRAINER.TEXT_ENCODER.TRUNCATE = True
+    # fused: scaled_dot_product_attention(is_causal=True); math: explicit softmax reference.
+    cfg.TRAINER.TEXT_ENCODER.ATTENTION = "fused"
+    # Encode at most this many prompts per transformer call (0 = all at once).
+    cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE = 0
+    # Recompute text-transformer activations in backward to save memory.
+    cfg.TRAINER.TEXT_ENCODER.CHECKPOINT = False
+    # Run the positions that all prompts of a form share (SOS and the context before the class
+    # name; per image for CoCoOp) once per form instead of once per class (exact); False runs
+    # every prompt in full (reference path).
+    cfg.TRAINER.TEXT_ENCODER.SHARE_PREFIX = True
+    # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
+    # which makes an interrupted run start over).
+    cfg.TRAIN.CHECKPOINT_FREQ = 1
+    # Deterministic runs (clipprompt.determinism): cuDNN deterministic without benchmarking,
+    # torch's deterministic algorithms where it has them, one CPU thread. False is faster and
+    # may differ between runs in the last bits. Not run-defining: each start records its value.
+    cfg.DETERMINISTIC = False
+    # Cross-dataset evaluation: the dataset config of the training data. Trainers whose model
+    # is shaped by the dataset's prompts (MoCoOp's experts, MoPD's teacher pool) build it from
+    # that file's DATASET.PROMPTS, so that it fits the checkpoint ("" = this dataset's).
+    cfg.DATASET.SOURCE_CONFIG = ""
+    cfg.DATASET.PROMPTS = prompt_defaults()
+
+
+def model_prompts(cfg):
+    """The DATASET.PROMPTS that shape the model: the training dataset's in cross-dataset
+    evaluation (DATASET.SOURCE_CONFIG), else this dataset's."""
+    path = cfg.DATASET.SOURCE_CONFIG
+    if not path:
+        return cfg.DATASET.PROMPTS
+    source = read_config_file(path).get("DATASET", {}).get("PROMPTS")
+    if not source:
+        raise ValueError(f"DATASET.SOURCE_CONFIG {path} has no DATASET.PROMPTS")
+    prompts = prompt_defaults()
+    prompts.merge_from_other_cfg(CN(source))
+    return prompts
+
+
+def prompt_defaults():
+    """DATASET.PROMPTS: the dataset's hand-crafted prompts, set by configs/datasets/<dataset>.yaml."""
+    prompts = CN()
+    # CoOp's per-dataset template (ZeroshotCLIP; KgCoOp unless KNOWLEDGE_TEMPLATE is set).
+    prompts.TEMPLATE = "a photo of a {}."
+    # KgCoOp's hard prompt where it differs from TEMPLATE ("" = TEMPLATE).
+    prompts.KNOWLEDGE_TEMPLATE = ""
+    # MoCoOp experts: group sizes and the flat template list (expert g starts from the first
+    # template of its group).
+    prompts.EXPERT_GROUPS = ()
+    prompts.EXPERT_TEMPLATES = ()
+    # MoPD's `task` teacher pool.
+    prompts.TEACHER_TEMPLATES = ()
+    return prompts
+
+
 def make_cfg(
     trainer,
     dataset_config=None,
@@ -66,14 +137,14 @@ def make_cfg(
     MODEL.BACKBONE.NAME, set when given. The trainer's `check_cfg` validates the result, so a bad
     value fails here, before any output is written.
     """
-    from . import get_trainer_class, prompt_trainer, repository_trainers
+    from . import get_trainer_class, repository_trainers
 
     if not trainer:
         raise ValueError(f"a trainer is required (--trainer): one of {', '.join(repository_trainers())}")
     trainer_cls = get_trainer_class(trainer)
     cfg = get_cfg_default()
     datasets.add_config(cfg)
-    prompt_trainer.add_config(cfg)
+    add_config(cfg)
     trainer_cls.add_config(cfg)
     cfg.TRAINER.NAME = trainer
 

@@ -8,7 +8,7 @@ Prompt `[SOS] v1 .. vM CLASS . [EOS]` with M learnable context vectors shared by
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
-from clipprompt.model import ContextPrompt, SoftPromptCLIP
+from clipprompt.model import SoftPromptCLIP
 
 from .prompt_trainer import PromptTrainer
 
@@ -28,16 +28,12 @@ def add_config(cfg):
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    identity_keys = ("TRAINER.COOP.N_CTX", "TRAINER.COOP.CSC", "TRAINER.COOP.CLASS_TOKEN_POSITION")
+
+    def class_specific_tensors(self):
+        return self.cfg.TRAINER.COOP.CSC
 
     def make_model(self, clip_model):
         opts = self.cfg.TRAINER.COOP
-        prompt = ContextPrompt(
-            self.classnames,
-            clip_model.token_embedding,
-            opts.N_CTX,
-            opts.CTX_INIT,
-            opts.CLASS_TOKEN_POSITION,
-            opts.CSC,
-            self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
+        prompt = self.context_prompt(clip_model, opts)
         return SoftPromptCLIP(clip_model, prompt, self.build_text_encoder(clip_model))

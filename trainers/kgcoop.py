@@ -13,7 +13,7 @@ from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
 from clipprompt.knowledge import knowledge_guided_loss
-from clipprompt.model import ContextPrompt, SoftPromptCLIP
+from clipprompt.model import SoftPromptCLIP
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import encode_templates
 
@@ -61,6 +61,7 @@ def knowledge_template(prompts):
 @TRAINER_REGISTRY.register()
 class KgCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    identity_keys = ("TRAINER.KGCOOP.N_CTX",)
 
     def make_model(self, clip_model):
         opts = self.cfg.TRAINER.KGCOOP
@@ -68,11 +69,5 @@ class KgCoOp(PromptTrainer):
         print(f"Hand-crafted prompt of the knowledge-guided term: {template!r}")
         text_encoder = self.build_text_encoder(clip_model)
         hard = encode_templates(text_encoder, clip_model.token_embedding, [template], self.classnames)[0]
-        prompt = ContextPrompt(
-            self.classnames,
-            clip_model.token_embedding,
-            opts.N_CTX,
-            opts.CTX_INIT,
-            truncate=self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
+        prompt = self.context_prompt(clip_model, opts)
         return KnowledgeGuidedCLIP(clip_model, prompt, text_encoder, hard, opts.W)

@@ -24,7 +24,8 @@ from clipprompt.routing import Router, topk_softmax
 from clipprompt.templates import PromptForm, check_template
 from clipprompt.text_encoder import encode_templates
 
-from .prompt_trainer import PromptTrainer, model_prompts
+from .config import model_prompts
+from .prompt_trainer import PromptTrainer
 
 
 def add_config(cfg):

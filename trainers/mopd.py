@@ -17,12 +17,13 @@ from yacs.config import CfgNode as CN
 
 from clipprompt.distillation import COMBINES, mopd_losses, teacher_logits
 from clipprompt.hard_prompts import POOLS
-from clipprompt.model import ContextPrompt, Routing, SoftPromptCLIP
+from clipprompt.model import Routing, SoftPromptCLIP
 from clipprompt.routing import Router, topk_softmax
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import encode_templates
 
-from .prompt_trainer import PromptTrainer, model_prompts
+from .config import model_prompts
+from .prompt_trainer import PromptTrainer
 
 
 def add_config(cfg):
@@ -138,6 +139,7 @@ class DistilledCLIP(SoftPromptCLIP):
 class MoPD(PromptTrainer):
     add_config = staticmethod(add_config)
     routing_stats_stem = "teacher_stats"
+    identity_keys = ("TRAINER.MOPD.N_CTX", "TRAINER.MOPD.POOL")
 
     @classmethod
     def check_cfg(cls, cfg):
@@ -165,12 +167,6 @@ class MoPD(PromptTrainer):
         encoder = self.build_text_encoder(clip_model)
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")
         teacher_features = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
-        prompt = ContextPrompt(
-            self.classnames,
-            clip_model.token_embedding,
-            opts.N_CTX,
-            opts.CTX_INIT,
-            truncate=self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE,
-        )
+        prompt = self.context_prompt(clip_model, opts)
         options = DistillationOptions.from_cfg(opts)
         return DistilledCLIP(clip_model, prompt, encoder, templates, teacher_features, options)

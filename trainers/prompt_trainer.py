@@ -3,18 +3,16 @@
 What it changes in Dassl (c61a1b5, used unmodified):
 - learning rate: `EpochLRSchedule` (Dassl's per-epoch values after its warm-up) instead of
   Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
-- checkpoints: only learnable tensors, plain optimiser/scheduler state, epoch counters and RNG
-  states, so `torch.load(weights_only=True)` (the torch >= 2.6 default) reads them; loading
-  checks that every tensor fits the model and names the one that does not; a checkpoint of
-  the base classes loads into a model built for the new classes when the learnable tensors do
-  not depend on the class list;
+- checkpoints (`clipprompt.checkpoints`): learnable tensors, plain optimiser, schedule, scaler
+  and RNG states (`torch.load(weights_only=True)` reads them), written atomically, with the
+  identity of the model (`clipprompt.checkpoint_identity`), so resume is exact in every
+  precision and a checkpoint of another model is refused (base -> new stays allowed);
 - `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
   and, when no epoch is given, loads the newest checkpoint of a finished run (or
   `model-best.pth.tar` under `TEST.FINAL_MODEL best_val`);
-- resume restores model, optimiser, schedule and RNG states, so an interrupted run continues
-  as if it had not stopped;
 - precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
-  same code in every mode, only the autocast context and gradient scaling differ;
+  same code in every mode, only the autocast context and gradient scaling differ; steps that
+  fp16 loss scaling skips (inf/NaN gradients) are logged ("skipped" in the epoch line);
 - evaluation encodes class prompts once per evaluation (`CachedTextFeatures`);
 - training and evaluation are generic: every model speaks `clipprompt.model`'s interface
   (`losses`, `classify`), so a trainer only declares its config keys and builds its model
@@ -29,93 +27,25 @@ import torch
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_optimizer
-from dassl.utils import save_checkpoint
 from yacs.config import CfgNode as CN
 
 from clipprompt.caching import CachedTextFeatures
+from clipprompt.checkpoint_identity import config_values, make_identity
 from clipprompt.checkpoints import (
-    latest_checkpoint,
     learnable_parameters,
-    learnable_state,
-    load_learnable,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
+    load_for_evaluation,
+    resume_training,
+    save_checkpoint,
+    training_state,
 )
-from clipprompt.clip_loading import load_clip
+from clipprompt.clip_loading import backbone_fingerprint, load_clip
+from clipprompt.model import ContextPrompt
 from clipprompt.routing import RoutingStats
 from clipprompt.schedule import EpochLRSchedule
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
 
-from .config import read_config_file
-
 PRECISIONS = ("fp32", "fp16", "amp")
-
-
-def add_config(cfg):
-    """Keys shared by every trainer of this repository (each trainer adds its own)."""
-    # Directory for downloaded OpenAI CLIP weights ("" = clip's default, ~/.cache/clip).
-    cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
-    # fp32: everything in fp32; fp16: frozen CLIP weights in fp16 (CoOp's default), learnable
-    # tensors and losses in fp32; amp: fp32 weights under torch.autocast.
-    cfg.TRAINER.PREC = "fp16"
-    # Autocast dtype for PREC amp: auto (bf16 where the device supports it, else fp16 with
-    # gradient scaling), bfloat16 or float16.
-    cfg.TRAINER.AMP_DTYPE = "auto"
-    # Clip the gradient norm of the learnable tensors to this value (0 = no clipping).
-    cfg.TRAINER.GRAD_CLIP_NORM = 0.0
-    cfg.TRAINER.TEXT_ENCODER = CN()
-    # Cut prompt sequences after the longest EOT (exact); False runs all 77 positions.
-    cfg.TRAINER.TEXT_ENCODER.TRUNCATE = True
-    # fused: scaled_dot_product_attention(is_causal=True); math: explicit softmax reference.
-    cfg.TRAINER.TEXT_ENCODER.ATTENTION = "fused"
-    # Encode at most this many prompts per transformer call (0 = all at once).
-    cfg.TRAINER.TEXT_ENCODER.CHUNK_SIZE = 0
-    # Recompute text-transformer activations in backward to save memory.
-    cfg.TRAINER.TEXT_ENCODER.CHECKPOINT = False
-    # Run the positions that all prompts of a form share (SOS and the context before the class
-    # name; per image for CoCoOp) once per form instead of once per class (exact); False runs
-    # every prompt in full (reference path).
-    cfg.TRAINER.TEXT_ENCODER.SHARE_PREFIX = True
-    # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
-    # which makes an interrupted run start over).
-    cfg.TRAIN.CHECKPOINT_FREQ = 1
-    # Cross-dataset evaluation: the dataset config of the training data. Trainers whose model
-    # is shaped by the dataset's prompts (MoCoOp's experts, MoPD's teacher pool) build it from
-    # that file's DATASET.PROMPTS, so that it fits the checkpoint ("" = this dataset's).
-    cfg.DATASET.SOURCE_CONFIG = ""
-    cfg.DATASET.PROMPTS = prompt_defaults()
-
-
-def model_prompts(cfg):
-    """The DATASET.PROMPTS that shape the model: the training dataset's in cross-dataset
-    evaluation (DATASET.SOURCE_CONFIG), else this dataset's."""
-    path = cfg.DATASET.SOURCE_CONFIG
-    if not path:
-        return cfg.DATASET.PROMPTS
-    source = read_config_file(path).get("DATASET", {}).get("PROMPTS")
-    if not source:
-        raise ValueError(f"DATASET.SOURCE_CONFIG {path} has no DATASET.PROMPTS")
-    prompts = prompt_defaults()
-    prompts.merge_from_other_cfg(CN(source))
-    return prompts
-
-
-def prompt_defaults():
-    """DATASET.PROMPTS: the dataset's hand-crafted prompts, set by configs/datasets/<dataset>.yaml."""
-    prompts = CN()
-    # CoOp's per-dataset template (ZeroshotCLIP; KgCoOp unless KNOWLEDGE_TEMPLATE is set).
-    prompts.TEMPLATE = "a photo of a {}."
-    # KgCoOp's hard prompt where it differs from TEMPLATE ("" = TEMPLATE).
-    prompts.KNOWLEDGE_TEMPLATE = ""
-    # MoCoOp experts: group sizes and the flat template list (expert g starts from the first
-    # template of its group).
-    prompts.EXPERT_GROUPS = ()
-    prompts.EXPERT_TEMPLATES = ()
-    # MoPD's `task` teacher pool.
-    prompts.TEACHER_TEMPLATES = ()
-    return prompts
 
 
 class PromptTrainer(TrainerX):
@@ -126,12 +56,16 @@ class PromptTrainer(TrainerX):
     # Models that route images (MoCoOp's experts, MoPD's teachers) get a RoutingStats; its
     # records are printed and written as <routing_stats_stem>.json/.csv.
     routing_stats_stem = "routing_stats"
+    # Config keys that define the learnable tensors (their shapes or what they mean), recorded
+    # in every checkpoint and compared when it is loaded (clipprompt.checkpoint_identity).
+    identity_keys = ()
 
     def __init__(self, cfg, classnames=None, all_classnames=None, clip_model=None):
         """Dassl builds a trainer as `Trainer(cfg)`, reading the data; `trainers.build_trainer`
         passes `classnames` (and optionally `all_classnames`, `clip_model`) to build it without."""
         self.finished_epochs = 0  # training epochs behind the current model (0: untrained)
         self.routing_stats = None
+        self._test_labels = None  # labels of the evaluation batch being classified
         self._class_lists = None
         if classnames is not None:
             names = list(classnames)
@@ -148,6 +82,11 @@ class PromptTrainer(TrainerX):
             raise ValueError(
                 f"TRAINER.AMP_DTYPE must be auto, bfloat16 or float16, not {cfg.TRAINER.AMP_DTYPE!r}"
             )
+        for name, node in cfg.TRAINER.items():  # every context length is a TRAINER.<NAME>.N_CTX
+            if isinstance(node, CN) and node.get("N_CTX", 1) < 1:
+                raise ValueError(
+                    f"TRAINER.{name}.N_CTX must be at least 1 (learnable context vectors), not {node.N_CTX}"
+                )
 
     # ------------------------------------------------------------------ data
 
@@ -188,6 +127,11 @@ class PromptTrainer(TrainerX):
         """True when the model makes weights of CLIP itself learnable (a shared CLIP is copied)."""
         return False
 
+    def class_specific_tensors(self):
+        """True when learnable tensors belong to particular classes (CoOp's CSC): a checkpoint
+        then loads only into a model of the same class names."""
+        return False
+
     def param_groups(self):
         """Optimiser parameter groups (Dassl/torch format), or None for one group of every
         learnable tensor."""
@@ -196,7 +140,7 @@ class PromptTrainer(TrainerX):
         self.model = self.make_model(self.load_clip())
         self.register_learnable(self.model, param_groups=self.param_groups())
         if self.model.routing_names:
-            self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k)
+            self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k, self.classnames)
 
     def load_clip(self):
         """The frozen CLIP of MODEL.BACKBONE.NAME on the device, in the dtype PREC asks for.
@@ -210,6 +154,8 @@ class PromptTrainer(TrainerX):
             dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
             print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
             model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
+        # Before any CLIP weight is trained (MoCoOp's release preset trains LayerNorms).
+        self.backbone_fingerprint = backbone_fingerprint(model)
         resolution = model.visual.input_resolution
         if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
             raise ValueError(
@@ -217,6 +163,21 @@ class PromptTrainer(TrainerX):
                 f"{cfg.MODEL.BACKBONE.NAME} ({resolution} px): set INPUT.SIZE ({resolution}, {resolution})"
             )
         return model.to(self.device)
+
+    def context_prompt(self, clip_model, opts):
+        """CoOp's context prompt over this run's classes from a trainer's config node: N_CTX,
+        CTX_INIT, and CoOp's CLASS_TOKEN_POSITION and CSC where the trainer declares them."""
+        position, class_specific = opts.get("CLASS_TOKEN_POSITION", "end"), opts.get("CSC", False)
+        truncate = self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE
+        return ContextPrompt(
+            self.classnames,
+            clip_model.token_embedding,
+            opts.N_CTX,
+            opts.CTX_INIT,
+            position,
+            class_specific,
+            truncate,
+        )
 
     def build_text_encoder(self, clip_model):
         opts = self.cfg.TRAINER.TEXT_ENCODER
@@ -294,15 +255,21 @@ class PromptTrainer(TrainerX):
         self.record_routing(routing)
         return self.step(terms, logits, label)
 
+    def parse_batch_test(self, batch):
+        image, label = super().parse_batch_test(batch)
+        self._test_labels = label  # Dassl's test() passes only the images on: routing per class
+        return image, label
+
     def model_inference(self, image):
+        labels, self._test_labels = self._test_labels, None
         with self.autocast():
             logits, routing = self.model.classify(image)
-        self.record_routing(routing)
+        self.record_routing(routing, labels)
         return logits.float()
 
-    def record_routing(self, routing):
+    def record_routing(self, routing, labels=None):
         if routing is not None and self.routing_stats is not None:
-            self.routing_stats.update(routing.index, routing.weight)
+            self.routing_stats.update(routing.index, routing.weight, labels)
 
     def step(self, losses, logits=None, label=None):
         """Backward the sum of the weighted loss terms, update, and return the log summary.
@@ -321,13 +288,15 @@ class PromptTrainer(TrainerX):
         if self.cfg.TRAINER.GRAD_CLIP_NORM > 0:
             params = [p for group in self.optim.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.TRAINER.GRAD_CLIP_NORM)
+        summary = {"loss": loss.item()}
         if self.scaler is not None:
-            self.scaler.step(self.optim)
-            self.scaler.update()
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optim)  # skipped when a gradient is inf/NaN
+            self.scaler.update()  # which then lowers the scale
+            summary["skipped"] = float(self.scaler.get_scale() < scale)
         else:
             self.model_update()
 
-        summary = {"loss": loss.item()}
         if len(losses) > 1:
             summary.update({name: term.item() for name, term in losses.items()})
         if logits is not None:
@@ -366,41 +335,39 @@ class PromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def checkpoint_identity(self):
+        """What this trainer's checkpoints belong to (`clipprompt.checkpoint_identity`)."""
+        cfg, keys = self.cfg, config_values(self.cfg, self.identity_keys)
+        backbone = (cfg.MODEL.BACKBONE.NAME, self.backbone_fingerprint)
+        names = (self.model.routing_names, self.classnames, self.class_specific_tensors())
+        return make_identity(cfg.TRAINER.NAME, *backbone, keys, *names)
+
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Dassl's hook; `model_name` is set only for `model-best.pth.tar`, which the
+        `checkpoint` marker never names (it names the newest epoch's checkpoint)."""
+        info = {
+            "epoch": epoch + 1,
+            "max_epoch": self.max_epoch,
+            "val_result": val_result,
+            "trainer": self.cfg.TRAINER.NAME,
+            "identity": self.checkpoint_identity(),
+        }
         for name in self.get_model_names():
-            model, optim, sched = self._models[name], self._optims[name], self._scheds[name]
-            state = {
-                "state_dict": learnable_state(model),
-                "epoch": epoch + 1,
-                "max_epoch": self.max_epoch,
-                "optimizer": optim.state_dict() if optim is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "rng": rng_state(),
-                "val_result": val_result,
-                "trainer": self.cfg.TRAINER.NAME,
-            }
-            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+            state = training_state(self._models[name], self._optims[name], self._scheds[name], self.scaler)
+            save_checkpoint({**state, **info}, osp.join(directory, name), model_name or None)
 
     def resume_model_if_exist(self, directory):
-        names = self.get_model_names()
-        if not all(osp.exists(osp.join(directory, name, "checkpoint")) for name in names):
+        """Resume from this run's own folder when it holds a checkpoint (a resumed run that was
+        interrupted again), else from `directory` (--resume, CoOp's flag)."""
+        parts = {n: (self._models[n], self._optims[n], self._scheds[n]) for n in self.get_model_names()}
+        found = resume_training(parts, self.scaler, [self.output_dir, directory], self.checkpoint_identity())
+        if found is None:
             print("No checkpoint found, train from scratch")
             return 0
-        print(f"Found checkpoint in {directory}: resuming training")
-        for name in names:
-            path = latest_checkpoint(osp.join(directory, name))
-            ckpt = read_checkpoint(path)
-            load_learnable(self._models[name], ckpt["state_dict"], path)
-            if self._optims[name] is not None:
-                self._optims[name].load_state_dict(ckpt["optimizer"])
-            if self._scheds[name] is not None:
-                self._scheds[name].load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            print(f"Resumed {path} (finished epochs: {ckpt['epoch']})")
-        self.finished_epochs = ckpt["epoch"]
+        source, self.finished_epochs = found
         if self.routing_stats is not None:  # keep the records of the finished epochs
-            self.routing_stats.restore(self.output_dir, self.routing_stats_stem, self.finished_epochs)
-        return ckpt["epoch"]
+            self.routing_stats.restore(source, self.routing_stats_stem, self.finished_epochs)
+        return self.finished_epochs
 
     def load_model(self, directory, epoch=None):
         if not directory:
@@ -408,26 +375,5 @@ class PromptTrainer(TrainerX):
                 print("Note: no --model-dir given: evaluating the untrained initial prompts")
             return
         best = epoch is None and self.cfg.TEST.FINAL_MODEL == "best_val"
-        for name in self.get_model_names():
-            folder = osp.join(directory, name)
-            if best:
-                path = osp.join(folder, "model-best.pth.tar")
-                if not osp.exists(path):
-                    raise FileNotFoundError(
-                        f"No {path}: TEST.FINAL_MODEL best_val needs a run that validated"
-                    )
-            elif epoch is None:
-                path = latest_checkpoint(folder)
-            else:
-                path = osp.join(folder, f"model.pth.tar-{epoch}")
-                if not osp.exists(path):
-                    raise FileNotFoundError(f"No checkpoint {path}: check --model-dir and --load-epoch")
-            ckpt = read_checkpoint(path)
-            if epoch is None and not best and ckpt.get("epoch") != ckpt.get("max_epoch"):
-                raise RuntimeError(
-                    f"{path} is from an unfinished run (epoch {ckpt.get('epoch')} of {ckpt.get('max_epoch')}): "
-                    "re-run its training command to resume it, or pass --load-epoch to use this epoch"
-                )
-            load_learnable(self._models[name], ckpt["state_dict"], path)
-            print(f"Loaded {path} (epoch {ckpt['epoch']})")
-            self.finished_epochs = ckpt["epoch"]
+        models = {name: self._models[name] for name in self.get_model_names()}
+        self.finished_epochs = load_for_evaluation(models, directory, self.checkpoint_identity(), epoch, best)

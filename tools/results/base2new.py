@@ -7,6 +7,7 @@ from tools.protocols import BENCHMARK
 from tools.results import paper as published
 from tools.results.cells import (
     Section,
+    Shots,
     Table,
     by_seed,
     cell,
@@ -16,6 +17,7 @@ from tools.results.cells import (
     groups,
     ordered,
     seed_list,
+    shots_notes,
     spread,
     stats_csv,
 )
@@ -62,6 +64,7 @@ class DatasetResult:
     h_seeds: object  # Summary of the per-seed H, or None
     seeds: str
     flagged: bool
+    shots: Shots  # of the train_base runs
 
 
 def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
@@ -69,7 +72,8 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
     for (trainer, config, shots), keys in groups(runs, "base2new", ("trainer", "config", "shots")).items():
         pub, notes = _paper_reference(paper, trainer, shots)
         group = Group(trainer, config, shots, keys, expected_seeds(runs, keys, declared), pub)
-        rows, records, summary_rows = _group_rows(runs, col, group, datasets)
+        rows, records, summary_rows, training_shots = _group_rows(runs, col, group, datasets)
+        notes = notes + shots_notes(training_shots)
         headers = ["Dataset", "Seeds", "Base", "New", "H"]
         if pub:
             headers += ["Paper Base", "Paper New", "Paper H"]
@@ -103,13 +107,14 @@ def _paper_reference(paper, trainer, shots):
 
 def _group_rows(runs, col, group, datasets):
     """(table rows, CSV rows, rows of the all-trainers summary) of one group."""
-    rows, records, summary, averaged = [], [], [], []
+    rows, records, summary, averaged, shots = [], [], [], [], {}
     for d in ordered(datasets, set(datasets) | {k.dataset for k in group.keys}):
         result = _dataset_result(runs, col, group, d)
         if result is None:
             continue
         rows.append(result.row)
         records.append(result.record)
+        shots[display_name(d)] = result.shots
         if d not in datasets:
             continue
         if result.base and result.new:
@@ -130,7 +135,7 @@ def _group_rows(runs, col, group, datasets):
         records.append(record)
         if len(datasets) > 1:
             summary.append([group.title, f"{len(averaged)} datasets", *row[2:5]])
-    return rows, records, summary
+    return rows, records, summary, shots
 
 
 def _dataset_result(runs, col, group, d):
@@ -153,6 +158,9 @@ def _dataset_result(runs, col, group, d):
         flags.append(f"new missing seeds {seed_list(expected - new.keys())}")
     if new.keys() - base.keys():
         flags.append(f"new without base: seeds {seed_list(new.keys() - base.keys())}")
+    shots = Shots.of(runs.get(bkey, {}))
+    if shots.flag():
+        flags.append(shots.flag())
     b, n = by_seed(base), by_seed(new)
     h = harmonic(b.mean, n.mean) if b and n else None
     h_seeds = summarize([harmonic(base[s], new[s]) for s in sorted(base.keys() & new.keys())])
@@ -166,12 +174,12 @@ def _dataset_result(runs, col, group, d):
     record = group.record(display_name(d))
     record |= {"base_seeds": seed_list(base)} | stats_csv("base_", b)
     record |= {"new_seeds": seed_list(new)} | stats_csv("new_", n)
-    record |= {"H": fmt(h)} | stats_csv("H_seed_", h_seeds)
+    record |= {"H": fmt(h)} | stats_csv("H_seed_", h_seeds) | shots.csv()
     if group.pub:
         row += _paper_row(group.pub.get(display_name(d), {}), record)
     row.append("; ".join(flags))
     record["flags"] = "; ".join(flags)
-    return DatasetResult(row, record, b, n, h, h_seeds, seeds, bool(flags))
+    return DatasetResult(row, record, b, n, h, h_seeds, seeds, bool(flags), shots)
 
 
 def _average_row(group, averaged, datasets):

@@ -86,6 +86,60 @@ def stats_csv(prefix, s):
     }
 
 
+class Shots(NamedTuple):
+    """What the training runs of a cell say about their shots (data_summary.json)."""
+
+    short: dict  # {seed: (effective shots, short classes {name: images}, number of classes)}
+    unknown: list  # seeds whose runs have no data_summary.json
+
+    @classmethod
+    def of(cls, states):
+        """From {seed: RunState} of the training runs (train_base, fewshot, xd/train)."""
+        short, unknown = {}, []
+        for seed, state in sorted(states.items()):
+            if state.data is None:
+                unknown.append(seed)
+            elif state.data.get("short_classes"):
+                data = state.data
+                short[seed] = (
+                    data["effective_shots"],
+                    data["short_classes"],
+                    len(data["train_images_per_class"]),
+                )
+        return cls(short, unknown)
+
+    def flag(self):
+        """`fewer shots: seeds 1,2 (3 of 20 classes, min 6)`, empty when every class had its shots."""
+        if not self.short:
+            return ""
+        classes = max(len(c) for _, c, _ in self.short.values())
+        total = max(n for _, _, n in self.short.values())
+        least = min(e for e, _, _ in self.short.values())
+        return f"fewer shots: seeds {seed_list(self.short)} ({classes} of {total} classes, min {least})"
+
+    def csv(self):
+        """CSV fields: the fewest training images of a class over the seeds, and the short classes."""
+        known = [e for e, _, _ in self.short.values()]
+        classes = sorted({f"{name} ({n})" for _, c, _ in self.short.values() for name, n in c.items()})
+        return {"effective_shots_min": min(known) if known else "", "short_classes": "; ".join(classes)}
+
+
+def shots_notes(shots_by_label):
+    """Table notes for {row or cell label: Shots}: the classes trained on fewer images than
+    NUM_SHOTS, and the runs whose shots cannot be checked."""
+    notes = []
+    for label, shots in shots_by_label.items():
+        for seed, (_, classes, _) in shots.short.items():
+            listed = ", ".join(f"{name} ({n})" for name, n in classes.items())
+            notes.append(f"{label}, seed {seed}: fewer training images than NUM_SHOTS for {listed}.")
+    unknown = sum(len(s.unknown) for s in shots_by_label.values())
+    if unknown:
+        notes.append(
+            f"Shots not checked for {unknown} run(s): no data_summary.json (runs of an older version)."
+        )
+    return notes
+
+
 def seed_list(seeds):
     return ",".join(str(s) for s in sorted(seeds))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from tools.protocols import BENCHMARK
 from tools.results.cells import (
     Section,
+    Shots,
     Table,
     average,
     average_cell,
@@ -15,6 +16,7 @@ from tools.results.cells import (
     groups,
     marked,
     ordered,
+    shots_notes,
     stats_csv,
 )
 from tools.results.runlog import RunKey
@@ -31,6 +33,7 @@ class FewShotGrid:
     cells: dict  # (dataset, shots) -> Summary
     expected_n: int
     benchmark: list  # datasets the average is taken over
+    shots_info: dict  # (dataset, shots) -> Shots of the runs' training data
 
     def complete(self, dataset, k):
         s = self.cells.get((dataset, k))
@@ -88,21 +91,27 @@ def fewshot_grids(runs, declared, col, datasets=BENCHMARK, curves=()):
         for d in datasets:
             if d not in found:
                 col.report(f"fewshot/{d}/shots_*/{trainer}/{config}/seed*", "no runs for this dataset")
-        cells = {}
+        cells, shots_info = {}, {}
         for d in found:
             for k in shots:
-                acc = col.accuracies(RunKey("fewshot", "", d, k, trainer, source[k]), expected)
+                key = RunKey("fewshot", "", d, k, trainer, source[k])
+                acc = col.accuracies(key, expected)
                 if acc:
                     cells[d, k] = by_seed(acc)
-        grids.append(FewShotGrid(trainer, config, shots, found, cells, len(expected), list(datasets)))
+                shots_info[d, k] = Shots.of(runs.get(key, {}))
+        grids.append(
+            FewShotGrid(trainer, config, shots, found, cells, len(expected), list(datasets), shots_info)
+        )
     return grids
 
 
 def fewshot_section(grids, paper=None):
+    n = len(grids[0].benchmark)
     intro = (
         "Cells: mean ± sample std over seeds (95% t-intervals in the CSV); ! = fewer seeds than "
-        "expected (see the missing runs). Average: mean over the 11 datasets, with (k/11) when "
-        "only k of them have that shot count and ! when any averaged cell has fewer seeds than expected."
+        "expected (see the missing runs); (min k shots) = some class had only k training images "
+        f"(see the notes). Average: mean over the {n} datasets, with (k/{n}) when only k of them have "
+        "that shot count and ! when any averaged cell has fewer seeds than expected."
     )
     tables, csv_rows = [], []
     for g in grids:
@@ -111,10 +120,12 @@ def fewshot_section(grids, paper=None):
         for d in g.datasets:
             row = [display_name(d)]
             for k in g.shots:
-                s = g.cells.get((d, k))
-                row.append(marked(s, g.complete(d, k)))
+                s, shots = g.cells.get((d, k)), g.shots_info[d, k]
+                least = shots.csv()["effective_shots_min"]
+                row.append(marked(s, g.complete(d, k)) + (f" (min {least} shots)" if shots.short else ""))
                 record = {"trainer": g.trainer, "config": g.config, "dataset": display_name(d), "shots": k}
                 record |= stats_csv("", s) | {"expected_n": g.expected_n, "complete": g.complete(d, k)}
+                record |= shots.csv()
                 csv_rows.append(record)
             rows.append(row)
         avg_row = ["Average"]
@@ -126,7 +137,9 @@ def fewshot_section(grids, paper=None):
                     {"trainer": g.trainer, "config": g.config, "dataset": "Average", "shots": k} | avg.csv()
                 )
         rows.append(avg_row)
-        notes = []
+        notes = shots_notes(
+            {f"{display_name(d)}, {k} shots": g.shots_info[d, k] for d in g.datasets for k in g.shots}
+        )
         if paper is not None:
             notes.append(
                 "Paper: the MoCoOp paper gives few-shot results only as a figure (Figure 3), not numbers."

@@ -2,17 +2,21 @@
 
 A run directory is `<protocol dir>/<dataset>/shots_<K>/<Trainer>/<config>/seed<s>`
 (see docs/PROTOCOLS.md). Its result is the last `=> result` block of its newest
-log: Dassl writes `log.txt` on the first start and `log.txt-<timestamp>` on every
-later one (resume, re-evaluation), so an earlier log never speaks for the run.
+log. train.py appends every start (resume, re-evaluation) to `log.txt`, each headed by
+`==== train.py start <timestamp> ====`; Dassl's logger, used before, wrote
+`log.txt-<timestamp>` on every later start instead. So the newest log is `log.txt` unless a
+stamped log is newer than its last start line (an older run continued by Dassl's logger).
 scripts/_common.sh calls `read_run` to decide what is finished.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 _STAMPED_LOG = re.compile(r"log\.txt-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}")
+_START_LINE = re.compile(r"^==== train\.py start (\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}) ====$", re.MULTILINE)
 _FIELD = re.compile(r"\* (\w+): ([\d,]+(?:\.\d+)?)%?")
 _SHOTS = re.compile(r"shots_(\d+)")
 _SEED = re.compile(r"seed(\d+)")
@@ -48,6 +52,9 @@ class RunState:
     path: Path
     log: Path | None  # the newest log file, None when there is none
     accuracy: float | None  # from the last result block of `log`, None when unfinished
+    # The run's data_summary.json (the training data train.py actually used: num_shots,
+    # effective_shots, short_classes), None for runs of versions that did not write it.
+    data: dict | None = None
 
     @property
     def finished(self):
@@ -62,10 +69,14 @@ class RunState:
 def newest_log(run_dir):
     run_dir = Path(run_dir)
     stamped = sorted(p.name for p in run_dir.iterdir() if _STAMPED_LOG.fullmatch(p.name) and p.is_file())
-    if stamped:
-        return run_dir / stamped[-1]
     plain = run_dir / "log.txt"
-    return plain if plain.is_file() else None
+    if not stamped:
+        return plain if plain.is_file() else None
+    if plain.is_file():
+        starts = _START_LINE.findall(plain.read_text(errors="replace"))
+        if starts and starts[-1] >= stamped[-1].removeprefix("log.txt-"):
+            return plain
+    return run_dir / stamped[-1]
 
 
 def last_result(text):
@@ -100,7 +111,20 @@ def read_run(run_dir):
             accuracy = 100.0 * block.get("correct", 0.0) / block["total"]
         else:
             accuracy = block["accuracy"]
-    return RunState(run_dir, log, accuracy)
+    return RunState(run_dir, log, accuracy, read_data_summary(run_dir))
+
+
+def read_data_summary(run_dir):
+    path = Path(run_dir) / "data_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(
+            f"error: {path} is not valid JSON ({err}); train.py writes it atomically, so something "
+            "else changed it: delete it (the run's shots are then reported as unknown) or re-run the run"
+        ) from None
 
 
 def discover(root):

@@ -7,6 +7,7 @@ from tools.protocols import DG_TARGETS, XD_SOURCE, XD_TARGETS
 from tools.results import paper as published
 from tools.results.cells import (
     Section,
+    Shots,
     Table,
     average,
     average_cell,
@@ -17,6 +18,7 @@ from tools.results.cells import (
     groups,
     marked,
     ordered,
+    shots_notes,
     stats_csv,
 )
 from tools.results.runlog import RunKey
@@ -34,7 +36,8 @@ def xd_sections(runs, declared, paper, col):
     if not results:
         return []
     xd_rows, dg_rows, csv_rows = _rows(results, extra)
-    xd_notes, dg_notes = [], []
+    xd_notes = shots_notes({f"{t} / {c} ({k} shots)": r[2] for (t, c, k), r in results.items()})
+    dg_notes = []
     if paper is not None:
         xd_notes.append("Paper: tools/paper_results.json has no cross-dataset numbers.")
         rows, records = _paper_dg_rows(paper, results)
@@ -79,17 +82,27 @@ def _collect(runs, declared, col):
         train_key = RunKey("xd", "train", XD_SOURCE, shots, trainer, config)
         acc = col.accuracies(train_key, expected, tested_seeds, "test results exist without it")
         cells[XD_SOURCE] = (by_seed(acc), acc.keys() >= expected)
-        for t in ordered(XD_TARGETS + DG_TARGETS, tests.keys() | set(XD_TARGETS + DG_TARGETS)):
+        for t in _expected_targets(tests.keys()):
             acc = col.accuracies(train_key._replace(part="test", dataset=t), expected)
             cells[t] = (by_seed(acc), acc.keys() >= expected)
-        results[trainer, config, shots] = (cells, len(expected))
+        results[trainer, config, shots] = (cells, len(expected), Shots.of(runs.get(train_key, {})))
     return results, sorted(extra_targets)
+
+
+def _expected_targets(found):
+    """The targets a group is expected to have: the protocol's 14 (and any others found) when it
+    ran any of them; only those found when it ran other targets alone (a user's own dataset as
+    the only target is not 14 missing runs)."""
+    standard = XD_TARGETS + DG_TARGETS
+    if found & set(standard):
+        return ordered(standard, found | set(standard))
+    return sorted(found)
 
 
 def _rows(results, extra):
     """(cross-dataset rows, DG rows, CSV rows) of the measured results."""
     xd_rows, dg_rows, csv_rows = [], [], []
-    for (trainer, config, shots), (cells, expected_n) in results.items():
+    for (trainer, config, shots), (cells, expected_n, training_shots) in results.items():
         group = {"trainer": trainer, "config": config, "shots": shots}
         for d, (s, complete) in cells.items():
             role = "source" if d == XD_SOURCE else "target"
@@ -98,16 +111,20 @@ def _rows(results, extra):
                 | {"dataset": display_name(d), "role": role}
                 | stats_csv("", s)
                 | {"expected_n": expected_n, "complete": complete}
+                | (training_shots.csv() if d == XD_SOURCE else {})
             )
         for rows, targets, shown, label in (
             (xd_rows, XD_TARGETS, XD_TARGETS + extra, "cross-dataset"),
             (dg_rows, DG_TARGETS, DG_TARGETS, "domain generalisation"),
         ):
-            avg = average([cells[d] for d in targets])
+            avg = average([cells.get(d, (None, False)) for d in targets])
             if avg:
                 csv_rows.append(group | {"dataset": f"Average ({label})", "role": "average"} | avg.csv())
             row = [f"{trainer} / {config}", str(shots)]
-            row += [marked(*cells.get(d, (None, False))) for d in [XD_SOURCE] + shown]
+            least = training_shots.csv()["effective_shots_min"]
+            source = f" (min {least} shots)" if training_shots.short else ""
+            row += [marked(*cells.get(XD_SOURCE, (None, False))) + source]
+            row += [marked(*cells.get(d, (None, False))) for d in shown]
             rows.append(row + [average_cell(avg)])
     return xd_rows, dg_rows, csv_rows
 

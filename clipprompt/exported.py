@@ -1,0 +1,272 @@
+"""Exported classifiers: a trained run as one safetensors file that needs neither Dassl nor yacs.
+
+`python -m tools.export --model-dir RUN --out model.safetensors` writes it; this module reads it
+with torch, safetensors and clip only:
+
+    from clipprompt.exported import load_exported
+
+    classifier = load_exported("model.safetensors")  # loads the CLIP it was trained on
+    classifier.predict(["photo.jpg"], topk=3)         # [{"top": [{"class", "probability"}, ...], ...}]
+    logits = classifier.logits(classifier.encode_image(images))
+
+The file holds the learned tensors (`learned.<name>`, as in the run's checkpoints) and what
+classification needs, computed once at export in the run's precision:
+- kind `text_features` (ZeroshotCLIP, CoOp, KgCoOp, MoPD): the normalised class features
+  `text_features` [C, D]; logits `s · <v, t_c>`;
+- kind `experts` (MoCoOp): `expert_features` [G, C, D] (text bias included) and the router;
+  per image the top-K experts' logits are mixed with the router's weights (`mixture.mix_expert_logits`);
+- kind `conditional` (CoCoOp): class features depend on the image, so the context, the meta-net
+  and the prompt layout (`prompt.token_ids`, `prompt.slot_ids`, checked against the rebuilt one)
+  are kept and every image's prompts are encoded by CLIP's text tower (`clipprompt.conditional`);
+plus `logit_scale` (the multiplier s), `router.weight` / `router.bias` for models that route
+(MoCoOp's experts, MoPD's teachers: reported per image, MoPD's do not change the logits), and
+CLIP weights the run trained (MoCoOp's release preset: image LayerNorms, `learned.image_encoder.*`),
+which are put into the loaded CLIP. The JSON metadata (safetensors header, key "clipprompt")
+names the trainer, the backbone and its fingerprint, the classes, the templates, the
+preprocessing (the run's test transform), the logit scale and the run.
+
+The CLIP is loaded from the recorded backbone name (or `backbone=`, e.g. a moved file) and refused
+unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one.
+"""
+
+import json
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+from torchvision import transforms
+
+from .atomic import atomic_file
+from .checkpoints import load_learnable
+from .clip_loading import backbone_fingerprint, load_clip
+from .conditional import ConditionalCLIP, ConditionalPrompt
+from .mixture import mix_expert_logits
+from .model import Routing
+from .routing import Router, topk_softmax
+from .text_encoder import TextEncoder
+
+FORMAT = "clipprompt.exported"
+VERSION = 1
+METADATA_KEY = "clipprompt"
+KINDS = ("text_features", "experts", "conditional")
+LEARNED = "learned."
+
+
+class ExportError(ValueError):
+    """A file is not an exported classifier, or does not fit the CLIP it is loaded with."""
+
+
+def save_exported(path, tensors, metadata):
+    """Write `tensors` ({name: tensor}) and the JSON-ready `metadata` as safetensors, atomically."""
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    header = {METADATA_KEY: json.dumps({"format": FORMAT, "version": VERSION, **metadata})}
+    data = safetensors_bytes(tensors, metadata=header)
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def read_exported(path):
+    """(tensors, metadata) of an exported classifier file, checked to be one."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as err:
+        raise ExportError(f"Cannot read {path} as a safetensors file ({err})") from None
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except (KeyError, ValueError):
+        metadata = {}
+    if metadata.get("format") != FORMAT:
+        raise ExportError(
+            f"{path} is not a classifier written by `python -m tools.export` (no {FORMAT} metadata)"
+        )
+    if metadata.get("version") != VERSION or metadata.get("kind") not in KINDS:
+        raise ExportError(
+            f"{path} is version {metadata.get('version')} of kind {metadata.get('kind')!r}; this code reads "
+            f"version {VERSION} of kinds {KINDS}: export the run again with this code"
+        )
+    return tensors, metadata
+
+
+def build_preprocess(spec):
+    """The run's test transform (Dassl's): resize the shorter side, centre crop, to [0, 1],
+    normalise per channel and/or per image, as `spec` (the metadata's "preprocessing") says."""
+    steps = [
+        transforms.Resize(spec["resize"], interpolation=transforms.InterpolationMode(spec["interpolation"])),
+        transforms.CenterCrop(spec["crop"]),
+        transforms.ToTensor(),
+    ]
+    if spec["normalize"]:
+        steps.append(transforms.Normalize(spec["normalize"]["mean"], spec["normalize"]["std"]))
+    if spec["instance_norm"]:
+        steps.append(_instance_norm)
+    return transforms.Compose(steps)
+
+
+def _instance_norm(image, eps=1e-8):
+    flat = image.flatten(1)
+    return (image - flat.mean(1)[:, None, None]) / (flat.std(1)[:, None, None] + eps)
+
+
+def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32):
+    """The classifier in `path` on `device`, over the CLIP it was trained on (`backbone`: another
+    name or path of that CLIP, e.g. a moved file), in fp32 or OpenAI's fp16 layout (`dtype`)."""
+    tensors, metadata = read_exported(path)
+    recorded = metadata["backbone"]
+    # On the device before the prompts are built: they keep CLIP's token embedding outside their modules.
+    clip_model = load_clip(backbone or recorded["name"], download_root, dtype).to(device)
+    fingerprint = backbone_fingerprint(clip_model)
+    if fingerprint != recorded["fingerprint"]:
+        raise ExportError(
+            f"{path} was exported for backbone {recorded['name']!r} with fingerprint "
+            f"{recorded['fingerprint']}, but {backbone or recorded['name']!r} has fingerprint {fingerprint}: "
+            "load it with the CLIP the run was trained on (backbone=<its name or file>)"
+        )
+    return ExportedClassifier(clip_model, tensors, metadata).to(device).eval()
+
+
+class ExportedClassifier(nn.Module):
+    """An exported classifier over a frozen CLIP (module docstring). `classnames`, `metadata` and
+    `preprocess` (PIL image → tensor) describe it; `routing_names` are the candidates it routes to."""
+
+    def __init__(self, clip_model, tensors, metadata):
+        super().__init__()
+        self.metadata = metadata
+        self.kind = metadata["kind"]
+        self.classnames = list(metadata["classnames"])
+        self.preprocess = build_preprocess(metadata["preprocessing"])
+        learned = {k[len(LEARNED) :]: v for k, v in tensors.items() if k.startswith(LEARNED)}
+        _put_clip_weights(clip_model.visual, learned, "image_encoder.")
+        self.dtype = clip_model.dtype
+        self.image_encoder = clip_model.visual
+        self.register_buffer("logit_scale", tensors["logit_scale"].float())
+        routing = metadata.get("routing")
+        self.routing_names = tuple(routing["candidates"]) if routing else ()
+        self.top_k = routing["top_k"] if routing else 0
+        self.router = None
+        if routing:
+            weight = tensors["router.weight"]
+            self.router = Router(weight.shape[1], weight.shape[0], bias="router.bias" in tensors)
+            state = {k.removeprefix("router."): v for k, v in tensors.items() if k.startswith("router.")}
+            self.router.linear.load_state_dict(state)
+        if self.kind == "conditional":
+            self.conditional = _conditional_model(clip_model, tensors, learned, metadata)
+        else:
+            name = "text_features" if self.kind == "text_features" else "expert_features"
+            self.register_buffer("class_features", tensors[name].float())
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def device(self):
+        return self.logit_scale.device
+
+    def encode_image(self, images):
+        """Normalised fp32 image features `[B, D]` of preprocessed images `[B, 3, H, W]`."""
+        images = images.to(self.device, self.dtype)
+        return F.normalize(self.image_encoder(images).float(), dim=-1)
+
+    def route(self, image_features):
+        """The candidates kept per image and their weights (`Routing`), or None."""
+        if self.router is None:
+            return None
+        return Routing(*topk_softmax(self.router(image_features).float(), self.top_k))
+
+    def logits(self, image_features):
+        """Classification logits `[B, C]` (fp32) of image features `[B, D]` (normalised here)."""
+        v = F.normalize(image_features.to(self.device).float(), dim=-1)
+        if self.kind == "conditional":
+            return self.conditional.classify_features(v)[0].float()
+        if self.kind == "experts":
+            return mix_expert_logits(v, self.class_features, *self.route(v), self.logit_scale)
+        return self.logit_scale * v @ self.class_features.t()
+
+    def image_batch(self, images):
+        """A tensor `[B, 3, H, W]` as it is, else a list of PIL images or paths, preprocessed."""
+        if torch.is_tensor(images):
+            return images
+        return torch.stack([self.preprocess(_rgb(image)) for image in images])
+
+    @torch.no_grad()
+    def predict(self, images, topk=5):
+        """Per image: {"top": [{"label", "class", "probability"}] (softmax of the logits, top
+        `topk`), and for models that route "routing": [{"index", "template", "weight"}]}."""
+        v = self.encode_image(self.image_batch(images))
+        probs = self.logits(v).softmax(dim=-1)
+        top = probs.topk(min(topk, len(self.classnames)), dim=-1)
+        routing = self.route(v)
+        results = []
+        for b in range(v.shape[0]):
+            labels = top.indices[b].tolist()
+            result = {
+                "top": [
+                    {"label": c, "class": self.classnames[c], "probability": p}
+                    for c, p in zip(labels, top.values[b].tolist())
+                ]
+            }
+            if routing is not None:
+                result["routing"] = [
+                    {"index": g, "template": self.routing_names[g], "weight": w}
+                    for g, w in zip(routing.index[b].tolist(), routing.weight[b].tolist())
+                ]
+            results.append(result)
+        return results
+
+
+def _rgb(image):
+    """An RGB PIL image of a PIL image or a path (as Dassl's data loader reads files)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as opened:
+        return opened.convert("RGB")
+
+
+def _put_clip_weights(module, learned, prefix):
+    """Copy the learned tensors named `<prefix><name>` into `module`'s parameter `<name>`."""
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in learned.items():
+            if not name.startswith(prefix):
+                continue
+            target = params.get(name[len(prefix) :])
+            if target is None or target.shape != value.shape:
+                raise ExportError(f"learned tensor {name} {list(value.shape)} does not fit this CLIP")
+            target.copy_(value)
+
+
+def _conditional_model(clip_model, tensors, learned, metadata):
+    """CoCoOp's model for the exported classes, its learned tensors loaded and its prompt
+    layout checked against the exported one."""
+    opts, encoder = metadata["prompt"], metadata["text_encoder"]
+    with torch.random.fork_rng():  # initial values, replaced below; the caller's RNG is left alone
+        prompt = ConditionalPrompt(
+            metadata["classnames"],
+            clip_model,
+            opts["n_ctx"],
+            "",
+            opts["meta_net_reduction"],
+            encoder["truncate"],
+        )
+    for name in ("token_ids", "slot_ids"):
+        if not torch.equal(getattr(prompt.assembler, name), tensors[f"prompt.{name}"]):
+            raise ExportError(
+                f"the prompt layout ({name}) rebuilt here differs from the exported one: "
+                "this clip tokenizer splits the class names differently from the one used at export"
+            )
+    text_encoder = TextEncoder(
+        clip_model,
+        encoder["attention"],
+        encoder["chunk_size"],
+        False,
+        encoder["truncate"],
+        encoder["share_prefix"],
+    )
+    model = ConditionalCLIP(clip_model, prompt, text_encoder)
+    load_learnable(model, learned, "the exported file")
+    return model

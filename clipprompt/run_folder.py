@@ -1,0 +1,134 @@
+"""A run's output folder: which config keys define the run, whether a folder may be started
+(again) with a config, and the run's log.
+
+One folder holds one run. Starting train.py again in it resumes or re-evaluates that run, so
+the config must define the same run; keys that only say where files are or how the run is
+executed may change (the data or the output tree may move, a resumed run may use fewer workers
+or a smaller text-encoder chunk after running out of memory). A folder that holds neither a
+checkpoint nor a result (e.g. the start failed on a wrong DATASET.ROOT) may be started with any
+config.
+"""
+
+import glob
+import os
+import sys
+import time
+
+import yaml
+
+from .checkpoint_identity import plain
+
+# Keys that do not change what a run computes: paths, workers, logging, checkpoint frequency,
+# and the device, memory and determinism knobs (see README "Re-running, resuming, moving").
+NOT_RUN_DEFINING = frozenset(
+    {
+        "OUTPUT_DIR",
+        "RESUME",
+        "DATASET.ROOT",
+        "MODEL.BACKBONE.DOWNLOAD_ROOT",
+        "DATALOADER.NUM_WORKERS",
+        "TRAIN.PRINT_FREQ",
+        "TRAIN.CHECKPOINT_FREQ",
+        "VERBOSE",
+        "TEST.PER_CLASS_RESULT",
+        "TEST.COMPUTE_CMAT",
+        "USE_CUDA",
+        "DETERMINISTIC",
+        "TRAINER.TEXT_ENCODER.CHUNK_SIZE",
+        "TRAINER.TEXT_ENCODER.CHECKPOINT",
+    }
+)
+BACKBONE_KEY = "MODEL.BACKBONE.NAME"
+# Written at the top of every start of train.py in log.txt; tools/results/runlog.py reads it.
+START_LINE = "==== train.py start {stamp} ===="
+STAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
+
+
+def flat_config(tree, prefix=""):
+    """{"A.B.C": value} of a nested config (a yacs node or the dict of its YAML dump)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = plain(value)
+    return flat
+
+
+def _is_path(backbone):
+    from .clip_loading import clip
+
+    return backbone not in clip.available_models()
+
+
+def config_changes(saved_yaml, cfg):
+    """(changed, one_sided): run-defining keys whose value differs between the saved config
+    (YAML text) and `cfg`, as (key, old, new), and keys only one side has (declared by another
+    version of the code; not compared). A backbone given as a file path is compared by the
+    checkpoint's backbone fingerprint when a checkpoint is loaded, not by its path."""
+    old = flat_config(yaml.safe_load(saved_yaml) or {})
+    new = flat_config(yaml.safe_load(cfg.dump()))
+    changed, one_sided = [], []
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_RUN_DEFINING:
+            continue
+        if key not in old or key not in new:
+            one_sided.append(key)
+        elif old[key] != new[key]:
+            if key == BACKBONE_KEY and _is_path(str(old[key])) and _is_path(str(new[key])):
+                continue
+            changed.append((key, old[key], new[key]))
+    return changed, one_sided
+
+
+def held_results(run_dir):
+    """What in `run_dir` belongs to a run that started for real: checkpoint files and logs with
+    a result block (an empty list when the folder may be started with any config)."""
+    held = sorted(
+        os.path.relpath(p, run_dir)
+        for pattern in ("*/checkpoint", "*/model.pth.tar-*", "*/model-best.pth.tar")
+        for p in glob.glob(os.path.join(run_dir, pattern))
+    )
+    for log in sorted(glob.glob(os.path.join(run_dir, "log.txt*"))):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            if any(line.rstrip() == "=> result" for line in f):
+                held.append(f"{os.path.basename(log)} (a result)")
+    return held
+
+
+def describe_changes(changed):
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+
+
+class RunLog:
+    """Everything printed goes to the console and is appended to `log.txt`, so the whole run
+    (first start, resumes, re-evaluations) stays one log, each start headed by START_LINE.
+    (Dassl's logger wrote `log.txt-<timestamp>` on every later start, which CoOp's
+    parse_test_res.py never reads.)"""
+
+    def __init__(self, path):
+        self.console = sys.stdout
+        # Open for the rest of the process, as stdout is.
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if self.file.tell():
+            self.file.write("\n")
+        self.file.write(START_LINE.format(stamp=time.strftime(STAMP_FORMAT)) + "\n")
+
+    def write(self, text):
+        self.console.write(text)
+        self.file.write(text)
+
+    def flush(self):
+        self.console.flush()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def __getattr__(self, name):  # isatty, encoding, ...: those of the console
+        return getattr(self.console, name)
+
+
+def start_log(output_dir):
+    """Tee stdout into `output_dir/log.txt` (appending) for the rest of the process."""
+    os.makedirs(output_dir, exist_ok=True)
+    sys.stdout = RunLog(os.path.join(output_dir, "log.txt"))
+    return sys.stdout

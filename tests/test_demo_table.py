@@ -1,0 +1,78 @@
+"""tools.demo.table: README's demo table against the demo's output tree."""
+
+import pytest
+
+from tools.demo import table
+from tools.results.runlog import LAYOUTS
+from tools.results.synthetic import write_log
+
+README = """\
+# Demo
+
+<!-- demo-table:start -->
+| trainer | config | what | Base | New | H |
+|---|---|---|---|---|---|
+| CoOp | demo | one soft prompt | 72.00 ± 2.00 | 61.00 ± 1.00 | 66.05 ± 1.43 |
+| MoPD | demo | distillation | 1.00 ± 0.00 | 1.00 ± 0.00 | 1.00 ± 0.00 |
+<!-- demo-table:end -->
+
+Text after the table.
+"""
+
+
+def demo_runs(root, trainer, base, new):
+    """train_base / test_new runs of seeds 1 2 3 with these accuracies (percent of 1000 images)."""
+    for part, accs in (("train_base", base), ("test_new", new)):
+        for seed, acc in enumerate(accs, start=1):
+            run = (
+                root
+                / LAYOUTS["base2new", part]
+                / "demo_world"
+                / "shots_16"
+                / trainer
+                / "demo"
+                / f"seed{seed}"
+            )
+            write_log(run, correct=round(acc * 10))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    demo_runs(tmp_path / "output", "CoOp", (70, 72, 74), (60, 61, 62))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    return tmp_path / "output", readme
+
+
+def check(output, readme, *extra):
+    return table.main(["--output", str(output), "--readme", str(readme), *extra])
+
+
+def test_matching_rows_pass_and_rows_without_runs_are_listed(tree, capsys):
+    output, readme = tree
+    assert check(output, readme) == 0
+    out = capsys.readouterr().out
+    assert "Not checked (no complete runs for seeds 1 2 3" in out and "MoPD / demo" in out
+    assert "matches" in out and "(1 rows checked)" in out
+
+
+def test_a_stale_cell_fails_and_write_updates_only_measured_rows(tree, capsys):
+    output, readme = tree
+    readme.write_text(README.replace("61.00 ± 1.00", "61.50 ± 1.00"))
+    assert check(output, readme) == 1
+    assert "CoOp / demo New: README '61.50 ± 1.00', output '61.00 ± 1.00'" in capsys.readouterr().out
+    assert check(output, readme, "--write") == 0
+    assert readme.read_text() == README  # the MoPD row and the text around the table unchanged
+
+
+def test_incomplete_seeds_are_not_compared(tree, capsys):
+    output, readme = tree
+    assert check(output, readme, "--seeds", "1 2 3 4") == 0
+    assert "(0 rows checked)" in capsys.readouterr().out
+
+
+def test_a_readme_without_markers_is_an_error(tree):
+    output, readme = tree
+    readme.write_text("# no table\n")
+    with pytest.raises(SystemExit, match="no demo table between"):
+        check(output, readme)

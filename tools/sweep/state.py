@@ -1,0 +1,174 @@
+"""The sweep's state in the output folder, and what each run of a plan is now.
+
+`<output>/sweep/state/<run path>.json` is the last record of a run written by whoever ran it (the
+local pool or a Slurm job): running (with host and pid), succeeded, failed (exit status and the
+tail of its output), interrupted or blocked. `<output>/sweep/logs/<run path>.log` holds the output
+of every attempt, each after a header line. Records are written atomically (a temporary file
+renamed over the old one), so a crash never leaves half a record.
+
+A record never decides that a run is finished: that is the run's own log (tools.results.runlog,
+the rule the scripts and tools.results use). Records say what the log cannot: that a run is being
+run right now, that it failed and why, or that it waits for a failed training run.
+"""
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.results.runlog import read_run
+
+SWEEP_DIR = "sweep"
+TAIL_LINES = 20
+# What a run is now: what the sweep will do with it.
+DONE, RUNNING, FAILED, BLOCKED, PENDING = "done", "running", "failed", "blocked", "pending"
+STATES = (DONE, RUNNING, FAILED, BLOCKED, PENDING)
+
+
+def now():
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_json(path, data):
+    """Write `data` as JSON at `path` atomically (a reader sees the old or the new file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    """The JSON object at `path`, or None when there is none."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(
+            f"error: {path} is not valid JSON ({err}); move it away to forget that record"
+        ) from err
+
+
+def pid_alive(pid, marker):
+    """Whether process `pid` runs on this host and (where /proc tells) its command line holds
+    `marker` (the run's directory), so that a reused pid is not taken for the run."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True
+    return marker in cmdline
+
+
+def tail(path, start=0, lines=TAIL_LINES):
+    """The last `lines` lines of the file at `path` from byte `start` on."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+class Store:
+    """The sweep folder of an output root."""
+
+    def __init__(self, output):
+        self.output = str(output)
+        self.root = Path(output) / SWEEP_DIR
+
+    def run_dir(self, path):
+        """The directory of the run at `path` (relative to the output root), as train.py is given it."""
+        return f"{self.output}/{path}"
+
+    def record_path(self, run):
+        return self.root / "state" / f"{run.path}.json"
+
+    def log_path(self, run):
+        return self.root / "logs" / f"{run.path}.log"
+
+    def read(self, run):
+        return read_json(self.record_path(run))
+
+    def write(self, run, record):
+        write_json(self.record_path(run), {"run": run.path, "time": now(), **record})
+
+    def finished(self, path):
+        """Whether the run at `path` is finished: its newest log has a result (tools.results.runlog)."""
+        return os.path.isdir(self.run_dir(path)) and read_run(self.run_dir(path)).finished
+
+    def start_log(self, run, attempt, command, where):
+        """Append the header of an attempt to the run's log; returns (path, offset of the header)."""
+        path = self.log_path(run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            offset = f.tell()
+            f.write(f"=== {now()} attempt {attempt} on {socket.gethostname()} {where}: {' '.join(command)}\n")
+        return path, offset
+
+    def running_elsewhere(self, run, record=None):
+        """Whether the record says another process runs `run` right now. Records from another
+        host cannot be checked from here and count as running; a Slurm job's are checked by the
+        Slurm backend (tools.sweep.slurm)."""
+        record = self.read(run) if record is None else record
+        if not record or record.get("status") != "running":
+            return False
+        if record.get("host") != socket.gethostname():
+            return True
+        return pid_alive(record["pid"], self.run_dir(run.path))
+
+
+@dataclass
+class Classified:
+    """What each run of a plan is now (`state[path]`, one of STATES) and why (`note[path]`)."""
+
+    state: dict
+    note: dict
+
+    def count(self, runs):
+        counts = dict.fromkeys(STATES, 0)
+        for run in runs:
+            counts[self.state[run.path]] += 1
+        return counts
+
+
+def classify(runs, store, live=None):
+    """done (its log has a result), running (another process or a queued job has it: `live`, a
+    {path: note} of the Slurm backend, or a local record with a live pid), failed (its last
+    record), blocked (its training run failed or is blocked), else pending. `runs` are in plan
+    order: a training run comes before its evaluations."""
+    live = live or {}
+    state, note = {}, {}
+    for run in runs:
+        record = store.read(run)
+        if store.finished(run.path):
+            state[run.path] = DONE
+        elif run.path in live or store.running_elsewhere(run, record):
+            state[run.path] = RUNNING
+            note[run.path] = live.get(run.path) or f"pid {record['pid']} on {record['host']}"
+        elif record and record["status"] == FAILED:
+            state[run.path], note[run.path] = FAILED, failure_note(record)
+        elif run.after and state.get(run.after) in (FAILED, BLOCKED):
+            state[run.path], note[run.path] = BLOCKED, f"its training run {run.after} is {state[run.after]}"
+        else:
+            state[run.path] = PENDING
+            if os.path.isdir(store.run_dir(run.path)):
+                note[run.path] = "unfinished: train.py resumes it"
+    return Classified(state, note)
+
+
+def failure_note(record):
+    last = record.get("log_tail", "").strip().splitlines()
+    reason = f": {last[-1]}" if last else ""
+    return f"exit status {record.get('exit_code')} after {record.get('attempt')} attempt(s){reason}"
