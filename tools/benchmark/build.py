@@ -42,6 +42,16 @@ TRAINERS = {
 }
 
 
+# Dataset sizes of the protocols' datasets (spec baselines-and-protocols.md): classes and
+# test images (ImageNet: its 50,000 validation images, used as the test set). Experts and
+# templates come from configs/datasets/<dataset>.yaml, batches from the trainer configs.
+SIZES = {
+    "eurosat": {"classes": 10, "test_images": 8100},
+    "sun397": {"classes": 397, "test_images": 19850},
+    "imagenet": {"classes": 1000, "test_images": 50000},
+}
+
+
 def generated_classnames(n, seed=0):
     """`n` distinct class names of 1-3 words; a word is a common BPE word or a rare one made of
     a stem and an ending (two or more BPE tokens, as in "bedlington terrier")."""
@@ -73,14 +83,33 @@ def read_classnames(path):
     return lines
 
 
+def dataset_classnames(dataset):
+    """The real class names of a dataset whose names the repository knows (EuroSAT's readable
+    names), else None."""
+    if dataset == "eurosat":
+        from datasets.eurosat import READABLE_NAMES
+
+        return list(READABLE_NAMES.values())
+    return None
+
+
 def classnames(args, total):
-    names = read_classnames(args.classnames_file) if args.classnames_file else generated_classnames(total)
-    if len(set(names)) < total:
+    """(`total` distinct class names, where they come from): --classnames-file's, else the
+    dataset's real names where the repository knows enough of them, else generated ones."""
+    if args.classnames_file:
+        names, source = list(dict.fromkeys(read_classnames(args.classnames_file))), args.classnames_file
+    else:
+        known = dataset_classnames(args.dataset)
+        if known and len(known) >= total:
+            names, source = known, f"{args.dataset}'s class names"
+        else:
+            names, source = generated_classnames(total), "generated"
+    if len(names) < total:
         raise ValueError(
-            f"--classnames-file {args.classnames_file} has {len(set(names))} distinct names; "
+            f"--classnames-file {args.classnames_file} has {len(names)} distinct names; "
             f"{total} are needed (--classes + --virtual)"
         )
-    return list(dict.fromkeys(names))[:total]
+    return names[:total], source
 
 
 def name_stats(names):
@@ -118,6 +147,8 @@ def expert_subset(dataset, experts):
 
 
 def make_cfg(name, args, clip_path, opts=()):
+    """The config of benchmark row `name` for `args.dataset` (MoCoOp: its first `args.experts`
+    expert groups), at `args.prec`, plus `opts`."""
     trainer, config, _ = TRAINERS[name]
     extra = expert_subset(args.dataset, args.experts) if trainer == "MoCoOp" and args.experts else []
     options = [
@@ -130,22 +161,25 @@ def make_cfg(name, args, clip_path, opts=()):
 
 class Bench:
     """Builds trainers for given class names (`trainers.build_trainer`, no data loaders); the
-    frozen CLIP is loaded once and shared (a trainer that trains CLIP weights copies it)."""
+    frozen CLIP is loaded once per weight dtype and shared (a trainer that trains CLIP weights
+    copies it)."""
 
     def __init__(self, args, device, clip_path):
         self.args = args
         self.device = device
         self.clip_path = clip_path
-        self.frozen_clip = None
+        self.frozen_clips = {}  # by weight dtype
 
-    def build(self, name, base, virtual, opts=()):
-        cfg = make_cfg(name, self.args, self.clip_path, opts)
-        if self.frozen_clip is None:
-            dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
-            self.frozen_clip = load_clip(self.clip_path, dtype=dtype).to(self.device)
+    def build(self, name, base, virtual, opts=(), args=None):
+        """Benchmark row `name` for `base` classes (+ MoCoOp's `virtual` text classes) with the
+        config overrides `opts`; `args` replaces the command line's dataset, experts, precision."""
+        cfg = make_cfg(name, args or self.args, self.clip_path, opts)
+        dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
+        if dtype not in self.frozen_clips:
+            self.frozen_clips[dtype] = load_clip(self.clip_path, dtype=dtype).to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):
             trainer = trainers.build_trainer(
-                cfg, base, list(base) + list(virtual), clip_model=self.frozen_clip
+                cfg, base, list(base) + list(virtual), clip_model=self.frozen_clips[dtype]
             )
         trainer.batch_idx, trainer.num_batches = 0, 2  # never an epoch's last batch: no LR step
         return trainer

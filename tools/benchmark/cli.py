@@ -13,11 +13,16 @@ import torch
 
 import tools.benchmark
 from clipprompt.clip_loading import build_tiny_clip, convert_weights, save_clip_state_dict
-from tools.benchmark.build import REPO, TRAINERS, VIT_B16, Bench
+from tools.benchmark.build import REPO, SIZES, TRAINERS, VIT_B16, Bench
+from tools.benchmark.gpu import run_gpu
 from tools.benchmark.imagenet import IMAGENET, IMAGENET_CPU, imagenet_scale
 from tools.benchmark.measure import PeakMemory
-from tools.benchmark.report import GIB, print_imagenet, print_trainer_tables
-from tools.benchmark.table import targets, trainer_table
+from tools.benchmark.precision import run_precision
+from tools.benchmark.report import GIB, print_imagenet, print_size_tables, print_trainer_tables
+from tools.benchmark.report_suites import print_gpu, print_precision, print_targets
+from tools.benchmark.sizes import size_table
+from tools.benchmark.table import trainer_table
+from tools.benchmark.targets import run_targets
 
 
 def parse_args(argv=None):
@@ -28,26 +33,34 @@ def parse_args(argv=None):
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
     p.add_argument(
-        "--scale",
-        choices=("default", "imagenet"),
+        "--suite",
+        choices=("table", "targets", "precision", "gpu"),
+        default="table",
+        help="table: the trainers at --size; targets: the shared prefix's speed and memory targets; "
+        "precision: PREC amp against fp32; gpu: the CUDA measurements docs/PERFORMANCE.md lacks",
+    )
+    p.add_argument(
+        "--size",
+        choices=("default", *SIZES),
         default="default",
-        help="imagenet: MoCoOp's memory at ImageNet scale instead of the trainer table",
+        help="the table's sizes: default (10 classes), a dataset's (classes, templates, experts, test set, "
+        "the configs' batches), or imagenet (MoCoOp's memory at ImageNet scale)",
     )
     p.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
     p.add_argument(
         "--dataset",
-        default="oxford_pets",
-        help="configs/datasets/<name>.yaml: templates and experts (default oxford_pets; "
-        "imagenet scale: imagenet)",
+        help="configs/datasets/<name>.yaml: templates and experts (default: the --size dataset, else oxford_pets)",
     )
     p.add_argument(
-        "--classes", type=int, help="classes to classify (default 10; imagenet scale: 500, 25 on a CPU)"
+        "--classes",
+        type=int,
+        help="classes to classify (default 10; dataset sizes: the dataset's; imagenet: 500, 25 on a CPU)",
     )
     p.add_argument(
         "--virtual",
         type=int,
-        help="MoCoOp's extra (virtual) text classes, as in base-to-new "
-        "training (default: --classes; 0 = none)",
+        help="MoCoOp's extra (virtual) text classes, as in base-to-new training (default: --classes; "
+        "dataset sizes: 0, all classes are trained; 0 = none)",
     )
     p.add_argument(
         "--experts",
@@ -55,8 +68,15 @@ def parse_args(argv=None):
         help="MoCoOp experts: the first G template groups of the dataset "
         "(default: all; imagenet scale on a CPU: 4)",
     )
-    p.add_argument("--batch", type=int, help="training batch (default 4; imagenet scale: 32, 4 on a CPU)")
-    p.add_argument("--eval-batch", type=int, help="evaluation batch (default: --batch)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        help="training batch (default 4; dataset sizes: each trainer config's, at most 8 on a CPU; "
+        "imagenet: 32, 4 on a CPU; precision: 8)",
+    )
+    p.add_argument(
+        "--eval-batch", type=int, help="evaluation batch (default: --batch; dataset sizes: the configs')"
+    )
     p.add_argument(
         "--prec",
         choices=("fp32", "fp16", "amp"),
@@ -66,12 +86,22 @@ def parse_args(argv=None):
         "--repeats", type=int, help="timed repetitions (median reported; default 3, imagenet scale 1)"
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    p.add_argument(
+        "--eval-repeats",
+        type=int,
+        help="dataset sizes and target T4: timed test batches per path (default 1 on a CPU, 3 on CUDA)",
+    )
+    p.add_argument(
+        "--eval-warmup",
+        type=int,
+        help="dataset sizes and target T4: untimed test batches per path first (default 0 on a CPU, 1 on CUDA)",
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--image-size", type=int, default=224, help="image side (ViT-B/16: 224)")
+    p.add_argument("--image-size", type=int, help="image side (default: ViT-B/16's 224; --toy: 32)")
     p.add_argument(
         "--classnames-file",
         help="class names, one per line ('<wnid> <name>' lines as in "
-        "ImageNet's classnames.txt are accepted); default: generated names",
+        "ImageNet's classnames.txt are accepted); default: the dataset's where known, else generated",
     )
     p.add_argument(
         "--chunk-size",
@@ -81,41 +111,61 @@ def parse_args(argv=None):
     p.add_argument(
         "--forward",
         action="store_true",
-        help="also time the options on forward-only text encoding for every trainer (default: CoOp only)",
+        help="also time forward-only text encoding for every trainer (default: CoOp only)",
     )
-    p.add_argument("--json", help="result file (default: output/benchmark/<scale>_<device>.json)")
+    p.add_argument(
+        "--toy",
+        action="store_true",
+        help="a tiny random CLIP instead of ViT-B/16's architecture, and for the targets and gpu "
+        "suites toy sizes (a few classes, batch 1): to test the script, the numbers mean nothing",
+    )
+    p.add_argument("--json", help="result file (default: output/benchmark/<suite or size>_<device>.json)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
-    imagenet = args.scale == "imagenet"
-    small = IMAGENET_CPU if args.device == "cpu" else IMAGENET
+    apply_defaults(args)
+    if (
+        min(args.classes, args.batch or 1, args.eval_batch or 1, args.repeats, args.eval_repeats) < 1
+        or args.virtual < 0
+        or min(args.warmup, args.eval_warmup) < 0
+    ):
+        p.error(
+            "--classes, --batch, --eval-batch, --repeats and --eval-repeats must be positive, "
+            "--virtual, --warmup and --eval-warmup >= 0"
+        )
+    return args
+
+
+def apply_defaults(args):
+    """Fill in what the command line left open, by suite and size (see the help texts)."""
+    cpu = args.device == "cpu"
+    imagenet = args.suite == "table" and args.size == "imagenet"
+    dataset_size = args.suite == "table" and args.size in SIZES and not imagenet
+    small = IMAGENET_CPU if cpu else IMAGENET
     defaults = {
-        "classes": small["classes"] if imagenet else 10,
-        "batch": small["batch"] if imagenet else 4,
+        "dataset": args.size if imagenet or dataset_size else "oxford_pets",
+        "classes": small["classes"] if imagenet else SIZES[args.size]["classes"] if dataset_size else 10,
+        "batch": small["batch"]
+        if imagenet
+        else None
+        if dataset_size
+        else 8
+        if args.suite == "precision"
+        else 4,
         "repeats": 1 if imagenet else 3,
-        "prec": "fp32" if args.device == "cpu" else "fp16",
+        "prec": "fp32" if cpu else "fp16",
+        "eval_repeats": 1 if cpu else 3,
+        "eval_warmup": 0 if cpu else 1,
+        "experts": small["experts"] if imagenet else None,
+        "image_size": 32 if args.toy else VIT_B16["image_resolution"],
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if imagenet:
-        if args.dataset == "oxford_pets":
-            args.dataset = "imagenet"
-        if args.experts is None:
-            args.experts = small["experts"]
     if args.virtual is None:
-        args.virtual = args.classes
-    if args.eval_batch is None:
+        args.virtual = 0 if dataset_size else args.classes
+    if args.eval_batch is None and not dataset_size:
         args.eval_batch = args.batch
-    if (
-        min(args.classes, args.batch, args.eval_batch, args.repeats) < 1
-        or args.virtual < 0
-        or args.warmup < 0
-    ):
-        p.error(
-            "--classes, --batch, --eval-batch and --repeats must be positive, --virtual and --warmup >= 0"
-        )
-    return args
 
 
 def machine(device):
@@ -146,13 +196,15 @@ def main(argv=None):
     load_before = os.getloadavg()
     started = time.time()
     peak = PeakMemory(device)
+    name = args.size if args.suite == "table" else args.suite
     print(
-        f"# Benchmark ({args.scale} scale) on {info.get('gpu', info['cpu'])}, torch {info['torch']}, "
+        f"# Benchmark ({name}) on {info.get('gpu', info['cpu'])}, torch {info['torch']}, "
         f"{info['threads']} threads, load average {load_before[0]:.2f}",
         flush=True,
     )
 
-    clip_model = build_tiny_clip(**{**VIT_B16, "image_resolution": args.image_size})
+    architecture = {} if args.toy else VIT_B16
+    clip_model = build_tiny_clip(**{**architecture, "image_resolution": args.image_size})
     weight_bytes = {"fp32": sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())}
     with tempfile.TemporaryDirectory() as tmp:
         clip_path = save_clip_state_dict(clip_model, os.path.join(tmp, "vit_b16_random.pt"))
@@ -162,11 +214,7 @@ def main(argv=None):
         del clip_model, half
         bench = Bench(args, device, clip_path)
         result = {"args": vars(args), "machine": info, "memory_method": peak.method}
-        if args.scale == "imagenet":
-            result["imagenet"] = imagenet_scale(args, device, bench, peak, weight_bytes)
-        else:
-            rows, paired, inputs = trainer_table(args, device, bench, peak)
-            result.update(trainers=rows, target_b_eval=paired, inputs=inputs, targets=targets(rows, paired))
+        result.update(run_suite(args, device, bench, peak, weight_bytes))
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     result["wall_s"] = round(time.time() - started, 1)
 
@@ -174,18 +222,45 @@ def main(argv=None):
         f"\nMachine: {info}\nLoad average before/after: {load_before} / {result['load_average']['after']}; "
         f"peak memory: {peak.method}"
     )
-    if args.scale == "imagenet":
-        print_imagenet(result["imagenet"])
-    else:
-        print(
-            f"Classes: {args.classes} (+{args.virtual} virtual for MoCoOp), names {result['inputs']['names']}"
-        )
-        print_trainer_tables(result["trainers"], result["targets"], args.eval_batch)
-    path = args.json or os.path.join(REPO, "output", "benchmark", f"{args.scale}_{args.device}.json")
+    print_result(args, result)
+    path = args.json or os.path.join(REPO, "output", "benchmark", f"{name}_{args.device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1, default=str)
     print(f"\nWrote {path} ({result['wall_s']} s)")
+
+
+def run_suite(args, device, bench, peak, weight_bytes):
+    if args.suite == "targets":
+        goals, measured = run_targets(args, device, bench, peak)
+        return {"targets": goals, "measured": measured}
+    if args.suite == "precision":
+        rows, inputs = run_precision(args, device, bench, peak)
+        return {"trainers": rows, "inputs": inputs}
+    if args.suite == "gpu":
+        return run_gpu(args, device, bench, peak, weight_bytes)
+    if args.size == "imagenet":
+        return {"imagenet": imagenet_scale(args, device, bench, peak, weight_bytes)}
+    if args.size in SIZES:
+        rows, inputs = size_table(args, device, bench, peak)
+    else:
+        rows, inputs = trainer_table(args, device, bench, peak)
+    return {"trainers": rows, "inputs": inputs}
+
+
+def print_result(args, result):
+    if args.suite == "targets":
+        print_targets(result["targets"], result["measured"])
+    elif args.suite == "precision":
+        print_precision(result["trainers"], result["inputs"])
+    elif args.suite == "gpu":
+        print_gpu(result)
+    elif args.size == "imagenet":
+        print_imagenet(result["imagenet"])
+    elif args.size in SIZES:
+        print_size_tables(result["trainers"], result["inputs"])
+    else:
+        print_trainer_tables(result["trainers"], result["inputs"], args)
 
 
 if __name__ == "__main__":

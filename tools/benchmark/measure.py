@@ -77,6 +77,33 @@ class PeakMemory:
         return _status("VmHWM") - base, result
 
 
+def available_bytes(device):
+    """Memory a call may still take: CUDA's free memory, else the kernel's MemAvailable (None if
+    unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, KeyError, ValueError), open("/proc/meminfo") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("MemAvailable:"))) * 1024
+    return None
+
+
+# Share of the available memory a call's estimate may take before it is skipped on a CPU, where
+# running out of memory ends the process (or another one) instead of raising an error.
+CPU_MEMORY_SHARE = 0.6
+
+
+def too_large(estimate, device):
+    """Why a call estimated to need `estimate` bytes is not run on this device, or None."""
+    if device.type == "cuda" or estimate is None:
+        return None  # CUDA raises OutOfMemoryError, which round_robin records
+    free = available_bytes(device)
+    if free is None or estimate <= CPU_MEMORY_SHARE * free:
+        return None
+    return (
+        f"estimated {estimate / 2**30:.1f} GiB > {CPU_MEMORY_SHARE:.0%} of {free / 2**30:.1f} GiB available"
+    )
+
+
 def timed(fn, device):
     """Seconds of one call; a callable may return its own measured seconds (e.g. excluding set-up)."""
     sync(device)
@@ -86,44 +113,64 @@ def timed(fn, device):
     return own if isinstance(own, float) else time.perf_counter() - start
 
 
-def round_robin(fns, args, device, peak):
+def round_robin(fns, args, device, peak, estimates=None):
     """Time competing callables in turns: `warmup` untimed rounds, then `repeats` timed rounds,
     each in a rotated order; the first timed round also measures peak memory (after the
     warm-up, so one-time allocations of a first call are not counted). A callable that runs out
-    of device memory is marked `oom` and left out from then on."""
-    out = {name: {"peak_bytes": None, "times_s": [], "oom": False} for name in fns}
-    live = dict(fns)
+    of device memory is marked `oom` and left out from then on; one whose estimated memory
+    (`estimates`: name -> bytes) is `too_large` is not run and marked `skipped`."""
+    out = {name: {"peak_bytes": None, "times_s": [], "oom": False, "skipped": None} for name in fns}
+    for name, estimate in (estimates or {}).items():
+        out[name]["skipped"] = too_large(estimate, device)
+    calls = _Calls({name: fn for name, fn in fns.items() if not out[name]["skipped"]}, out)
+    for _ in range(args.warmup):
+        for name in list(calls.live):
+            calls.run(name, calls.live[name])
+    for r in range(args.repeats):
+        for name in rotated(list(calls.live), r):
+            if name not in calls.live:
+                continue
+            fn = calls.live[name]
+            if r == 0:
+                res = calls.run(name, lambda fn=fn: peak(lambda: timed(fn, device)))
+                seconds = None if res is None else res[1]
+                out[name]["peak_bytes"] = None if res is None else res[0]
+            else:
+                seconds = calls.run(name, lambda fn=fn: timed(fn, device))
+            if name in calls.live:
+                out[name]["times_s"].append(seconds)
+    for res in out.values():
+        summarise(res)
+    return out
 
-    def call(name, how):
+
+class _Calls:
+    """The callables still running; one that runs out of device memory is marked and dropped."""
+
+    def __init__(self, live, out):
+        self.live = live
+        self.out = out
+
+    def run(self, name, how):
         try:
             return how()
         except torch.OutOfMemoryError:
-            out[name]["oom"] = True
-            del live[name]
+            self.out[name]["oom"] = True
+            del self.live[name]
         # Outside the except block: its traceback no longer holds the failed call's tensors.
         gc.collect()
         torch.cuda.empty_cache()
         return None
 
-    for _ in range(args.warmup):
-        for name, fn in list(live.items()):
-            call(name, fn)
-    for r in range(args.repeats):
-        names = list(live)
-        for name in names[r % max(len(names), 1) :] + names[: r % max(len(names), 1)]:
-            if name not in live:
-                continue
-            fn = live[name]
-            if r == 0:
-                res = call(name, lambda fn=fn: peak(lambda: timed(fn, device)))
-                if res is not None:
-                    out[name]["peak_bytes"], seconds = res
-            else:
-                seconds = call(name, lambda fn=fn: timed(fn, device))
-            if name in live:
-                out[name]["times_s"].append(seconds)
-    for res in out.values():
-        res["median_s"] = statistics.median(res["times_s"]) if res["times_s"] else None
-        # The least disturbed call: on a shared machine other processes only ever add time.
-        res["min_s"] = min(res["times_s"]) if res["times_s"] else None
-    return out
+
+def rotated(names, r):
+    shift = r % max(len(names), 1)
+    return names[shift:] + names[:shift]
+
+
+def summarise(res):
+    """The median of a call's times and the fastest one (the least disturbed: on a shared
+    machine other processes only ever add time); None without times."""
+    times = res["times_s"]
+    res["median_s"] = statistics.median(times) if times else None
+    res["min_s"] = min(times) if times else None
