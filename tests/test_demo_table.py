@@ -1,7 +1,10 @@
 """tools.demo.table: README's demo table against the demo's output tree."""
 
+import os
+
 import pytest
 
+from tests.conftest import ROOT
 from tools.demo import table
 from tools.results.runlog import LAYOUTS
 from tools.results.synthetic import write_log
@@ -76,3 +79,19 @@ def test_a_readme_without_markers_is_an_error(tree):
     readme.write_text("# no table\n")
     with pytest.raises(SystemExit, match="no demo table between"):
         check(output, readme)
+
+
+def test_the_repository_readme_has_a_row_for_every_demo_run_the_docs_name():
+    """README's own table parses, and each row names a config that scripts/demo.sh can run:
+    the five trainers' `demo` and MoCoOp's two ablations."""
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme, encoding="utf-8") as f:
+        _, rows = table.table_rows(f.read(), readme)
+    pairs = [(trainer, config) for _, (trainer, config, *_) in rows]
+    assert pairs == [
+        *((t, "demo") for t in ("ZeroshotCLIP", "CoOp", "KgCoOp", "MoCoOp", "MoPD")),
+        ("MoCoOp", "demo_moe"),
+        ("MoCoOp", "demo_router_tau007"),
+    ]
+    for trainer, config in pairs:
+        assert os.path.isfile(os.path.join(ROOT, "configs", "trainers", trainer, f"{config}.yaml"))
