@@ -11,6 +11,7 @@ pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)"
 
 from yacs.config import CfgNode as CN
 
+from clipprompt.run_folder import flat_config
 from trainers import make_cfg
 
 PETS = "configs/datasets/oxford_pets.yaml"
@@ -19,19 +20,8 @@ COOP = "configs/trainers/CoOp"
 PAPER = "paper_vit_b16_ep25"
 
 
-def flatten(node, prefix=""):
-    """{"A.B.C": value} of a nested config (CfgNode or dict)."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def resolved(trainer, config_file):
-    return flatten(make_cfg(trainer, PETS, config_file))
+    return flat_config(make_cfg(trainer, PETS, config_file))
 
 
 def mocoop(stem):
@@ -113,7 +103,7 @@ def test_readme_presets_table_matches_the_configs_key_by_key():
         with open(os.path.join(MOCOOP, f"{stem}.yaml")) as f:
             own = yaml.safe_load(f)
         own.pop("_BASE_")
-        missing = set(flatten(own)) - documented
+        missing = set(flat_config(own)) - documented
         assert not missing, f"{stem}.yaml sets {sorted(missing)}, which README's presets table lacks"
     declared = {k for k in configs[PAPER] if k.startswith("TRAINER.MOCOOP.")}
     assert declared <= documented, f"README's presets table lacks {sorted(declared - documented)}"
