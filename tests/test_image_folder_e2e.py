@@ -197,7 +197,7 @@ def test_scripts_pick_the_shared_mopd_config_for_your_dataset():
     proc = subprocess.run(
         ["bash", "scripts/base2new.sh", "image_folder", "MoPD", "vit_b16_c4_bs128"],
         cwd=ROOT,
-        env={**os.environ, "DATA": "/data", "DRY_RUN": "1", "SEEDS": "1"},
+        env={**os.environ, "PYTHON": sys.executable, "DATA": "/data", "DRY_RUN": "1", "SEEDS": "1"},
         capture_output=True,
         text=True,
         timeout=60,

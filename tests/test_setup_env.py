@@ -6,6 +6,7 @@ decisions the script makes, without installing anything.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,8 +16,6 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import check_env
-
-SETUP = os.path.join(ROOT, "scripts", "setup_env.sh")
 
 
 def test_check_env_names_missing_and_unsuitable_requirements():
@@ -36,21 +35,31 @@ def test_check_env_reads_the_repository_requirements():
     assert dev["ruff"].startswith("==")  # lint results must not depend on the ruff release
 
 
-def run_setup(**env):
+def run_setup(tmp_path, **env):
+    """scripts/setup_env.sh run from a scratch copy of what it reads: the repository's own
+    .venv (which `make test` may have made) must not take part in its decisions."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("scripts/setup_env.sh", "scripts/check_env.py", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     return subprocess.run(
-        ["bash", SETUP], env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False
+        ["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
-def test_a_python_with_every_requirement_is_used_as_it_is():
+def test_a_python_with_every_requirement_is_used_as_it_is(tmp_path):
     pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
-    proc = run_setup(PYTHON=sys.executable, DEV="1")
+    proc = run_setup(tmp_path, PYTHON=sys.executable, DEV="1")
     assert proc.returncode == 0, proc.stderr
     assert os.path.realpath(proc.stdout.strip()) == os.path.realpath(sys.executable)
     assert "nothing to install" in proc.stderr and "step" not in proc.stderr
 
 
-def test_a_missing_python_is_a_clear_error():
-    proc = run_setup(PYTHON="no-such-python3")
+def test_a_missing_python_is_a_clear_error(tmp_path):
+    proc = run_setup(tmp_path, PYTHON="no-such-python3")
     assert proc.returncode == 1 and proc.stdout == ""
     assert "FAILED at step 0/4. No 'no-such-python3' on PATH: set PYTHON" in proc.stderr

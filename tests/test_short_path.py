@@ -58,7 +58,10 @@ def scratch_repo(path):
     for name in os.listdir(os.path.join(ROOT, "configs", "datasets")):
         (path / "configs" / "datasets" / name).symlink_to(os.path.join(ROOT, "configs", "datasets", name))
     (path / "bin").mkdir()
-    (path / "bin" / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a symlink to a virtual environment's python is not inside the
+    # environment, so Python would start without the environment's packages.
+    (path / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (path / "bin" / "python").chmod(0o755)
     return path
 
 

@@ -104,7 +104,9 @@ def test_plan_is_the_scripts_grid(repo):
     scripts = subprocess.run(
         ["bash", "scripts/all_base2new.sh", "CoOp", "v"],
         cwd=repo,
-        env={**os.environ, "DATA": "data", "DRY_RUN": "1", "SEEDS": "1 2", "DATASETS": "dtd eurosat"},
+        # PYTHON as given to the sweep (the caller's PYTHON, e.g. from `make test`, must not leak in).
+        env={**os.environ, "PYTHON": "python3", "DATA": "data", "DRY_RUN": "1", "SEEDS": "1 2"}
+        | {"DATASETS": "dtd eurosat"},
         capture_output=True,
         text=True,
         check=True,
