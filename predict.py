@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from clipprompt.atomic import atomic_file
 from clipprompt.caching import CachedTextFeatures
-from clipprompt.checkpoint_identity import CheckpointMismatch
 from clipprompt.clip_loading import CheckpointError
+from clipprompt.learnable import CheckpointMismatch
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
 from tools.export.run import add_run_arguments, load_run

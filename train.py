@@ -34,8 +34,8 @@ from dassl.utils import collect_env_info, set_random_seed
 
 import trainers
 from clipprompt.atomic import write_text_atomically
-from clipprompt.determinism import set_determinism
-from clipprompt.run_folder import config_changes, describe_changes, held_results, start_log
+from trainers.runs.determinism import set_determinism
+from trainers.runs.folder import config_changes, describe_changes, held_results, start_log
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,7 +88,7 @@ def check_output_dir(cfg):
     """Refuse an output folder that holds another run; returns (notes to log, whether this
     start replaces the folder's config.yaml).
 
-    Only run-defining keys are compared (`clipprompt.run_folder.NOT_RUN_DEFINING` lists the
+    Only run-defining keys are compared (`trainers.runs.folder.NOT_RUN_DEFINING` lists the
     others: paths, workers, logging, memory knobs), so a moved data or output tree resumes.
     A folder without checkpoints and results (a start that failed) may start another config.
     """

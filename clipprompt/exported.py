@@ -41,9 +41,9 @@ from torch import nn
 from torchvision import transforms
 
 from .atomic import atomic_file
-from .checkpoints import load_learnable
 from .clip_loading import backbone_fingerprint, load_clip
 from .conditional import ConditionalCLIP, ConditionalPrompt
+from .learnable import load_learnable
 from .mixture import mix_expert_logits
 from .model import Routing
 from .routing import Router, topk_softmax

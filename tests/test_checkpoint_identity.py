@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
 import trainers
-from clipprompt.checkpoint_identity import CheckpointMismatch
 from clipprompt.clip_loading import build_tiny_clip, save_clip_state_dict
+from clipprompt.learnable import CheckpointMismatch
 from tests.e2e import PETS, TINY_OPTS
 
 COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"

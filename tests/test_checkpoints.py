@@ -1,4 +1,4 @@
-"""clipprompt.checkpoints and checkpoint_identity without Dassl: what is saved (atomically), what
+"""trainers.runs.checkpoints and identity without Dassl: what is saved (atomically), what
 loads, identities, RNG and gradient-scaler states, and the DETERMINISTIC switches."""
 
 import os
@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipprompt.checkpoint_identity import (
-    CheckpointMismatch,
-    check_identity,
-    identity_problems,
-    make_identity,
-)
-from clipprompt.checkpoints import (
+from clipprompt.learnable import learnable_parameters, learnable_state, load_learnable
+from tests.conftest import ROOT
+from trainers.runs.checkpoints import (
     latest_checkpoint,
-    learnable_parameters,
-    learnable_state,
-    load_learnable,
     read_checkpoint,
     restore_training_state,
     rng_state,
@@ -28,8 +21,13 @@ from clipprompt.checkpoints import (
     set_rng_state,
     training_state,
 )
-from clipprompt.determinism import set_determinism
-from tests.conftest import ROOT
+from trainers.runs.determinism import set_determinism
+from trainers.runs.identity import (
+    CheckpointMismatch,
+    check_identity,
+    identity_problems,
+    make_identity,
+)
 
 
 def small_model():
@@ -158,7 +156,7 @@ def test_save_checkpoint_names_the_newest_epoch_but_never_the_best(tmp_path):
 # (its bytes written, before the rename that publishes it).
 KILLED_WHILE_SAVING = """
 import os, signal, sys, torch
-from clipprompt.checkpoints import save_checkpoint
+from trainers.runs.checkpoints import save_checkpoint
 folder = sys.argv[1]
 save_checkpoint({"epoch": 1, "state_dict": {"ctx": torch.ones(3)}}, folder)
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)

@@ -11,8 +11,8 @@ pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)"
 
 from yacs.config import CfgNode as CN
 
-from clipprompt.run_folder import flat_config
 from trainers import make_cfg
+from trainers.runs.folder import flat_config
 
 PETS = "configs/datasets/oxford_pets.yaml"
 MOCOOP = "configs/trainers/MoCoOp"

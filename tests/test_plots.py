@@ -10,7 +10,6 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from clipprompt.routing import RoutingStats
 from tools.protocols import BENCHMARK
 from tools.results import plots
 from tools.results.cells import Average, Collector
@@ -18,6 +17,7 @@ from tools.results.fewshot import fewshot_grids
 from tools.results.runlog import RunKey, discover
 from tools.results.stats import harmonic
 from tools.results.synthetic import write_log
+from trainers.runs.routing_stats import RoutingStats
 
 NAMES = ["a photo of a {}.", "itap of a {}.", "art of the {}."]
 

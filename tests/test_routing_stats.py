@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from clipprompt.routing import RoutingStats, topk_softmax
+from clipprompt.routing import topk_softmax
+from trainers.runs.routing_stats import RoutingStats
 
 NAMES = ["a photo of a {}.", "itap of a {}.", "a sketch of a {}.", "art of the {}."]
 CLASSES = ["cat", "dog", "owl"]

@@ -11,11 +11,11 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
 import trainers
-from clipprompt.schedule import EpochLRSchedule
 from tests.conftest import ROOT
 from tests.dataset_layouts import make_oxford_pets
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 from tools.protocols import DG_TARGETS, REGISTERED
+from trainers.runs.schedule import EpochLRSchedule
 
 PETS = "configs/datasets/oxford_pets.yaml"
 COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"

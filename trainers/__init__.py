@@ -1,32 +1,45 @@
-"""Dassl trainers of this repository; importing the package registers every one of them.
+"""Dassl trainers of this repository, and the run bookkeeping beside them (`trainers.runs`).
 
 Each trainer module registers its class in Dassl's TRAINER_REGISTRY and gives the class an
-`add_config(cfg)` that declares its own config keys, so adding a trainer edits no list.
+`add_config(cfg)` that declares its own config keys, so adding a trainer edits no list. The
+trainer modules are imported (registered) the first time a trainer is looked up, and Dassl only
+then: `trainers.runs` stays importable without it.
 
-Public API: `make_cfg` (a trainer's validated config) and `build_trainer` (a trainer from a
-config, with Dassl's data loaders, or for given class names without them).
+Public API: `make_cfg` (a trainer's validated config), `read_config_file` (a YAML config with its
+`_BASE_` chain) and `build_trainer` (a trainer from a config, with Dassl's data loaders, or for
+given class names without them).
 """
 
 import importlib
 import pkgutil
 
-from dassl.engine import TRAINER_REGISTRY
-
-from .config import make_cfg, read_config_file
-
 __all__ = ["build_trainer", "get_trainer_class", "make_cfg", "read_config_file", "repository_trainers"]
+
+# Modules of this package that define no trainer.
+_SUPPORT = {"config", "prompt_trainer", "runs"}
+
+
+def _registry():
+    """Dassl's trainer registry with every trainer of this package registered."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _SUPPORT:
+            importlib.import_module(f"{__name__}.{module.name}")
+    return TRAINER_REGISTRY
 
 
 def repository_trainers():
     """Names of the trainers defined in this package (Dassl registers its own ones too)."""
-    names = TRAINER_REGISTRY.registered_names()
-    return sorted(n for n in names if TRAINER_REGISTRY.get(n).__module__.startswith(__name__ + "."))
+    registry = _registry()
+    names = registry.registered_names()
+    return sorted(n for n in names if registry.get(n).__module__.startswith(__name__ + "."))
 
 
 def get_trainer_class(name):
     if name not in repository_trainers():
         raise ValueError(f"Unknown trainer {name!r}: choose one of {', '.join(repository_trainers())}")
-    return TRAINER_REGISTRY.get(name)
+    return _registry().get(name)
 
 
 def build_trainer(cfg, classnames=None, all_classnames=None, clip_model=None):
@@ -42,5 +55,15 @@ def build_trainer(cfg, classnames=None, all_classnames=None, clip_model=None):
     return get_trainer_class(cfg.TRAINER.NAME)(cfg, classnames, all_classnames, clip_model)
 
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+def make_cfg(*args, **kwargs):
+    """`trainers.config.make_cfg` (its docstring)."""
+    from .config import make_cfg as make
+
+    return make(*args, **kwargs)
+
+
+def read_config_file(path):
+    """`trainers.config.read_config_file` (its docstring)."""
+    from .config import read_config_file as read
+
+    return read(path)

@@ -75,7 +75,7 @@ def add_config(cfg):
     # Save a resumable checkpoint after every epoch (Dassl's default 0 saves only the last,
     # which makes an interrupted run start over).
     cfg.TRAIN.CHECKPOINT_FREQ = 1
-    # Deterministic runs (clipprompt.determinism): cuDNN deterministic without benchmarking,
+    # Deterministic runs (trainers.runs.determinism): cuDNN deterministic without benchmarking,
     # torch's deterministic algorithms where it has them, one CPU thread. False is faster and
     # may differ between runs in the last bits. Not run-defining: each start records its value.
     cfg.DETERMINISTIC = False

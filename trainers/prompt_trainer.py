@@ -3,9 +3,9 @@
 What it changes in Dassl (c61a1b5, used unmodified):
 - learning rate: `EpochLRSchedule` (Dassl's per-epoch values after its warm-up) instead of
   Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
-- checkpoints (`clipprompt.checkpoints`): learnable tensors, plain optimiser, schedule, scaler
+- checkpoints (`trainers.runs.checkpoints`): learnable tensors, plain optimiser, schedule, scaler
   and RNG states (`torch.load(weights_only=True)` reads them), written atomically, with the
-  identity of the model (`clipprompt.checkpoint_identity`), so resume is exact in every
+  identity of the model (`trainers.runs.identity`), so resume is exact in every
   precision and a checkpoint of another model is refused (base -> new stays allowed);
 - `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
   and, when no epoch is given, loads the newest checkpoint of a finished run (or
@@ -30,20 +30,20 @@ from dassl.optim import build_optimizer
 from yacs.config import CfgNode as CN
 
 from clipprompt.caching import CachedTextFeatures
-from clipprompt.checkpoint_identity import config_values, make_identity
-from clipprompt.checkpoints import (
-    learnable_parameters,
+from clipprompt.clip_loading import backbone_fingerprint, load_clip
+from clipprompt.learnable import learnable_parameters
+from clipprompt.model import ContextPrompt
+from clipprompt.templates import check_template
+from clipprompt.text_encoder import TextEncoder
+from trainers.runs.checkpoints import (
     load_for_evaluation,
     resume_training,
     save_checkpoint,
     training_state,
 )
-from clipprompt.clip_loading import backbone_fingerprint, load_clip
-from clipprompt.model import ContextPrompt
-from clipprompt.routing import RoutingStats
-from clipprompt.schedule import EpochLRSchedule
-from clipprompt.templates import check_template
-from clipprompt.text_encoder import TextEncoder
+from trainers.runs.identity import config_values, make_identity
+from trainers.runs.routing_stats import RoutingStats
+from trainers.runs.schedule import EpochLRSchedule
 
 PRECISIONS = ("fp32", "fp16", "amp")
 
@@ -57,7 +57,7 @@ class PromptTrainer(TrainerX):
     # records are printed and written as <routing_stats_stem>.json/.csv.
     routing_stats_stem = "routing_stats"
     # Config keys that define the learnable tensors (their shapes or what they mean), recorded
-    # in every checkpoint and compared when it is loaded (clipprompt.checkpoint_identity).
+    # in every checkpoint and compared when it is loaded (trainers.runs.identity).
     identity_keys = ()
 
     def __init__(self, cfg, classnames=None, all_classnames=None, clip_model=None):
@@ -336,7 +336,7 @@ class PromptTrainer(TrainerX):
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_identity(self):
-        """What this trainer's checkpoints belong to (`clipprompt.checkpoint_identity`)."""
+        """What this trainer's checkpoints belong to (`trainers.runs.identity`)."""
         cfg, keys = self.cfg, config_values(self.cfg, self.identity_keys)
         backbone = (cfg.MODEL.BACKBONE.NAME, self.backbone_fingerprint)
         names = (self.model.routing_names, self.classnames, self.class_specific_tensors())

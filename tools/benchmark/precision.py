@@ -7,7 +7,7 @@ import math
 import torch
 
 from clipprompt.caching import CachedTextFeatures
-from clipprompt.checkpoints import learnable_state, load_learnable
+from clipprompt.learnable import learnable_state, load_learnable
 from tools.benchmark.build import classnames, name_stats
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import cache_build, evaluation, train_step

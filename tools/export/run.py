@@ -11,7 +11,7 @@ The classes are, in this order of preference:
   trains nothing), those of its dataset (`subsample` picks other classes of it).
 
 Where the learned tensors belong to particular classes (CoOp's CSC), other classes are refused
-with the checkpoint identity's error (`clipprompt.checkpoint_identity`).
+with the checkpoint identity's error (`trainers.runs.identity`).
 """
 
 import collections
@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from clipprompt.checkpoints import checkpoint_path, has_checkpoint, read_checkpoint
+from trainers.runs.checkpoints import checkpoint_path, has_checkpoint, read_checkpoint
 
 CHECKPOINTS = "prompt_learner"  # the model name PromptTrainer registers, a folder of the run
 

@@ -14,11 +14,10 @@ import os
 import torch
 
 from clipprompt.caching import CachedTextFeatures
-from clipprompt.checkpoint_identity import CheckpointMismatch
-from clipprompt.checkpoints import learnable_parameters
 from clipprompt.clip_loading import CheckpointError
 from clipprompt.conditional import ConditionalCLIP
 from clipprompt.exported import LEARNED, save_exported
+from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
 
 

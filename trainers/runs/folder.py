@@ -16,7 +16,7 @@ import time
 
 import yaml
 
-from .checkpoint_identity import plain
+from .identity import plain
 
 # Keys that do not change what a run computes: paths, workers, logging, checkpoint frequency,
 # and the device, memory and determinism knobs (see README "Re-running, resuming, moving").

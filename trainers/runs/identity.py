@@ -21,11 +21,9 @@ names only where the tensors depend on them (so base -> new stays allowed for sh
 contexts), unless `same_classes` asks for them (resuming a training run).
 """
 
+from clipprompt.learnable import CheckpointMismatch
+
 IDENTITY_VERSION = 1
-
-
-class CheckpointMismatch(RuntimeError):
-    """A checkpoint belongs to another trainer, backbone, configuration or class list."""
 
 
 def plain(value):

@@ -1,10 +1,10 @@
 """Checkpoints of learnable tensors and RNG states, readable with `torch.load(weights_only=True)`.
 
-A checkpoint holds only the tensors training changes (`learnable_parameters`); frozen CLIP
+A checkpoint holds only the tensors training changes (`clipprompt.learnable`); frozen CLIP
 weights and buffers computed from them are rebuilt from the config. With them go the plain
 state of the optimiser, the schedule and the fp16 gradient scaler, and the RNG states (plain
 tensors and tuples), so that a resumed run computes exactly what an uninterrupted one would,
-and the identity of the model (`clipprompt.checkpoint_identity`).
+and the identity of the model (`trainers.runs.identity`).
 
 Files are written atomically (`clipprompt.atomic`): first the checkpoint, then the
 `checkpoint` marker that names it, so a kill at any instant leaves the marker naming a
@@ -17,50 +17,13 @@ import random
 import numpy as np
 import torch
 
-from .atomic import atomic_file, write_text_atomically
-from .checkpoint_identity import CheckpointMismatch, check_identity
+from clipprompt.atomic import atomic_file, write_text_atomically
+from clipprompt.learnable import learnable_state, load_learnable, tensor_problems
+
+from .identity import check_identity
 
 MARKER = "checkpoint"
 BEST = "model-best.pth.tar"
-
-
-def learnable_parameters(model):
-    """{name: parameter} of the tensors of `model` that training changes (no frozen CLIP
-    weights, no buffers): what is optimised, saved and loaded."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def learnable_state(model):
-    return {n: p.detach().cpu().clone() for n, p in learnable_parameters(model).items()}
-
-
-def tensor_problems(model, state):
-    """Why the learnable tensors `state` do not fit `model` (names, shapes), or []."""
-    expected = learnable_parameters(model)
-    problems = [f"'{n}' is missing from the checkpoint" for n in expected if n not in state]
-    problems += [
-        f"'{n}' is in the checkpoint but not learnable in this model" for n in state if n not in expected
-    ]
-    problems += [
-        f"'{n}' has shape {list(state[n].shape)} in the checkpoint but {list(p.shape)} in this model"
-        for n, p in expected.items()
-        if n in state and state[n].shape != p.shape
-    ]
-    return problems
-
-
-def load_learnable(model, state, source):
-    """Load learnable tensors, refusing a checkpoint that does not fit the model."""
-    problems = tensor_problems(model, state)
-    if problems:
-        raise CheckpointMismatch(
-            f"Checkpoint {source} does not fit the model: "
-            + "; ".join(problems)
-            + ". Was it trained with another trainer or config (e.g. another number of experts, CSC, N_CTX)?"
-        )
-    with torch.no_grad():
-        for n, p in learnable_parameters(model).items():
-            p.copy_(state[n])
 
 
 def save_checkpoint(state, folder, name=None):
