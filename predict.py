@@ -131,11 +131,6 @@ def collate(items):
     return [i for i, _ in good], images, failed
 
 
-def routing_kind(trainer):
-    """What the model routes to, as named in the outputs: "expert" (MoCoOp), "teacher" (MoPD)."""
-    return trainer.routing_stats_stem.removesuffix("_stats")
-
-
 def image_record(path, probs, top, routing, b, classnames, names):
     """The JSON-ready prediction of image `b` of a batch."""
     record = {
@@ -274,7 +269,7 @@ def predict(args):
         )
     problems |= failed
     records = [done.get(path) or {"image": path, "error": problems[path]} for path, _ in entries]
-    write_predictions(args.output, records, topk, routing_kind(trainer), trainer.model.top_k)
+    write_predictions(args.output, records, topk, trainer.model.routing_kind, trainer.model.top_k)
     print(f"Predicted {len(records) - len(problems)} images: {args.output}")
     if problems:
         print(f"Skipped {len(problems)} (--skip-bad): {problem_list(list(problems.items()))}")

@@ -10,20 +10,22 @@ with torch, safetensors and clip only:
     logits = classifier.logits(classifier.encode_image(images))
 
 The file holds the learned tensors (`learned.<name>`, as in the run's checkpoints) and what
-classification needs, computed once at export in the run's precision:
-- kind `text_features` (ZeroshotCLIP, CoOp, KgCoOp, MoPD): the normalised class features
-  `text_features` [C, D]; logits `s · <v, t_c>`;
-- kind `experts` (MoCoOp): `expert_features` [G, C, D] (text bias included) and the router;
-  per image the top-K experts' logits are mixed with the router's weights (`mixture.mix_expert_logits`);
-- kind `conditional` (CoCoOp): class features depend on the image, so the context, the meta-net
-  and the prompt layout (`prompt.token_ids`, `prompt.slot_ids`, checked against the rebuilt one)
-  are kept and every image's prompts are encoded by CLIP's text tower (`clipprompt.conditional`);
-plus `logit_scale` (the multiplier s), `router.weight` / `router.bias` for models that route
-(MoCoOp's experts, MoPD's teachers: reported per image, MoPD's do not change the logits), and
-CLIP weights the run trained (MoCoOp's release preset: image LayerNorms, `learned.image_encoder.*`),
-which are put into the loaded CLIP. The JSON metadata (safetensors header, key "clipprompt")
-names the trainer, the backbone and its fingerprint, the classes, the templates, the
-preprocessing (the run's test transform), the logit scale and the run.
+classification needs, computed once at export in the run's precision: `logit_scale` (the
+multiplier s of the logits), `router.weight` / `router.bias` for models that route (MoCoOp's
+experts, MoPD's teachers: reported per image), and what the model's kind keeps
+(`PromptedCLIP.export_tensors`), e.g. the class features `text_features` [C, D] of kind
+`text_features` (zero-shot CLIP, CoOp, KgCoOp, MoPD), the expert features and router of kind
+`experts` (MoCoOp), the context, meta-net and prompt layout of kind `conditional` (CoCoOp, whose
+class features depend on the image). CLIP weights the run trained (MoCoOp's release preset:
+image LayerNorms, `learned.image_encoder.*`) are put into the loaded CLIP. The JSON metadata
+(safetensors header, key "clipprompt") names the kind, the trainer, the backbone and its
+fingerprint, the classes, the templates, the routing, the preprocessing (the run's test
+transform), the logit scale and the run.
+
+Loading is the same for every kind: the file's kind names the model class that loads it
+(`clipprompt.model.EXPORT_KINDS`, filled by `clipprompt.methods`), and the classifier calls
+that model's own `encode_image`, `classify_features` and `route`: the code a trained run
+evaluates with, not a second copy.
 
 The CLIP is loaded from the recorded backbone name (or `backbone=`, e.g. a moved file) and refused
 unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one.
@@ -42,17 +44,12 @@ from torchvision import transforms
 
 from .atomic import atomic_file
 from .clip_loading import backbone_fingerprint, load_clip
-from .conditional import ConditionalCLIP, ConditionalPrompt
-from .learnable import load_learnable
-from .mixture import mix_expert_logits
-from .model import Routing
-from .routing import Router, topk_softmax
-from .text_encoder import TextEncoder
+from .model import EXPORT_KINDS
+from .routing import Router
 
 FORMAT = "clipprompt.exported"
 VERSION = 1
 METADATA_KEY = "clipprompt"
-KINDS = ("text_features", "experts", "conditional")
 LEARNED = "learned."
 
 
@@ -86,12 +83,20 @@ def read_exported(path):
         raise ExportError(
             f"{path} is not a classifier written by `python -m tools.export` (no {FORMAT} metadata)"
         )
-    if metadata.get("version") != VERSION or metadata.get("kind") not in KINDS:
+    kinds = known_kinds()
+    if metadata.get("version") != VERSION or metadata.get("kind") not in kinds:
         raise ExportError(
             f"{path} is version {metadata.get('version')} of kind {metadata.get('kind')!r}; this code reads "
-            f"version {VERSION} of kinds {KINDS}: export the run again with this code"
+            f"version {VERSION} of kinds {sorted(kinds)}: export the run again with this code"
         )
     return tensors, metadata
+
+
+def known_kinds():
+    """{kind: model class} of every exported kind a method of `clipprompt.methods` loads."""
+    from . import methods  # noqa: F401  (registers every method's kind)
+
+    return EXPORT_KINDS
 
 
 def build_preprocess(spec):
@@ -133,7 +138,8 @@ def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch
 
 class ExportedClassifier(nn.Module):
     """An exported classifier over a frozen CLIP (module docstring). `classnames`, `metadata` and
-    `preprocess` (PIL image → tensor) describe it; `routing_names` are the candidates it routes to."""
+    `preprocess` (PIL image → tensor) describe it; `routing_names` are the candidates it routes
+    to; `model` is the kind's model (`clipprompt.model.PromptedCLIP`), loaded from the file."""
 
     def __init__(self, clip_model, tensors, metadata):
         super().__init__()
@@ -143,23 +149,9 @@ class ExportedClassifier(nn.Module):
         self.preprocess = build_preprocess(metadata["preprocessing"])
         learned = {k[len(LEARNED) :]: v for k, v in tensors.items() if k.startswith(LEARNED)}
         _put_clip_weights(clip_model.visual, learned, "image_encoder.")
-        self.dtype = clip_model.dtype
-        self.image_encoder = clip_model.visual
+        self.model = known_kinds()[self.kind].from_export(clip_model, tensors, metadata, _router(tensors))
+        self.routing_names = tuple(self.model.routing_names)
         self.register_buffer("logit_scale", tensors["logit_scale"].float())
-        routing = metadata.get("routing")
-        self.routing_names = tuple(routing["candidates"]) if routing else ()
-        self.top_k = routing["top_k"] if routing else 0
-        self.router = None
-        if routing:
-            weight = tensors["router.weight"]
-            self.router = Router(weight.shape[1], weight.shape[0], bias="router.bias" in tensors)
-            state = {k.removeprefix("router."): v for k, v in tensors.items() if k.startswith("router.")}
-            self.router.linear.load_state_dict(state)
-        if self.kind == "conditional":
-            self.conditional = _conditional_model(clip_model, tensors, learned, metadata)
-        else:
-            name = "text_features" if self.kind == "text_features" else "expert_features"
-            self.register_buffer("class_features", tensors[name].float())
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -169,23 +161,16 @@ class ExportedClassifier(nn.Module):
 
     def encode_image(self, images):
         """Normalised fp32 image features `[B, D]` of preprocessed images `[B, 3, H, W]`."""
-        images = images.to(self.device, self.dtype)
-        return F.normalize(self.image_encoder(images).float(), dim=-1)
+        return self.model.encode_image(images.to(self.device))
 
     def route(self, image_features):
         """The candidates kept per image and their weights (`Routing`), or None."""
-        if self.router is None:
-            return None
-        return Routing(*topk_softmax(self.router(image_features).float(), self.top_k))
+        return self.model.route(image_features.to(self.device).float())
 
     def logits(self, image_features):
         """Classification logits `[B, C]` (fp32) of image features `[B, D]` (normalised here)."""
         v = F.normalize(image_features.to(self.device).float(), dim=-1)
-        if self.kind == "conditional":
-            return self.conditional.classify_features(v)[0].float()
-        if self.kind == "experts":
-            return mix_expert_logits(v, self.class_features, *self.route(v), self.logit_scale)
-        return self.logit_scale * v @ self.class_features.t()
+        return self.model.classify_features(v)[0].float()
 
     def image_batch(self, images):
         """A tensor `[B, 3, H, W]` as it is, else a list of PIL images or paths, preprocessed."""
@@ -240,33 +225,12 @@ def _put_clip_weights(module, learned, prefix):
             target.copy_(value)
 
 
-def _conditional_model(clip_model, tensors, learned, metadata):
-    """CoCoOp's model for the exported classes, its learned tensors loaded and its prompt
-    layout checked against the exported one."""
-    opts, encoder = metadata["prompt"], metadata["text_encoder"]
-    with torch.random.fork_rng():  # initial values, replaced below; the caller's RNG is left alone
-        prompt = ConditionalPrompt(
-            metadata["classnames"],
-            clip_model,
-            opts["n_ctx"],
-            "",
-            opts["meta_net_reduction"],
-            encoder["truncate"],
-        )
-    for name in ("token_ids", "slot_ids"):
-        if not torch.equal(getattr(prompt.assembler, name), tensors[f"prompt.{name}"]):
-            raise ExportError(
-                f"the prompt layout ({name}) rebuilt here differs from the exported one: "
-                "this clip tokenizer splits the class names differently from the one used at export"
-            )
-    text_encoder = TextEncoder(
-        clip_model,
-        encoder["attention"],
-        encoder["chunk_size"],
-        False,
-        encoder["truncate"],
-        encoder["share_prefix"],
-    )
-    model = ConditionalCLIP(clip_model, prompt, text_encoder)
-    load_learnable(model, learned, "the exported file")
-    return model
+def _router(tensors):
+    """The router or gate of a model that routes (its `router.*` tensors), or None."""
+    state = {k.removeprefix("router."): v for k, v in tensors.items() if k.startswith("router.")}
+    if not state:
+        return None
+    weight = state["weight"]
+    router = Router(weight.shape[1], weight.shape[0], bias="bias" in state)
+    router.linear.load_state_dict(state)
+    return router

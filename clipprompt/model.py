@@ -1,32 +1,77 @@
 """The interface every model of this repository speaks, and the frozen-CLIP parts they share.
 
-A model is an `nn.Module` over a frozen CLIP with two methods, and nothing else is called by
-training, evaluation, prediction, export or the benchmark:
+A model is an `nn.Module` over a frozen CLIP. Training, evaluation and prediction call two
+methods:
 
 - `losses(image, label) -> (terms, logits, routing)`: the already weighted loss terms of one
   training batch (`{name: scalar}`; the trainer sums them), the classification logits `[B, C]`
   of that batch, and its routing;
-- `classify(image) -> (logits, routing)`: the logits evaluation and prediction use.
+- `classify(image) -> (logits, routing)`: the logits evaluation and prediction use, by default
+  `classify_features(encode_image(image))`.
 
 `routing` is a `Routing` (the candidates a router or gate kept per image and their weights) for
 models that route (MoCoOp's experts, MoPD's teachers), else None. Such models name their
-candidates in `routing_names` and keep `top_k` of them per image.
+candidates in `routing_names`, what they are in `routing_kind` and keep `top_k` per image.
+
+Everything else the repository asks of a method is asked of its model, so that no tool names a
+method: what its exported classifier holds (`export_kind`, `export_tensors`, `export_metadata`;
+`clipprompt.exported` finds the kind's loader by name), which prompts a training step or an
+evaluation encodes (`prompt_work`, for the benchmark), which learned vectors sit at which prompt
+positions (`context_slots`, for `tools.interpret`), and state beyond its parameters that a
+resumed run needs (`training_state`).
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .caching import CachedTextFeatures
 from .prompts import PromptAssembler
+from .routing import topk_softmax
 from .templates import PromptForm
+
+# Kind name of an exported classifier -> the model class whose `from_export(clip_model, tensors,
+# metadata, router)` loads it (`clipprompt.exported` chooses by the file's metadata).
+EXPORT_KINDS = {}
+
+
+def exported_kind(cls):
+    """Class decorator: register `cls.from_export` as the loader of exported files of kind
+    `cls.export_kind`."""
+    if cls.export_kind in EXPORT_KINDS:
+        raise ValueError(f"two loaders for exported classifiers of kind {cls.export_kind!r}")
+    EXPORT_KINDS[cls.export_kind] = cls
+    return cls
 
 
 class Routing(NamedTuple):
     index: torch.Tensor  # [B, k] the candidates kept for each image
     weight: torch.Tensor  # [B, k] their weights (each row sums to 1)
+
+
+class PromptWork(NamedTuple):
+    """The soft prompts one call encodes, as the benchmark counts and times them: the rows of
+    `assembler` (all of them when None), once per prompt set (`sets`, CoCoOp: one per image),
+    through `encoder`; `encode(image_features)` runs that encoding."""
+
+    assembler: PromptAssembler
+    encoder: nn.Module
+    rows: torch.Tensor | None
+    sets: int
+    encode: Callable
+
+
+class ContextSlots(NamedTuple):
+    """One prompt of a learned context table, for `tools.interpret`: its rows `first ..
+    first + form.n_ctx - 1` of the table, laid out as `form` says."""
+
+    label: str  # "context", "expert 2", "context of class 'cat'"
+    template: str | None  # the hand-crafted template it was initialised from, if any
+    classname: str | None  # its class, for class-specific context
+    first: int
+    form: PromptForm
 
 
 class PromptedCLIP(nn.Module):
@@ -35,20 +80,43 @@ class PromptedCLIP(nn.Module):
     # Candidates a router picks from (their templates), in index order; empty: no routing.
     routing_names = ()
     top_k = 0
+    # What the candidates are, as outputs and files name them ("expert", "teacher").
+    routing_kind = ""
+    # Kind of the exported classifier (a name `clipprompt.exported` knows); "": not exportable.
+    export_kind = ""
 
-    def __init__(self, clip_model):
+    def __init__(self, clip_model, scale=None):
+        """`scale`: the multiplier of the classification logits where it is not CLIP's logit
+        scale (MoCoOp's CLS_TEMPERATURE, an exported classifier's recorded value)."""
         super().__init__()
         self.image_encoder = clip_model.visual
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
+        # CLIP's token embedding (its vocabulary), held outside the module tree as the prompt
+        # assemblers hold it: it belongs to the frozen CLIP, not to the model's state.
+        self._token_embedding = [clip_model.token_embedding]
+        self.register_buffer(
+            "fixed_scale", None if scale is None else torch.as_tensor(float(scale)), persistent=False
+        )
+
+    @property
+    def token_embedding(self):
+        """CLIP's token embedding: the vocabulary learned context vectors are compared with."""
+        return self._token_embedding[0]
+
+    # ------------------------------------------------------------------ classification
 
     def encode_image(self, image):
         """Normalised fp32 image features `[B, D]`."""
         return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
 
+    def scale(self):
+        """The multiplier s of the classification logits (CLIP's logit scale by default)."""
+        return self.fixed_scale if self.fixed_scale is not None else self.logit_scale.exp().float()
+
     def similarity_logits(self, image_features, text_features):
-        """CLIP's logits `s * <v, t>` of normalised features `[B, D]` and `[C, D]`."""
-        return self.logit_scale.exp() * image_features @ text_features.t()
+        """The logits `s * <v, t>` of normalised features `[B, D]` and `[C, D]`."""
+        return self.scale() * image_features @ text_features.t()
 
     def losses(self, image, label):
         """Cross-entropy of `classify`'s logits (CoOp, CoCoOp); models with more terms override it."""
@@ -56,52 +124,113 @@ class PromptedCLIP(nn.Module):
         return {"loss_ce": F.cross_entropy(logits.float(), label)}, logits, routing
 
     def classify(self, image):
-        raise NotImplementedError(f"{type(self).__name__} does not define classify")
+        return self.classify_features(self.encode_image(image))
+
+    def classify_features(self, image_features):
+        """(logits, routing) of normalised image features `[B, D]`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define classify_features")
 
     def forward(self, image):
         return self.classify(image)[0]
 
+    # ------------------------------------------------------------------ routing
 
-class ContextPrompt(nn.Module):
-    """CoOp's prompt `[SOS] v1 .. vM CLASS . [EOS]` over a list of classes: M learnable context
-    vectors shared by all classes (one set per class with `class_specific`), placed before the
-    class name ("end"), around it ("middle") or after it ("front"), initialised from the words
-    `ctx_init` or N(0, 0.02²). Also the student of KgCoOp and MoPD and the base of CoCoOp."""
+    def routing_module(self):
+        """The module scoring the candidates from image features (None: no routing); an
+        exported classifier keeps its tensors."""
+        return
 
-    def __init__(
-        self,
-        classnames,
-        token_embedding,
-        n_ctx,
-        ctx_init="",
-        position="end",
-        class_specific=False,
-        truncate=True,
-    ):
-        super().__init__()
-        form = PromptForm.coop(n_ctx, ctx_init, position)
-        self.assembler = PromptAssembler(
-            [form], classnames, token_embedding, class_specific=class_specific, truncate=truncate
+    def route(self, image_features):
+        """The top-k candidates and weights (`Routing`) of normalised image features, or None."""
+        if not self.routing_names:
+            return None
+        return Routing(*topk_softmax(self.routing_module()(image_features).float(), self.top_k))
+
+    def reference_routing(self, image_features, label):
+        """A reference distribution over the candidates `[B, G]` that training pulls the router
+        towards (MoCoOp's W_hard), or None."""
+
+    # ------------------------------------------------------------------ what tools ask a method
+
+    def templates(self):
+        """The hand-crafted templates behind the classifier, as its exported file records them."""
+        return list(self.routing_names)
+
+    def export_tensors(self):
+        """What the exported classifier needs besides the learned tensors, the router and the
+        logit scale ({name: tensor}; computed once at export)."""
+        return {}
+
+    def export_metadata(self):
+        """What the exported classifier's loader needs besides the common metadata."""
+        return {}
+
+    def prompt_work(self, batch, training=True):
+        """The `PromptWork` of a training step (`training`) or an evaluation's text encoding for
+        a batch of `batch` images; None when nothing is encoded."""
+        return
+
+    def context_slots(self, classnames):
+        """(table `[S, d]`, [ContextSlots]) of the learned context vectors that sit at prompt
+        positions (the rows of `classnames`' prompts with class-specific context), or None."""
+        return
+
+    def interpretation_note(self):
+        """A note on what the learned context means beyond its words (or None)."""
+        return
+
+    def training_state(self):
+        """State beyond the parameters that a resumed run needs ({name: tensor}); saved in every
+        checkpoint and restored exactly on resume (e.g. a running average of the prompts)."""
+        return {}
+
+    def load_training_state(self, state):
+        """Restore what `training_state` returned (same names and shapes, checked by the caller)."""
+
+
+class ClassFeaturesCLIP(PromptedCLIP):
+    """Classification against one feature per class that does not depend on the image:
+    `s * <v, t_c>`. Its exported classifier (kind "text_features") keeps those features."""
+
+    export_kind = "text_features"
+
+    def class_features(self):
+        """Normalised fp32 class features `[C, D]`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define class_features")
+
+    def classify_features(self, image_features):
+        return self.similarity_logits(image_features, self.class_features()), self.route(image_features)
+
+    def export_tensors(self):
+        return {"text_features": self.class_features()}
+
+
+@exported_kind
+class FixedFeaturesCLIP(ClassFeaturesCLIP):
+    """Class features given once (zero-shot CLIP's hand-crafted prompts, an exported classifier),
+    with an optional router that reports which candidates it would pick (an exported MoPD)."""
+
+    def __init__(self, clip_model, class_features, scale=None, router=None, routing_names=(), top_k=0):
+        super().__init__(clip_model, scale)
+        self.register_buffer("fixed_features", class_features)
+        self.router = router
+        self.routing_names, self.top_k = tuple(routing_names), top_k
+
+    def routing_module(self):
+        return self.router
+
+    def class_features(self):
+        return self.fixed_features
+
+    @classmethod
+    def from_export(cls, clip_model, tensors, metadata, router):
+        """The classifier of an exported file of kind "text_features"."""
+        routing = metadata.get("routing") or {}
+        return cls(
+            clip_model,
+            tensors["text_features"].float(),
+            tensors["logit_scale"],
+            router,
+            routing.get("candidates", ()),
+            routing.get("top_k", 0),
         )
-        self.ctx = nn.Parameter(self.assembler.init_table())
-
-    def forward(self):
-        """Prompt embeddings `[C, L, d]`, EOT positions `[C]` and their `SharedPrefix`."""
-        return self.assembler(self.ctx)
-
-
-class SoftPromptCLIP(CachedTextFeatures, PromptedCLIP):
-    """A soft prompt whose class features do not depend on the image, classified with CLIP's
-    logits and trained with cross-entropy (CoOp). Evaluation encodes the prompts once."""
-
-    def __init__(self, clip_model, prompt_learner, text_encoder):
-        super().__init__(clip_model)
-        self.prompt_learner = prompt_learner
-        self.text_encoder = text_encoder
-
-    def compute_text_features(self):
-        """Normalised fp32 class features `[C, D]` of the current prompts."""
-        return F.normalize(self.text_encoder(*self.prompt_learner()).float(), dim=-1)
-
-    def classify(self, image):
-        return self.similarity_logits(self.encode_image(image), self.text_features()), None

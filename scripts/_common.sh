@@ -64,11 +64,11 @@ sys.exit(0 if read_run(sys.argv[1]).finished else 3)' "$1" || rc=$?
     esac
 }
 
-# require_model DIR: a finished training run left */model.pth.tar-<epoch> there.
-require_model() {
+# require_finished DIR: the training run an evaluation loads is finished (its log ends with a
+# result; a model with nothing to learn, such as zero-shot CLIP, leaves no checkpoint).
+require_finished() {
     [ "$DRY_RUN" = 1 ] && return 0
-    compgen -G "$1/*/model.pth.tar-*" >/dev/null ||
-        die "no trained model in $1 (expected */model.pth.tar-*): its training did not finish"
+    is_finished "$1" || die "the training run $1 is not finished (no result in its log): run its training first"
 }
 
 # print_cmd ARGS...: one shell-quoted line, the exact command.
@@ -115,7 +115,7 @@ run_plan() {
     while IFS= read -r -u 3 line; do
         [ -n "$line" ] || continue
         eval "run=($line)"
-        [ -z "${run[1]}" ] || require_model "${run[1]}"
+        [ -z "${run[1]}" ] || require_finished "${run[1]}"
         run_in "${run[0]}" "$PYTHON" train.py "${run[@]:2}"
     done 3<<<"$plan"
 }

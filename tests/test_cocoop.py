@@ -8,9 +8,9 @@ pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)"
 
 import trainers
 from clipprompt.clip_loading import clip
+from clipprompt.methods import cocoop
 from clipprompt.text_encoder import TextEncoder
 from tests.e2e import read_log
-from trainers import cocoop
 
 CLASSES = ["abyssinian", "school bus", "globe_thistle", "Annual Crop Land", "dog"]
 PETS = "configs/datasets/oxford_pets.yaml"

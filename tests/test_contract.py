@@ -125,8 +125,8 @@ def test_learnable_tensors_are_exactly_the_declared_ones(case):
 def test_training_step_changes_exactly_the_learnable_tensors(case):
     expected, trainer = case
     if not expected.learnable:
-        with pytest.raises(RuntimeError, match="nothing to train: run train.py with --eval-only"):
-            trainer.before_train()
+        trainer.before_train()  # a model with nothing to learn runs no epoch: train.py evaluates it
+        assert trainer.start_epoch == trainer.max_epoch
         return
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2  # not an epoch's last batch: no LR step
@@ -164,7 +164,7 @@ def test_inference_gives_the_logits_of_the_training_path(case):
 def test_inference_depends_on_the_learned_tensors(case):
     expected, trainer = case
     if not expected.learnable:
-        return
+        pytest.skip(f"{expected.trainer} learns nothing: its inference depends on no learned tensor")
     trainer.set_model_mode("eval")
     image = batch()["img"]
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_cached_evaluation_equals_per_batch_encoding(case):
     model = trainer.model
     assert isinstance(model, CachedTextFeatures) == expected.cached
     if not expected.cached:
-        return
+        pytest.skip(f"{expected.trainer} has no text-feature cache (fixed or image-dependent class features)")
     perturb(trainer)
     trainer.set_model_mode("eval")
     image = batch()["img"]
@@ -194,7 +194,7 @@ def test_cached_evaluation_equals_per_batch_encoding(case):
 def test_checkpoint_round_trip_reproduces_the_predictions(case, tiny_clip, tiny_clip_path, tmp_path):
     expected, trainer = case
     if not expected.learnable:
-        return
+        pytest.skip(f"{expected.trainer} learns nothing: it saves no checkpoint")
     perturb(trainer)
     trainer.set_model_mode("eval")
     image = batch()["img"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipprompt.knowledge import knowledge_guided_loss
+from clipprompt.methods.kgcoop import knowledge_guided_loss
 from tests.e2e import read_log
 
 
@@ -48,8 +48,7 @@ DTD = "configs/datasets/dtd.yaml"
 
 @pytest.fixture(scope="module")
 def kgcoop():
-    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
-    from trainers import kgcoop
+    from clipprompt.methods import kgcoop
 
     return kgcoop
 
@@ -57,14 +56,21 @@ def kgcoop():
 def build(kgcoop, clip_model, template="a photo of a {}."):
     """KgCoOp's model for CLASSES with hand-crafted prompt `template` and the configs' student
     (4 context vectors from "a photo of a"), λ 8."""
-    from clipprompt.model import ContextPrompt
+    from clipprompt.methods.coop import ContextPrompt
     from clipprompt.templates import fill
     from clipprompt.text_encoder import TextEncoder, encode_texts
 
     encoder = TextEncoder(clip_model)
-    hard = encode_texts(encoder, clip_model.token_embedding, [fill(template, c) for c in CLASSES])
     prompt = ContextPrompt(CLASSES, clip_model.token_embedding, 4, "a photo of a")
-    return kgcoop.KnowledgeGuidedCLIP(clip_model, prompt, encoder, hard, 8.0)
+    model = kgcoop.KnowledgeGuidedCLIP(clip_model, prompt, encoder, template, CLASSES, 8.0)
+    # The model's hand-crafted features are those of the filled template, one text at a time.
+    hard = encode_texts(
+        TextEncoder(clip_model, truncate=False),
+        clip_model.token_embedding,
+        [fill(template, c) for c in CLASSES],
+    )
+    torch.testing.assert_close(model.hard_features, hard, atol=1e-6, rtol=1e-5)
+    return model
 
 
 def test_term_is_zero_at_init_when_hard_prompt_is_the_init_phrase(kgcoop, tiny_clip):
@@ -112,11 +118,13 @@ def test_knowledge_term_is_weighted_by_lambda(kgcoop, tiny_clip):
     ],
 )
 def test_knowledge_template_falls_back_to_the_dataset_template(kgcoop, prompts, expected):
+    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
     from trainers.config import prompt_defaults
+    from trainers.kgcoop import knowledge_template
 
     node = prompt_defaults()
     node.merge_from_list([item for pair in prompts.items() for item in pair])
-    assert kgcoop.knowledge_template(node) == expected
+    assert knowledge_template(node) == expected
 
 
 def test_config(kgcoop):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipprompt import mixture
+from clipprompt.methods import mocoop as mixture
 
 G, C, D, B = 3, 5, 8, 4
 GROUPS = [[0], [1, 2], [3, 4, 5]]

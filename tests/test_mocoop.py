@@ -8,8 +8,8 @@ import torch
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
 
 import trainers
-from clipprompt import mixture
 from clipprompt.clip_loading import build_tiny_clip
+from clipprompt.methods import mocoop as mixture
 from clipprompt.templates import fill
 from clipprompt.text_encoder import TextEncoder, encode_texts
 from tests.e2e import CASES, read_log, run_train

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from clipprompt.distillation import (
+from clipprompt.hard_prompts import POOLS
+from clipprompt.methods.mopd import (
     distillation_loss,
     mopd_losses,
     selection_loss,
     teacher_logits,
 )
-from clipprompt.hard_prompts import POOLS
 from clipprompt.routing import gather_selected
 from tests.conftest import ROOT
 from tests.e2e import CASES, DTD, TINY_OPTS, read_log, run_train
@@ -140,7 +140,7 @@ def test_mixture_survives_a_weight_that_underflows():
 @pytest.fixture(scope="module")
 def mopd():
     pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
-    from trainers import mopd
+    from clipprompt.methods import mopd
 
     return mopd
 
@@ -169,7 +169,7 @@ def test_teacher_pools(mopd):
 def build_model(mopd, clip_model, classnames=("cat", "dog", "red fox", "owl")):
     """The trainer's model with four teachers and the student of the configs (4 context
     vectors from "a photo of a"), T = 2, W 0.8, W2 0.1."""
-    from clipprompt.model import ContextPrompt
+    from clipprompt.methods.coop import ContextPrompt
     from clipprompt.templates import fill
     from clipprompt.text_encoder import TextEncoder, encode_texts
 

@@ -4,9 +4,10 @@
 
 For every context vector of the run's checkpoint: the K token embeddings of CLIP's vocabulary
 nearest to it by Euclidean distance and by cosine similarity, with their distances. Vectors are
-grouped per prompt (MoCoOp: per expert, with the template it was initialised from; CoOp with
-CSC: per class) and labelled by position, before or after the class name. CoCoOp's vectors are
-its static context; the meta-net adds an image-dependent shift at inference. ZeroshotCLIP has
+grouped per prompt as the run's model lays them out (`PromptedCLIP.context_slots`: per expert
+with the template it was initialised from, per class for class-specific context) and labelled
+by position, before or after the class name; the model may add a note on what they mean beyond
+their words (an image-dependent shift at inference). A model with hand-crafted prompts only has
 no learned context.
 
 The model is built from the run's own config.yaml (as trained) and loaded as evaluation loads
@@ -33,14 +34,14 @@ STAND_IN_CLASSES = ["object"]
 
 
 class NothingToInterpret(Exception):
-    """The run's model has no learned context (ZeroshotCLIP)."""
+    """The run's model has no learned context vectors at prompt positions."""
 
 
 def build_run_model(model_dir, epoch=None, root=""):
     """(trainer, config) of the run in `model_dir`, its checkpoint loaded.
 
-    Per-class context (CoOp's CSC) needs the run's class names: the model is then built from
-    the run's dataset (DATASET.ROOT of its config, or `root`).
+    Class-specific context needs the run's class names: the model is then built from the run's
+    dataset (DATASET.ROOT of its config, or `root`).
     """
     import trainers
 
@@ -52,45 +53,15 @@ def build_run_model(model_dir, epoch=None, root=""):
     name = trainers.read_config_file(config_path).get("TRAINER", {}).get("NAME")
     cfg = trainers.make_cfg(name, config_file=config_path, root=root)
     trainer = trainers.build_trainer(cfg, STAND_IN_CLASSES)
-    prompt = learned_prompt(trainer.model)
-    if prompt is None:
+    if trainer.model.context_slots(STAND_IN_CLASSES) is None:
         raise NothingToInterpret(
             f"nothing to interpret: {model_dir} is a {name} run, whose prompts are hand-crafted "
             "templates with no learned context vectors"
         )
-    if prompt.assembler.class_specific:
+    if trainer.class_specific_tensors():
         trainer = trainers.build_trainer(cfg)  # the run's classes, read from its dataset
     trainer.load_model(model_dir, epoch=epoch)
     return trainer, cfg
-
-
-def learned_prompt(model):
-    """The prompt learner holding a learned context table (`ctx`) and its `assembler`, or None."""
-    prompt = getattr(model, "prompt_learner", None)
-    if prompt is None or not isinstance(getattr(prompt, "ctx", None), torch.nn.Parameter):
-        return None
-    return prompt
-
-
-def prompt_labels(model, assembler, classnames):
-    """One record per prompt of the context table, in table order: (label, template, class,
-    first table row, form)."""
-    from trainers.mocoop import MixtureCLIP
-
-    experts = isinstance(model, MixtureCLIP)
-    per_class = sum(form.n_ctx for form in assembler.forms)
-    classes = list(enumerate(classnames)) if assembler.class_specific else [(0, None)]
-    records = []
-    for c, classname in classes:
-        offset = c * per_class
-        for g, form in enumerate(assembler.forms):
-            label = f"expert {g + 1}" if experts else "context"
-            if classname is not None:
-                label += f" of class {classname!r}"
-            template = model.routing_names[g] if experts else None
-            records.append((label, template, classname, offset, form))
-            offset += form.n_ctx
-    return records
 
 
 def layout(form):
@@ -135,14 +106,13 @@ def _words(ids, values, key):
 def interpret(trainer, k):
     """The report (a JSON-ready dict) of a loaded trainer's learned context."""
     model = trainer.model
-    prompt = learned_prompt(model)
-    embeddings = prompt.assembler.token_embedding.weight.detach()
+    table, slots = model.context_slots(trainer.classnames)
+    embeddings = model.token_embedding.weight.detach()
     if not 1 <= k <= embeddings.shape[0]:
         raise ValueError(f"--topk must be between 1 and the vocabulary size {embeddings.shape[0]}, not {k}")
-    table = prompt.ctx.detach()
-    (near_ids, near_d), (sim_ids, sim_c) = nearest_tokens(table, embeddings, k)
+    (near_ids, near_d), (sim_ids, sim_c) = nearest_tokens(table.detach(), embeddings, k)
     prompts = []
-    for label, template, classname, first, form in prompt_labels(model, prompt.assembler, trainer.classnames):
+    for label, template, classname, first, form in slots:
         vectors = []
         for j in range(form.n_ctx):
             row = first + j
@@ -167,9 +137,7 @@ def interpret(trainer, k):
             }
         )
     cfg = trainer.cfg
-    note = None
-    if hasattr(prompt, "meta_net"):
-        note = "static context: the meta-net adds an image-dependent shift to every vector at inference"
+    note = model.interpretation_note()
     return {
         "tool": TOOL,
         "trainer": cfg.TRAINER.NAME,
@@ -191,7 +159,7 @@ def format_report(report, model_dir):
     title = f"{report['trainer']} run {model_dir} (epoch {report['epoch']})"
     lines = [f"{title}: nearest of {report['vocabulary_size']:,} CLIP tokens, top {report['topk']}"]
     if report["note"]:
-        lines.append(f"CoCoOp: {report['note']}")
+        lines.append(f"{report['trainer']}: {report['note']}")
     for p in report["prompts"]:
         head = f"{p['label']}: {p['layout']}"
         lines.append(head + (f"  (initialised from {p['template']!r})" if p["template"] else ""))

@@ -77,9 +77,6 @@ def trainer_config(trainer, config, dataset, root="."):
     )
 
 
-# Trainers that are evaluated only, never trained: each of their runs is `--eval-only`, without
-# a model to load, into the directory a trained method's run would use.
-ZERO_SHOT = ("ZeroshotCLIP",)
 PROTOCOL_NAMES = ("base2new", "fewshot", "xd")
 
 
@@ -119,10 +116,6 @@ class Grid(NamedTuple):
     output: str
     root: str = "."  # the repository, where configs/ is
 
-    @property
-    def zero_shot(self):
-        return self.trainer in ZERO_SHOT
-
     def run(self, key, seed, cfg_file, opts, model=None):
         """The run of `key` and `seed`; `model` is the path of the training run it evaluates."""
         args = [
@@ -130,11 +123,9 @@ class Grid(NamedTuple):
             "--dataset-config-file", f"configs/datasets/{key.dataset}.yaml", "--config-file", cfg_file,
             "--output-dir", f"{self.output}/{key.path(seed)}",
         ]  # fmt: skip
-        if model is not None and not self.zero_shot:
-            args += ["--model-dir", f"{self.output}/{model}"]
-        if model is not None or self.zero_shot:
-            args.append("--eval-only")
-        return Run(key, seed, tuple(args + list(opts)), None if self.zero_shot else model)
+        if model is not None:
+            args += ["--eval-only", "--model-dir", f"{self.output}/{model}"]
+        return Run(key, seed, tuple(args + list(opts)), model)
 
     def key(self, protocol, part, dataset, shots):
         return RunKey(protocol, part, dataset, shots, self.trainer, self.config)
@@ -179,7 +170,7 @@ def xd_runs(grid, targets, seeds, shots):
     cfg_file = trainer_config(grid.trainer, grid.config, XD_SOURCE, grid.root)
     # A trained model is shaped by its training data's prompts (MoCoOp's experts, MoPD's teacher
     # pool), not by the target's.
-    source_prompts = () if grid.zero_shot else ("DATASET.SOURCE_CONFIG", dataset_config(XD_SOURCE))
+    source_prompts = ("DATASET.SOURCE_CONFIG", dataset_config(XD_SOURCE))
     runs = []
     for k in shots:
         for seed in seeds:

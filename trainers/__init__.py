@@ -16,7 +16,7 @@ import pkgutil
 __all__ = ["build_trainer", "get_trainer_class", "make_cfg", "read_config_file", "repository_trainers"]
 
 # Modules of this package that define no trainer.
-_SUPPORT = {"config", "prompt_trainer", "runs"}
+_SUPPORT = {"config", "loop", "prompt_trainer", "runs"}
 
 
 def _registry():

@@ -1,16 +1,14 @@
 """CoCoOp: Zhou, Yang, Loy, Liu. "Conditional Prompt Learning for Vision-Language Models". CVPR 2022.
 
-CoOp's M context vectors plus a small meta-net that maps the image feature to one token
-`π(x)`, added to every context vector: `[SOS] v1+π(x) .. vM+π(x) CLASS . [EOS]`. The model
-(`clipprompt.conditional`, Dassl-free so that exported classifiers use it too) encodes a batch
-of B images as B × C prompts in one call of the truncated text encoder
-(`TRAINER.TEXT_ENCODER.CHUNK_SIZE` bounds its memory).
+Dassl trainer: the config keys of CoCoOp and the model they build (`clipprompt.methods.cocoop`:
+CoOp's context shifted per image by a meta-net; a batch of B images is encoded as B × C prompts
+in one call of the truncated text encoder, `TRAINER.TEXT_ENCODER.CHUNK_SIZE` bounds its memory).
 """
 
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
-from clipprompt.conditional import ConditionalCLIP, ConditionalPrompt
+from clipprompt.methods.cocoop import ConditionalCLIP, ConditionalPrompt
 
 from .prompt_trainer import PromptTrainer
 
@@ -28,6 +26,7 @@ def add_config(cfg):
 @TRAINER_REGISTRY.register()
 class CoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    benchmark_rows = (("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", True),)
     identity_keys = ("TRAINER.COCOOP.N_CTX", "TRAINER.COCOOP.META_NET_REDUCTION")
 
     def make_model(self, clip_model):

@@ -1,14 +1,14 @@
 """CoOp: Zhou, Yang, Loy, Liu. "Learning to Prompt for Vision-Language Models". IJCV 2022.
 
-Prompt `[SOS] v1 .. vM CLASS . [EOS]` with M learnable context vectors shared by all classes
-(or one set per class with CSC), optimised with cross-entropy through the frozen CLIP
-(`clipprompt.model.SoftPromptCLIP`).
+Dassl trainer: the config keys of CoOp's soft prompt and the model they build
+(`clipprompt.methods.coop`: `[SOS] v1 .. vM CLASS . [EOS]`, M learnable context vectors shared by
+all classes or one set per class with CSC, trained with cross-entropy).
 """
 
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
-from clipprompt.model import SoftPromptCLIP
+from clipprompt.methods.coop import SoftPromptCLIP
 
 from .prompt_trainer import PromptTrainer
 
@@ -28,6 +28,7 @@ def add_config(cfg):
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
     add_config = staticmethod(add_config)
+    benchmark_rows = (("CoOp", "vit_b16_ep50", True),)
     identity_keys = ("TRAINER.COOP.N_CTX", "TRAINER.COOP.CSC", "TRAINER.COOP.CLASS_TOKEN_POSITION")
 
     def class_specific_tensors(self):

@@ -1,28 +1,17 @@
 """MoCoOp: Du, Niu, Zhao. "Mixture of Prompt Learning for Vision Language Models".
 arXiv 2409.12011; Frontiers in Artificial Intelligence 2025.
 
-G soft prompts (experts), each initialised from the first hand-crafted template of a group;
-a router on the image feature picks the top-K experts per image and mixes their class
-features. Training adds hard-prompt-guided routing (L_router) and grouped text supervision
-(L_text): L = L_cls + lambda1 * L_router + lambda2 * L_text. Both the paper's equations and
-the authors' release are available as config presets (README, "MoCoOp presets").
+Dassl trainer: the config keys of MoCoOp and the model they build (`clipprompt.methods.mocoop`:
+G soft prompts (experts) and a router that mixes the top K per image, trained with
+L = L_cls + lambda1 * L_router + lambda2 * L_text). Both the paper's equations and the authors'
+release are config presets (docs/MOCOOP.md).
 """
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
-from torch import nn
 from yacs.config import CfgNode as CN
 
-from clipprompt import mixture
-from clipprompt.caching import CachedTextFeatures
-from clipprompt.model import PromptedCLIP, Routing
-from clipprompt.prompts import PromptAssembler
-from clipprompt.routing import Router, topk_softmax
-from clipprompt.templates import PromptForm, check_template
-from clipprompt.text_encoder import encode_templates
+from clipprompt.methods.mocoop import CHOICES, MixtureCLIP, MixtureOptions, validate_groups
+from clipprompt.templates import check_template
 
 from .config import model_prompts
 from .prompt_trainer import PromptTrainer
@@ -68,203 +57,52 @@ def add_config(cfg):
     cfg.TRAINER.MOCOOP.VIRTUAL_CLASSES = True
 
 
-CHOICES = {
-    "GROUPING": ("dataset", "single"),
-    "ROUTER_TARGET": ("mean", "class"),
-    "ROUTER_KL": ("router_to_hard", "hard_to_router"),
-    "TEXT_LOSS_FORM": ("lasp", "prototype"),
-}
-
-
-@dataclass(frozen=True)
-class MixtureOptions:
-    """TRAINER.MOCOOP's model settings, as the model uses them (see `add_config`)."""
-
-    top_k: int
-    router_loss_weight: float
-    text_loss_weight: float
-    router_target: str
-    router_target_top2_boost: float
-    router_temperature: float
-    router_kl: str
-    text_loss_form: str
-    text_temperature: float
-    cls_temperature: float
-    text_bias: bool
-    finetune_image_ln: bool
-
-    @classmethod
-    def from_cfg(cls, opts):
-        return cls(
-            opts.TOPK,
-            opts.ROUTER_LOSS_WEIGHT,
-            opts.TEXT_LOSS_WEIGHT,
-            opts.ROUTER_TARGET,
-            opts.ROUTER_TARGET_TOP2_BOOST,
-            opts.ROUTER_TEMPERATURE,
-            opts.ROUTER_KL,
-            opts.TEXT_LOSS_FORM,
-            opts.TEXT_TEMPERATURE,
-            opts.CLS_TEMPERATURE,
-            opts.TEXT_BIAS,
-            opts.FINETUNE_IMAGE_LN,
-        )
-
-
-def resblock_norms(image_encoder):
-    """Weights and biases of the LayerNorms inside the image transformer's residual blocks
-    (ln_1, ln_2), which the release trains; ln_pre and ln_post stay frozen, as there."""
-    blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
-    if blocks is None:
-        raise ValueError(
-            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
-            "set it to False for a ResNet CLIP"
-        )
-    # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
-    return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]
-
-
-class ExpertPrompts(nn.Module):
-    """G soft prompts over the text classes, as one flat context table."""
-
-    def __init__(self, templates, text_classnames, clip_model, truncate):
-        super().__init__()
-        forms = [PromptForm.from_template(t) for t in templates]
-        self.assembler = PromptAssembler(
-            forms, text_classnames, clip_model.token_embedding, truncate=truncate
-        )
-        self.ctx = nn.Parameter(self.assembler.init_table())
-
-    def forward(self, rows=None):
-        return self.assembler(self.ctx, rows)
-
-
-class MixtureCLIP(CachedTextFeatures, PromptedCLIP):
-    """G experts over the text classes (this run's classes first, then virtual ones), a router,
-    and the frozen hard features of every template of every group."""
-
-    def __init__(
-        self,
-        clip_model,
-        text_encoder,
-        groups,
-        templates,
-        num_classes,
-        text_classnames,
-        options,
-        truncate=True,
-    ):
-        super().__init__(clip_model)
-        self.options = options
-        self.num_experts = len(groups)
-        self.num_classes = num_classes
-        self.num_text_classes = len(text_classnames)
-        self.groups = groups
-        self.text_encoder = text_encoder
-        first_templates = [templates[idx[0]] for idx in groups]
-        self.routing_names = tuple(first_templates)
-        self.top_k = options.top_k
-        self.prompt_learner = ExpertPrompts(first_templates, text_classnames, clip_model, truncate)
-        self.router = Router(clip_model.text_projection.shape[1], self.num_experts)
-        embed_dim = clip_model.text_projection.shape[1]
-        self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
-        self.image_norms = resblock_norms(self.image_encoder) if options.finetune_image_ln else []
-        for p in self.image_norms:
-            p.requires_grad_(True)
-
-        # Hard features: every template of every group for every text class, once, frozen.
-        hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
-        prototypes, group_mean = mixture.group_features(hard, groups)
-        self.register_buffer("hard", hard, persistent=False)
-        self.register_buffer("prototypes", prototypes, persistent=False)
-        self.register_buffer("group_mean", group_mean, persistent=False)
-        # Rows of the classification classes (the first C text classes) of every expert.
-        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(num_classes)
-        self.register_buffer("class_rows", rows.flatten(), persistent=False)
-
-    def soft_features(self, rows=None):
-        """Normalised soft features [G, C', D] of the given prompt rows (all text classes by default)."""
-        feats = self.text_encoder(*self.prompt_learner(rows)).float()
-        if self.text_bias is not None:
-            feats = feats + self.text_bias
-        return F.normalize(feats, dim=-1).view(self.num_experts, -1, feats.shape[-1])
-
-    def route(self, v):
-        """Router scores `[B, G]` and the top-K routing of normalised image features `v`."""
-        scores = self.router(v).float()  # fp32 routing and losses under autocast too
-        return scores, Routing(*topk_softmax(scores, self.options.top_k))
-
-    def router_target(self, v, label):
-        """W_hard `[B, G]` (Eq. 6), the router loss's detached reference distribution."""
-        opts = self.options
-        return mixture.router_target(
-            v,
-            label,
-            self.prototypes,
-            self.group_mean,
-            opts.router_target,
-            opts.router_target_top2_boost,
-            opts.router_temperature,
-        )
-
-    def compute_text_features(self):
-        """Soft features of the classification classes for every expert (cached at evaluation)."""
-        return self.soft_features(self.class_rows)
-
-    def classify(self, image):
-        return self.classify_features(self.encode_image(image))
-
-    def classify_features(self, v):
-        """`classify` from normalised image features."""
-        _, routing = self.route(v)
-        return mixture.mix_expert_logits(v, self.text_features(), *routing, self.scale()), routing
-
-    def scale(self):
-        """1 / tau of the classification logits (CLIP's logit scale unless CLS_TEMPERATURE)."""
-        tau = self.options.cls_temperature
-        return 1.0 / tau if tau > 0 else self.logit_scale.exp().float()
-
-    def losses(self, image, label):
-        opts = self.options
-        v = self.encode_image(image)
-        scores, routing = self.route(v)
-        soft = self.soft_features()  # one encoder call: all experts x all text classes
-        logits = mixture.mix_expert_logits(v, soft[:, : self.num_classes], *routing, self.scale())
-        terms = {"loss_cls": F.cross_entropy(logits, label)}
-        if opts.router_loss_weight:
-            loss = mixture.router_loss(scores, self.router_target(v, label), opts.router_kl)
-            terms["loss_router"] = opts.router_loss_weight * loss
-        if opts.text_loss_weight:
-            if opts.text_loss_form == "lasp":
-                text = mixture.text_loss_lasp(soft, self.hard, self.groups, opts.text_temperature)
-            else:
-                text = mixture.text_loss_prototype(soft, self.prototypes, opts.text_temperature)
-            terms["loss_text"] = opts.text_loss_weight * text
-        return terms, logits, routing
-
-
 def expert_groups(cfg):
     """(template index lists per expert, flat templates) of the model's prompts, validated."""
     prompts = model_prompts(cfg)
     templates = [
         check_template(t, "DATASET.PROMPTS.EXPERT_TEMPLATES entry") for t in prompts.EXPERT_TEMPLATES
     ]
-    groups = mixture.validate_groups(prompts.EXPERT_GROUPS, templates)
+    groups = validate_groups(prompts.EXPERT_GROUPS, templates)
     if cfg.TRAINER.MOCOOP.GROUPING == "single":
         groups = [list(range(len(templates)))]
     return groups, templates
 
 
+def mixture_options(opts):
+    """The model's `MixtureOptions` from TRAINER.MOCOOP."""
+    return MixtureOptions(
+        opts.TOPK,
+        opts.ROUTER_LOSS_WEIGHT,
+        opts.TEXT_LOSS_WEIGHT,
+        opts.ROUTER_TARGET,
+        opts.ROUTER_TARGET_TOP2_BOOST,
+        opts.ROUTER_TEMPERATURE,
+        opts.ROUTER_KL,
+        opts.TEXT_LOSS_FORM,
+        opts.TEXT_TEMPERATURE,
+        opts.CLS_TEMPERATURE,
+        opts.TEXT_BIAS,
+        opts.FINETUNE_IMAGE_LN,
+    )
+
+
 @TRAINER_REGISTRY.register()
 class MoCoOp(PromptTrainer):
     add_config = staticmethod(add_config)
-    routing_stats_stem = "expert_stats"
+    # The release preset encodes its prompts exactly as the paper preset: its path comparisons
+    # would repeat those of the paper preset.
+    benchmark_rows = (
+        ("MoCoOp", "paper_vit_b16_ep25", True),
+        ("MoCoOp-release", "release_vit_b16_ep25", False),
+    )
 
     @classmethod
     def check_cfg(cls, cfg):
         super().check_cfg(cfg)
         opts = cfg.TRAINER.MOCOOP
-        for key, allowed in CHOICES.items():
+        choices = {"GROUPING": ("dataset", "single")} | {key.upper(): v for key, v in CHOICES.items()}
+        for key, allowed in choices.items():
             if opts[key] not in allowed:
                 raise ValueError(f"TRAINER.MOCOOP.{key} must be one of {allowed}, not {opts[key]!r}")
         groups, _ = expert_groups(cfg)
@@ -293,7 +131,7 @@ class MoCoOp(PromptTrainer):
             f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
             f"({len(text_names) - len(self.classnames)} virtual)"
         )
-        options = MixtureOptions.from_cfg(cfg.TRAINER.MOCOOP)
+        options = mixture_options(cfg.TRAINER.MOCOOP)
         encoder = self.build_text_encoder(clip_model)
         return MixtureCLIP(
             clip_model,

@@ -1,19 +1,20 @@
 """Base class of every trainer in this repository: Dassl's TrainerX, fixed for today's stack.
 
-What it changes in Dassl (c61a1b5, used unmodified):
+Dassl (c61a1b5, used unmodified) gives the data manager, the evaluator, the optimisers and the
+registry; this class and `trainers.loop` (the epoch and evaluation loop) give the rest:
 - learning rate: `EpochLRSchedule` (Dassl's per-epoch values after its warm-up) instead of
   Dassl's warm-up scheduler, which raises a TypeError on torch >= 2.2 and pickles itself;
-- checkpoints (`trainers.runs.checkpoints`): learnable tensors, plain optimiser, schedule, scaler
-  and RNG states (`torch.load(weights_only=True)` reads them), written atomically, with the
-  identity of the model (`trainers.runs.identity`), so resume is exact in every
-  precision and a checkpoint of another model is refused (base -> new stays allowed);
+- checkpoints (`trainers.runs.checkpoints`): learnable tensors, the model's declared training
+  state, plain optimiser, schedule, scaler and RNG states (`torch.load(weights_only=True)` reads
+  them), written atomically, with the identity of the model (`trainers.runs.identity`), so
+  resume is exact in every precision and a checkpoint of another model is refused (base -> new
+  stays allowed);
 - `load_model` never formats Dassl's `val_result` (None under `TEST.FINAL_MODEL last_step`)
   and, when no epoch is given, loads the newest checkpoint of a finished run (or
   `model-best.pth.tar` under `TEST.FINAL_MODEL best_val`);
 - precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
   same code in every mode, only the autocast context and gradient scaling differ; steps that
   fp16 loss scaling skips (inf/NaN gradients) are logged ("skipped" in the epoch line);
-- evaluation encodes class prompts once per evaluation (`CachedTextFeatures`);
 - training and evaluation are generic: every model speaks `clipprompt.model`'s interface
   (`losses`, `classify`), so a trainer only declares its config keys and builds its model
   (`make_model`); routing statistics are kept for every model that routes.
@@ -29,10 +30,9 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_optimizer
 from yacs.config import CfgNode as CN
 
-from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import backbone_fingerprint, load_clip
 from clipprompt.learnable import learnable_parameters
-from clipprompt.model import ContextPrompt
+from clipprompt.methods.coop import ContextPrompt
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
 from trainers.runs.checkpoints import (
@@ -45,27 +45,28 @@ from trainers.runs.identity import config_values, make_identity
 from trainers.runs.routing_stats import RoutingStats
 from trainers.runs.schedule import EpochLRSchedule
 
+from .loop import TrainingLoop
+
 PRECISIONS = ("fp32", "fp16", "amp")
 
 
-class PromptTrainer(TrainerX):
+class PromptTrainer(TrainingLoop, TrainerX):
     """Shared machinery; a subclass declares `add_config` and implements `make_model`."""
 
     # Subclasses set this to their own `add_config(cfg)`; `make_cfg` calls it before merging files.
     add_config = None
-    # Models that route images (MoCoOp's experts, MoPD's teachers) get a RoutingStats; its
-    # records are printed and written as <routing_stats_stem>.json/.csv.
-    routing_stats_stem = "routing_stats"
     # Config keys that define the learnable tensors (their shapes or what they mean), recorded
     # in every checkpoint and compared when it is loaded (trainers.runs.identity).
     identity_keys = ()
+    # The rows `python -m tools.benchmark` measures for this trainer: (row name, trainer config as
+    # the protocol scripts name it, whether to compare every text-encoder path) each.
+    benchmark_rows = ()
 
     def __init__(self, cfg, classnames=None, all_classnames=None, clip_model=None):
         """Dassl builds a trainer as `Trainer(cfg)`, reading the data; `trainers.build_trainer`
         passes `classnames` (and optionally `all_classnames`, `clip_model`) to build it without."""
         self.finished_epochs = 0  # training epochs behind the current model (0: untrained)
         self.routing_stats = None
-        self._test_labels = None  # labels of the evaluation batch being classified
         self._class_lists = None
         if classnames is not None:
             names = list(classnames)
@@ -141,6 +142,12 @@ class PromptTrainer(TrainerX):
         self.register_learnable(self.model, param_groups=self.param_groups())
         if self.model.routing_names:
             self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k, self.classnames)
+
+    @property
+    def routing_stats_stem(self):
+        """File name (without extension) of the routing statistics: `expert_stats` (MoCoOp),
+        `teacher_stats` (MoPD), from what the model routes to."""
+        return f"{self.model.routing_kind}_stats"
 
     def load_clip(self):
         """The frozen CLIP of MODEL.BACKBONE.NAME on the device, in the dtype PREC asks for.
@@ -243,11 +250,6 @@ class PromptTrainer(TrainerX):
                     if not any(p.requires_grad for p in module.parameters()):
                         module.eval()
 
-    def before_train(self):
-        if self.optim is None:
-            raise RuntimeError(f"{self.cfg.TRAINER.NAME} has nothing to train: run train.py with --eval-only")
-        super().before_train()
-
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
         with self.autocast():
@@ -255,13 +257,9 @@ class PromptTrainer(TrainerX):
         self.record_routing(routing)
         return self.step(terms, logits, label)
 
-    def parse_batch_test(self, batch):
-        image, label = super().parse_batch_test(batch)
-        self._test_labels = label  # Dassl's test() passes only the images on: routing per class
-        return image, label
-
-    def model_inference(self, image):
-        labels, self._test_labels = self._test_labels, None
+    def model_inference(self, image, labels=None):
+        """Evaluation logits (fp32) of a batch; `labels` (evaluation passes them) count the
+        routing per class."""
         with self.autocast():
             logits, routing = self.model.classify(image)
         self.record_routing(routing, labels)
@@ -308,22 +306,6 @@ class PromptTrainer(TrainerX):
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
-    @torch.no_grad()
-    def test(self, split=None):
-        cache = (
-            self.model.cached_text_features() if isinstance(self.model, CachedTextFeatures) else nullcontext()
-        )
-        with cache:
-            result = super().test(split)
-        split = split or self.cfg.TEST.SPLIT
-        self.close_routing_stats("val" if split == "val" and self.val_loader is not None else "test")
-        return result
-
-    def after_epoch(self):
-        self.finished_epochs = self.epoch + 1
-        self.close_routing_stats("train")
-        super().after_epoch()
-
     def close_routing_stats(self, split):
         """Turn the routing seen since the last call into a record; print and write it."""
         if self.routing_stats is None:
@@ -340,7 +322,7 @@ class PromptTrainer(TrainerX):
         cfg, keys = self.cfg, config_values(self.cfg, self.identity_keys)
         backbone = (cfg.MODEL.BACKBONE.NAME, self.backbone_fingerprint)
         names = (self.model.routing_names, self.classnames, self.class_specific_tensors())
-        return make_identity(cfg.TRAINER.NAME, *backbone, keys, *names)
+        return make_identity(cfg.TRAINER.NAME, *backbone, keys, *names, self.model.training_state())
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Dassl's hook; `model_name` is set only for `model-best.pth.tar`, which the
@@ -370,9 +352,15 @@ class PromptTrainer(TrainerX):
         return self.finished_epochs
 
     def load_model(self, directory, epoch=None):
+        learns = any(p.requires_grad for p in self.model.parameters())
+        if not learns:
+            if directory:
+                print(
+                    f"Note: {self.cfg.TRAINER.NAME} has no learned tensors: nothing to load from {directory}"
+                )
+            return
         if not directory:
-            if any(p.requires_grad for p in self.model.parameters()):
-                print("Note: no --model-dir given: evaluating the untrained initial prompts")
+            print("Note: no --model-dir given: evaluating the untrained initial prompts")
             return
         best = epoch is None and self.cfg.TEST.FINAL_MODEL == "best_val"
         models = {name: self._models[name] for name in self.get_model_names()}

@@ -28,18 +28,28 @@ VIT_B16 = {
     "transformer_layers": 12,
 }
 
-# Benchmark row -> (trainer, trainer config as the protocol scripts name it, compare options).
-# MoCoOp-release encodes its prompts exactly as MoCoOp (paper) does: its option comparisons
-# would repeat MoCoOp's.
-TRAINERS = {
-    "ZeroshotCLIP": ("ZeroshotCLIP", "vit_b16", False),
-    "CoOp": ("CoOp", "vit_b16_ep50", True),
-    "KgCoOp": ("KgCoOp", "vit_b16_ep100_ctxv1", True),
-    "CoCoOp": ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", True),
-    "MoCoOp": ("MoCoOp", "paper_vit_b16_ep25", True),
-    "MoCoOp-release": ("MoCoOp", "release_vit_b16_ep25", False),
-    "MoPD": ("MoPD", "vit_b16_c4_bs128", True),
-}
+
+def benchmark_rows():
+    """Benchmark row -> (trainer, trainer config as the protocol scripts name it, whether to
+    compare every text-encoder path): the rows every trainer declares (`benchmark_rows`)."""
+    return {
+        row: (name, config, compare)
+        for name in trainers.repository_trainers()
+        for row, config, compare in trainers.get_trainer_class(name).benchmark_rows
+    }
+
+
+TRAINERS = benchmark_rows()
+
+
+def learns(trainer):
+    """Whether the trainer has tensors to train (a training step to time)."""
+    return trainer.optim is not None
+
+
+def encodes_prompts(trainer):
+    """Whether the trainer's model encodes soft prompts (text-encoder paths to compare)."""
+    return trainer.model.prompt_work(1) is not None
 
 
 # Dataset sizes of the protocols' datasets (spec baselines-and-protocols.md): classes and
@@ -147,10 +157,10 @@ def expert_subset(dataset, experts):
 
 
 def make_cfg(name, args, clip_path, opts=()):
-    """The config of benchmark row `name` for `args.dataset` (MoCoOp: its first `args.experts`
-    expert groups), at `args.prec`, plus `opts`."""
+    """The config of benchmark row `name` for `args.dataset` (with `args.experts`: the first
+    that many expert groups of the dataset's prompts), at `args.prec`, plus `opts`."""
     trainer, config, _ = TRAINERS[name]
-    extra = expert_subset(args.dataset, args.experts) if trainer == "MoCoOp" and args.experts else []
+    extra = expert_subset(args.dataset, args.experts) if args.experts else []
     options = [
         "MODEL.BACKBONE.NAME", clip_path, "TRAINER.PREC", args.prec, "INPUT.SIZE",
         f"({args.image_size}, {args.image_size})", "USE_CUDA", str(args.device == "cuda"), *extra, *opts,
@@ -171,7 +181,7 @@ class Bench:
         self.frozen_clips = {}  # by weight dtype
 
     def build(self, name, base, virtual, opts=(), args=None):
-        """Benchmark row `name` for `base` classes (+ MoCoOp's `virtual` text classes) with the
+        """Benchmark row `name` for `base` classes (+ `virtual` text classes) with the
         config overrides `opts`; `args` replaces the command line's dataset, experts, precision."""
         cfg = make_cfg(name, args or self.args, self.clip_path, opts)
         dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32

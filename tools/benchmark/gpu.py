@@ -15,7 +15,7 @@ minutes (planned to stay under 8 on one H200):
 
 import argparse
 
-from tools.benchmark.build import SIZES, classnames, name_stats
+from tools.benchmark.build import SIZES, classnames, learns, name_stats
 from tools.benchmark.imagenet import IMAGENET, imagenet_scale
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import evaluation, step_positions, train_step
@@ -50,7 +50,7 @@ def trainer_steps(args, sub, device, bench, peak, names):
             images.setdefault(eval_batch, make_batch(sub, device, eval_batch, len(names), seed=1)["img"])
             row = rows.setdefault(name, {"batch": batch, "eval_batch": eval_batch})
             row.setdefault("tokens_per_step", {})[prec] = sum(step_positions(trainer, batch))
-            if name != "ZeroshotCLIP":
+            if learns(trainer):
                 trainer.set_model_mode("train")
                 steps[(name, prec)] = train_step(trainer, data[batch])
             evals[(name, prec)] = (trainer, evaluation(trainer, images[eval_batch], device))

@@ -42,10 +42,10 @@ def call_positions(encoder, eot, width, prefix=None):
     return [len(rows) * length for rows, length in calls]
 
 
-def prompt_positions(model, rows=None, sets=1):
-    """Positions of each transformer call of one encoding of `model`'s soft prompts: the rows
-    `rows` (default all), once per prompt set (`sets`, CoCoOp: one per image)."""
-    assembler = model.prompt_learner.assembler
+def work_positions(work):
+    """Positions of each transformer call of one encoding of a `PromptWork`: its rows (default
+    all), once per prompt set."""
+    assembler, rows, sets = work.assembler, work.rows, work.sets
     eot, group, length = assembler.eot, assembler.prefix_group, assembler.prefix_length
     width = assembler.token_ids.shape[1]
     if rows is not None:
@@ -55,45 +55,39 @@ def prompt_positions(model, rows=None, sets=1):
     if sets > 1:
         offset = torch.arange(sets, device=group.device)[:, None] * (int(group.max()) + 1)
         group, length, eot = (group + offset).flatten(), length.repeat(sets), eot.repeat(sets)
-    return call_positions(model.text_encoder, eot, width, SharedPrefix(group, length))
+    return call_positions(work.encoder, eot, width, SharedPrefix(group, length))
 
 
 def step_positions(trainer, batch):
-    """Positions of each text-transformer call of one training step (none for ZeroshotCLIP)."""
-    name = trainer.cfg.TRAINER.NAME
-    if name == "ZeroshotCLIP":
-        return []
-    return prompt_positions(trainer.model, sets=batch if name == "CoCoOp" else 1)
+    """Positions of each text-transformer call of one training step (none for a model that
+    encodes no prompt)."""
+    work = trainer.model.prompt_work(batch, training=True)
+    return [] if work is None else work_positions(work)
 
 
 def eval_positions(trainer, batch):
     """Positions of each text-transformer call of one evaluation of a batch without the cache
-    (with it, of the cache build); none for ZeroshotCLIP."""
-    name = trainer.cfg.TRAINER.NAME
-    if name == "ZeroshotCLIP":
-        return []
-    if name == "CoCoOp":
-        return prompt_positions(trainer.model, sets=batch)
-    return prompt_positions(trainer.model, rows=getattr(trainer.model, "class_rows", None))
+    (with it, of the cache build)."""
+    work = trainer.model.prompt_work(batch, training=False)
+    return [] if work is None else work_positions(work)
 
 
 def prompts_per_step(trainer, batch):
-    if trainer.cfg.TRAINER.NAME == "ZeroshotCLIP":
+    work = trainer.model.prompt_work(batch, training=True)
+    if work is None:
         return 0
-    rows = trainer.model.prompt_learner.assembler.num_rows
-    return rows * batch if trainer.cfg.TRAINER.NAME == "CoCoOp" else rows
+    rows = work.assembler.num_rows if work.rows is None else len(work.rows)
+    return rows * work.sets
 
 
-def prompt_encoder(trainer, image_features):
-    """The trainer's text encoding of one training step (None for ZeroshotCLIP)."""
-    model, name = trainer.model, trainer.cfg.TRAINER.NAME
-    if name == "ZeroshotCLIP":
+def prompt_encoder(trainer, image_features=None):
+    """The text encoding of one training step for these image features (None: a model whose
+    prompts do not depend on the image), as a function of nothing; None for a model that
+    encodes no prompt."""
+    work = trainer.model.prompt_work(1 if image_features is None else image_features.shape[0], training=True)
+    if work is None:
         return None
-    if name == "MoCoOp":
-        return model.soft_features  # every expert x every text class
-    if name == "CoCoOp":
-        return lambda: model.text_features(image_features)  # batch x classes
-    return model.compute_text_features
+    return lambda: work.encode(image_features)
 
 
 def fwd_bwd(trainer, encode):

@@ -8,7 +8,7 @@ import torch
 
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.learnable import learnable_state, load_learnable
-from tools.benchmark.build import classnames, name_stats
+from tools.benchmark.build import classnames, learns, name_stats
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import cache_build, evaluation, train_step
 from tools.benchmark.table import make_batch
@@ -30,7 +30,7 @@ def run_precision(args, device, bench, peak, precs=("fp32", "amp")):
     steps, evals = {}, {}
     for name, variants in built.items():
         for prec, trainer in variants.items():
-            if name != "ZeroshotCLIP":
+            if learns(trainer):
                 steps[(name, prec)] = train_step(trainer, batch)
             evals[(name, prec, "eval")] = evaluation(trainer, eval_image, device)
             if isinstance(trainer.model, CachedTextFeatures):

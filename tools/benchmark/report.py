@@ -129,8 +129,8 @@ def print_size_tables(rows, inputs):
     for name, row in rows.items():
         res = row.get("train_step", {})
         for path, tokens in row["tokens_per_step"].items():
-            if name == "ZeroshotCLIP":
-                continue
+            if not res:
+                continue  # nothing to train
             steps.append(
                 [name, row["batch"], path, tokens, ms(res.get(path), best=True), mib(res.get(path)),
                  speedup(res.get("truncated"), res.get(path)), speedup(res.get("77-token"), res.get(path))]

@@ -14,7 +14,7 @@ import argparse
 import math
 
 from clipprompt.caching import CachedTextFeatures
-from tools.benchmark.build import SIZES, classnames, name_stats
+from tools.benchmark.build import SIZES, classnames, encodes_prompts, learns, name_stats
 from tools.benchmark.imagenet import encoding_bytes
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import (
@@ -41,8 +41,11 @@ def size_table(args, device, bench, peak):
     base, virtual = names[: args.classes], names[args.classes :]
     built, rows = {}, {}
     for name in args.trainers:
-        paths = ("shared",) if name == "ZeroshotCLIP" else SIZE_PATHS
-        built[name] = {p: bench.build(name, base, virtual, PATHS[p]) for p in paths}
+        built[name] = {"shared": bench.build(name, base, virtual, PATHS["shared"])}
+        if encodes_prompts(built[name]["shared"]):
+            built[name] |= {
+                p: bench.build(name, base, virtual, PATHS[p]) for p in SIZE_PATHS if p != "shared"
+            }
         cfg = built[name]["shared"].cfg
         batch = args.batch or cfg.DATALOADER.TRAIN_X.BATCH_SIZE
         if device.type == "cpu" and not args.batch:
@@ -57,7 +60,7 @@ def size_table(args, device, bench, peak):
             "tokens_per_step": {p: sum(step_positions(t, batch)) for p, t in built[name].items()},
             "eval_tokens_per_batch": {p: sum(eval_positions(t, eval_batch)) for p, t in built[name].items()},
         }
-        print(f"built {name} ({', '.join(paths)})", flush=True)
+        print(f"built {name} ({', '.join(built[name])})", flush=True)
     time_size_steps(args, device, peak, built, rows, len(base))
     time_size_evaluation(args, device, peak, built, rows, len(base))
     for row in rows.values():
@@ -69,7 +72,7 @@ def size_table(args, device, bench, peak):
 def time_size_steps(args, device, peak, built, rows, classes):
     steps, estimates, batches = {}, {}, {}
     for name, variants in built.items():
-        if name == "ZeroshotCLIP":
+        if not learns(variants["shared"]):
             continue
         batch = rows[name]["batch"]
         batches.setdefault(batch, make_batch(args, device, batch, classes))
@@ -96,9 +99,10 @@ def time_size_evaluation(args, device, peak, built, rows, classes):
         for path, trainer in variants.items():
             trainer.set_model_mode("eval")
             cached = isinstance(trainer.model, CachedTextFeatures)
-            if path == "shared" and name != "CoCoOp":  # CoCoOp has no cache: it runs per batch only
+            per_image = not cached and encodes_prompts(trainer)  # prompts per image: no cache
+            if path == "shared" and not per_image:
                 evals[(name, "eval", path)] = evaluation(trainer, image, device)
-            if cached or name == "CoCoOp":
+            if cached or per_image:
                 evals[(name, "per_batch", path)] = evaluation(trainer, image, device, cached=False)
                 estimates[(name, "per_batch", path)] = encoding_bytes(
                     eval_positions(trainer, eval_batch), False, elem
@@ -118,8 +122,8 @@ def time_size_evaluation(args, device, peak, built, rows, classes):
 def test_set_seconds(row):
     """The full test-set evaluation of each path, extrapolated from the timed batches: cached
     (one cache build + every batch with the cache) and per batch (every batch re-encoding);
-    `default` is what the trainer runs by default (cached on the shared path; CoCoOp, which
-    cannot cache, per batch)."""
+    `default` is what the trainer runs by default (cached on the shared path; per batch for
+    prompts that depend on the image, which cannot be cached)."""
     n = row["test_batches"]
     out = {"cached": {}, "per_batch": {}}
     cached_batch = row.get("eval", {}).get("median_s")
@@ -129,6 +133,6 @@ def test_set_seconds(row):
         build = res["median_s"]
         out["cached"][path] = None if build is None or cached_batch is None else build + n * cached_batch
     if "per_batch" not in row and cached_batch is not None:
-        out["cached"]["shared"] = n * cached_batch  # ZeroshotCLIP: its class features are fixed
+        out["cached"]["shared"] = n * cached_batch  # fixed class features: nothing to encode
     out["default"] = out["cached"].get("shared", out["per_batch"].get("shared"))
     return out

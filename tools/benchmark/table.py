@@ -5,7 +5,7 @@ without the text-feature cache."""
 import torch
 
 from clipprompt.caching import CachedTextFeatures
-from tools.benchmark.build import REPO, TRAINERS, classnames, name_stats
+from tools.benchmark.build import REPO, TRAINERS, classnames, encodes_prompts, learns, name_stats
 from tools.benchmark.imagenet import encoding_bytes
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import (
@@ -46,10 +46,9 @@ def trainer_table(args, device, bench, peak):
 
     built, rows = {}, {}
     for name in args.trainers:
-        paths = PATHS if TRAINERS[name][2] else STEP_PATHS
-        if name == "ZeroshotCLIP":
-            paths = ("shared",)
-        built[name], rows[name] = build_paths(args, bench, name, base, virtual, paths)
+        built[name], rows[name] = build_paths(
+            args, bench, name, base, virtual, PATHS if TRAINERS[name][2] else STEP_PATHS
+        )
         print(f"built {name} ({', '.join(built[name])})", flush=True)
     time_text_encoding(args, device, peak, built, rows, batch["img"])
     time_steps(args, device, peak, built, rows, batch)
@@ -59,10 +58,13 @@ def trainer_table(args, device, bench, peak):
 
 
 def build_paths(args, bench, name, base, virtual, paths):
-    """({path: trainer}, the trainer's row): the trainer built on each text-encoder path."""
+    """({path: trainer}, the trainer's row): the trainer built on each text-encoder path (on the
+    default one only when it encodes no soft prompt)."""
     trainer_name, config, _ = TRAINERS[name]
-    built = {p: bench.build(name, base, virtual, PATHS[p]) for p in paths}
-    trainer = built["shared"]
+    trainer = bench.build(name, base, virtual, PATHS["shared"])
+    built = {"shared": trainer}
+    if encodes_prompts(trainer):
+        built |= {p: bench.build(name, base, virtual, PATHS[p]) for p in paths if p != "shared"}
     enc = trainer.cfg.TRAINER.TEXT_ENCODER
     row = {
         "trainer": trainer.cfg.TRAINER.NAME,
@@ -79,10 +81,10 @@ def build_paths(args, bench, name, base, virtual, paths):
 def time_text_encoding(args, device, peak, built, rows, image):
     """Every path of a trainer's text encoding of one training step, in alternation."""
     with torch.no_grad():
-        feats = {n: v["shared"].model.encode_image(image) for n, v in built.items() if n != "ZeroshotCLIP"}
+        feats = {n: v["shared"].model.encode_image(image) for n, v in built.items()}
     for name, variants in built.items():
-        if not TRAINERS[name][2]:
-            continue  # ZeroshotCLIP learns no prompt; MoCoOp-release encodes as MoCoOp does
+        if not TRAINERS[name][2] or not encodes_prompts(variants["shared"]):
+            continue  # no soft prompt, or one encoded exactly as another row's
         for t in variants.values():
             t.set_model_mode("train")
         encoders = {p: prompt_encoder(t, feats[name]) for p, t in variants.items()}
@@ -93,7 +95,7 @@ def time_text_encoding(args, device, peak, built, rows, image):
         rows[name]["text_fwd_bwd"] = round_robin(
             {p: fwd_bwd(variants[p], e) for p, e in encoders.items()}, args, device, peak, estimates
         )
-        if name == "CoOp" or args.forward:
+        if args.forward:
             rows[name]["text_fwd"] = round_robin(
                 {p: fwd(variants[p], e) for p, e in encoders.items()}, args, device, peak
             )
@@ -104,7 +106,7 @@ def time_steps(args, device, peak, built, rows, batch):
     """Training steps (`forward_backward`) of every trainer on STEP_PATHS, in one alternation."""
     steps = {}
     for name, variants in built.items():
-        if name == "ZeroshotCLIP":
+        if not learns(variants["shared"]):
             continue
         for path in STEP_PATHS:
             variants[path].set_model_mode("train")

@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from tools.benchmark.build import SIZES, TRAINERS, classnames
+from tools.benchmark.build import SIZES, TRAINERS, classnames, learns
 from tools.benchmark.imagenet import encoding_bytes
 from tools.benchmark.measure import round_robin
 from tools.benchmark.paths import (
@@ -89,7 +89,7 @@ def text_target(args, device, bench, peak):
     fns = {}
     for path, trainer in built.items():
         trainer.set_model_mode("train")
-        fns[path] = fwd_bwd(trainer, prompt_encoder(trainer, None))
+        fns[path] = fwd_bwd(trainer, prompt_encoder(trainer))
     res = round_robin(fns, args, device, peak)
     print("T1 timed", flush=True)
     tokens = {p: sum(step_positions(t, batch)) for p, t in built.items()}
@@ -100,11 +100,13 @@ def step_targets(args, device, bench, peak):
     """T2 and T3 in one alternation: (target, trainer) -> tokens, and times per path of the
     training step and of its text encoding alone (forward and backward, as in the step)."""
     fns, out = {}, {}
-    cases = [("T2", "MoCoOp")] + [("T3", n) for n in TRAINERS if n != "ZeroshotCLIP"]
+    cases = [("T2", "MoCoOp")] + [("T3", n) for n in TRAINERS]
     for key, name in cases:
         sub, base, virtual, batch, source = setting(args, key)
         data = make_batch(sub, device, batch, len(base))
         tokens = {}
+        if not learns(bench.build(name, base, virtual, PATHS["shared"], sub)):
+            continue  # no training step
         for path in ("shared", "truncated"):
             trainer = bench.build(name, base, virtual, PATHS[path], sub)
             trainer.set_model_mode("train")

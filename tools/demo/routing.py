@@ -1,12 +1,13 @@
-"""Per-style routing of a trained MoCoOp model on the demo world.
+"""Per-style routing of a trained model that routes (MoCoOp's experts) on the demo world.
 
     python -m tools.demo_routing <train_base run dir> [--root data] [--split base|new]
 
-The demo world's file names carry each image's rendering style, and expert g of the demo
-config is initialised from the template of style g. For every style this prints how often
-the style's own expert is among the top-K of the trained router and of the hard-prompt
-reference W_hard (the router loss's target, with the run's ROUTER_TARGET and temperature),
-how peaked W_hard is (its mean largest probability), and the accuracy. It reads the run's
+The demo world's file names carry each image's rendering style, and candidate g of the demo
+configs (expert g) is initialised from the template of style g. For every style this prints how
+often the style's own candidate is among the top-K of the trained router and of the model's
+reference routing where it has one (`PromptedCLIP.reference_routing`: MoCoOp's hard-prompt
+reference W_hard, the router loss's target, with the run's ROUTER_TARGET and temperature), how
+peaked that reference is (its mean largest probability), and the accuracy. It reads the run's
 config.yaml, so it evaluates the model exactly as trained.
 """
 
@@ -25,10 +26,12 @@ STYLE_IN_NAME = re.compile(r"_([a-z]+)\.png$")
 def routing_report(run_dir, root, split):
     import trainers
 
+    config = os.path.join(run_dir, "config.yaml")
+    name = trainers.read_config_file(config).get("TRAINER", {}).get("NAME")
     # The run's resolved config, with this data root, split and output folder on top.
     cfg = trainers.make_cfg(
-        "MoCoOp",
-        config_file=os.path.join(run_dir, "config.yaml"),
+        name,
+        config_file=config,
         opts=["DATASET.SUBSAMPLE_CLASSES", split],
         root=root,
         output_dir=os.path.join(run_dir, f"routing_{split}"),
@@ -36,12 +39,16 @@ def routing_report(run_dir, root, split):
     trainer = trainers.build_trainer(cfg)
     trainer.load_model(run_dir)
     model = trainer.model.eval()
+    if not model.routing_names:
+        raise SystemExit(f"{run_dir} is a {name} run, whose model does not route")
     counts = collections.defaultdict(collections.Counter)
     with torch.no_grad(), model.cached_text_features():
         for batch in trainer.test_loader:
             v = model.encode_image(batch["img"])
             logits, routing = model.classify_features(v)
-            target = model.router_target(v, batch["label"])
+            target = model.reference_routing(v, batch["label"])
+            if target is None:  # no reference: its columns say 0
+                target = torch.zeros_like(v[:, : len(model.routing_names)])
             for i, path in enumerate(batch["impath"]):
                 style = STYLES.index(STYLE_IN_NAME.search(path).group(1))
                 c = counts[style]
@@ -55,7 +62,7 @@ def routing_report(run_dir, root, split):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a finished MoCoOp training run on the demo world")
+    parser.add_argument("run_dir", help="a finished training run on the demo world whose model routes")
     parser.add_argument("--root", default="data", help="DATASET.ROOT holding demo_world/")
     parser.add_argument("--split", default="base", choices=("base", "new"))
     args = parser.parse_args(argv)

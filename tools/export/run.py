@@ -147,7 +147,7 @@ def load_run(model_dir, epoch=None, classnames_file="", dataset_config="", root=
     cfg = run_cfg(model_dir, dataset_config, root, device)
     names, where = class_names(cfg, model_dir, epoch, classnames_file, dataset_config, subsample)
     trainer = trainers.build_trainer(cfg, names)
-    if any(p.requires_grad for p in trainer.model.parameters()):  # ZeroshotCLIP: nothing saved
+    if any(p.requires_grad for p in trainer.model.parameters()):  # hand-crafted prompts: nothing saved
         trainer.load_model(model_dir, epoch)
     trainer.set_model_mode("eval")
     return trainer, where

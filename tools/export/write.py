@@ -13,55 +13,10 @@ import os
 
 import torch
 
-from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import CheckpointError
-from clipprompt.conditional import ConditionalCLIP
 from clipprompt.exported import LEARNED, save_exported
 from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
-
-
-def templates(trainer):
-    """The hand-crafted templates behind the classifier: the routed candidates (MoCoOp's expert
-    initialisations, MoPD's teachers), ZeroshotCLIP's ensemble, KgCoOp's hard prompt; none for
-    the prompts CoOp and CoCoOp learn."""
-    if trainer.model.routing_names:
-        return list(trainer.model.routing_names)
-    name, prompts = trainer.cfg.TRAINER.NAME, trainer.cfg.DATASET.PROMPTS
-    if name == "ZeroshotCLIP":
-        from trainers.zeroshot_clip import ENSEMBLES
-
-        return ENSEMBLES[trainer.cfg.TRAINER.ZEROSHOT.TEMPLATES](trainer.dataset_template())
-    if name == "KgCoOp":
-        from trainers.kgcoop import knowledge_template
-
-        return [knowledge_template(prompts)]
-    return []
-
-
-def class_features(model):
-    """(kind, {name: tensor}) of what classification needs besides the learned tensors."""
-    from trainers.mocoop import MixtureCLIP
-    from trainers.zeroshot_clip import ZeroshotModel
-
-    if isinstance(model, ConditionalCLIP):
-        assembler = model.prompt_learner.assembler
-        return "conditional", {"prompt.token_ids": assembler.token_ids, "prompt.slot_ids": assembler.slot_ids}
-    if isinstance(model, MixtureCLIP):
-        return "experts", {"expert_features": model.compute_text_features()}
-    if isinstance(model, CachedTextFeatures):
-        return "text_features", {"text_features": model.compute_text_features()}
-    if isinstance(model, ZeroshotModel):
-        return "text_features", {"text_features": model.text_features}
-    raise TypeError(f"cannot export a model of type {type(model).__name__}: add it to tools/export/write.py")
-
-
-def router_tensors(model):
-    """`router.weight` (and `router.bias`) of the router or gate of a model that routes."""
-    if not model.routing_names:
-        return {}
-    router = model.router if hasattr(model, "router") else model.gate
-    return {f"router.{name}": value for name, value in router.linear.named_parameters()}
 
 
 def preprocessing(cfg):
@@ -78,22 +33,26 @@ def preprocessing(cfg):
 
 @torch.no_grad()
 def exported(trainer, model_dir, classes_from):
-    """(tensors, metadata) of the exported classifier of a loaded trainer."""
+    """(tensors, metadata) of the exported classifier of a loaded trainer: what its model says
+    it needs (`PromptedCLIP.export_tensors` / `export_metadata`), its learned tensors, router
+    and logit scale, and the metadata every kind shares."""
     cfg, model = trainer.cfg, trainer.model
+    if not model.export_kind:
+        raise ValueError(f"{cfg.TRAINER.NAME}'s model ({type(model).__name__}) has no exported form")
     with trainer.autocast():
-        kind, tensors = class_features(model)
+        tensors = dict(model.export_tensors())
     tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
     tensors |= {LEARNED + name: p.float() for name, p in learnable_parameters(model).items()}
-    tensors |= {name: p.float() for name, p in router_tensors(model).items()}
-    scale = model.scale() if kind == "experts" else model.logit_scale.exp()
-    tensors["logit_scale"] = torch.as_tensor(scale, dtype=torch.float32)
-    encoder = cfg.TRAINER.TEXT_ENCODER
+    router = model.routing_module()
+    if router is not None:
+        tensors |= {f"router.{name}": p.float() for name, p in router.linear.named_parameters()}
+    tensors["logit_scale"] = torch.as_tensor(model.scale(), dtype=torch.float32)
     metadata = {
-        "kind": kind,
+        "kind": model.export_kind,
         "trainer": cfg.TRAINER.NAME,
         "backbone": {"name": cfg.MODEL.BACKBONE.NAME, "fingerprint": trainer.backbone_fingerprint},
         "classnames": list(trainer.classnames),
-        "templates": templates(trainer),
+        "templates": model.templates(),
         "routing": None,
         "preprocessing": preprocessing(cfg),
         "logit_scale": tensors["logit_scale"].item(),
@@ -103,22 +62,13 @@ def exported(trainer, model_dir, classes_from):
             "classes": classes_from,
         },
         "precision": cfg.TRAINER.PREC,
+        **model.export_metadata(),
     }
     if model.routing_names:
-        kind_name = trainer.routing_stats_stem.removesuffix("_stats")
         metadata["routing"] = {
-            "kind": kind_name,
+            "kind": model.routing_kind,
             "candidates": list(model.routing_names),
             "top_k": model.top_k,
-        }
-    if kind == "conditional":
-        opts = cfg.TRAINER.COCOOP
-        metadata["prompt"] = {"n_ctx": opts.N_CTX, "meta_net_reduction": opts.META_NET_REDUCTION}
-        metadata["text_encoder"] = {
-            "attention": encoder.ATTENTION,
-            "chunk_size": encoder.CHUNK_SIZE,
-            "truncate": encoder.TRUNCATE,
-            "share_prefix": encoder.SHARE_PREFIX,
         }
     return tensors, metadata
 

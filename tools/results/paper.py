@@ -20,20 +20,22 @@ PAPER_FILE = Path(__file__).parents[1] / "paper_results.json"
 TOLERANCE = 0.015
 # Every published number here is for 16 shots per class.
 SHOTS = 16
-# Where the papers name a trainer differently (elsewhere they use the trainer's name).
-TABLE_NAME = {"ZeroshotCLIP": "CLIP"}
-ANCHOR_NAME = {"ZeroshotCLIP": "CLIP zero-shot"}
 
 
 def load(path=PAPER_FILE):
     return json.loads(Path(path).read_text())
 
 
+def paper_name(paper, trainer, where="tables"):
+    """How the papers name `trainer` in their tables ("tables") or average anchors ("anchors")."""
+    return paper.get("trainer_names", {}).get(trainer, {}).get(where, trainer)
+
+
 def base2new_reference(paper, trainer):
     """(cells, notes) for `trainer`'s base-to-new table. cells:
     {display name | "Average": {"base"|"new"|"H": (value, printed or None)}} with
     `printed` set where the printed value differs from the one shown."""
-    method = TABLE_NAME.get(trainer, trainer)
+    method = paper_name(paper, trainer)
     table = paper["mocoop_table1_base_to_new"]
 
     def cells(values, printed):
@@ -67,16 +69,16 @@ def base2new_reference(paper, trainer):
             "the printed Base and New, and Paper Average is the mean of the 11 printed dataset rows."
             + (" † differs from the printed value, which is: " + "; ".join(differs) + "." if differs else "")
         )
-    anchor = paper["base_to_new_average_anchors"].get(ANCHOR_NAME.get(trainer, trainer))
+    anchor = paper["base_to_new_average_anchors"].get(paper_name(paper, trainer, "anchors"))
     if anchor:
         notes.append(
             f"Average reported by the {method} paper or its README (`base_to_new_average_anchors`): "
             "Base / New / H " + " / ".join(f"{x:.2f}" for x in anchor) + "."
         )
-    if trainer == "MoPD":
+    if trainer == paper["mopd"]["trainer"]:
         out["Average"] = {"H": (paper["mopd"]["base_to_new_average_H"], None)}
         notes.append(
-            "Paper: MoPD publishes only its average H (MoPD summary), no Base, New or per-dataset numbers."
+            f"Paper: {trainer} publishes only its average H (its summary), no Base, New or per-dataset numbers."
         )
     if not out:
         notes.append(f"Paper: no published numbers for {trainer}.")
@@ -90,7 +92,7 @@ def _key(name):
 def dg_reference(paper, trainer):
     """{dataset config name: accuracy} of MoCoOp's Table 3 for `trainer`, or None."""
     table = paper["mocoop_table3_domain_generalisation"]
-    row = table.get(TABLE_NAME.get(trainer, trainer))
+    row = table.get(paper_name(paper, trainer))
     if row is None:
         return None
     by_key = {_key(d): d for d in DISPLAY}

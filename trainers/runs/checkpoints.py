@@ -38,10 +38,33 @@ def save_checkpoint(state, folder, name=None):
     return path
 
 
+def model_state(model):
+    """The state beyond its parameters that `model` declares for resuming
+    (`PromptedCLIP.training_state`), detached on the CPU; {} for models without any."""
+    declared = model.training_state() if hasattr(model, "training_state") else {}
+    return {name: value.detach().cpu().clone() for name, value in declared.items()}
+
+
+def model_state_problems(model, saved):
+    """Why the saved model state `saved` does not fit the state `model` declares, or []."""
+    current = model_state(model)
+    problems = [f"training state '{n}' is missing from the checkpoint" for n in current if n not in saved]
+    problems += [
+        f"training state '{n}' is in the checkpoint but not in this model" for n in saved if n not in current
+    ]
+    problems += [
+        f"training state '{n}' has shape {list(saved[n].shape)} in the checkpoint but {list(v.shape)} in this model"
+        for n, v in current.items()
+        if n in saved and saved[n].shape != v.shape
+    ]
+    return problems
+
+
 def training_state(model, optim, sched, scaler):
     """What a resumed run needs besides epoch counters and identity."""
     return {
         "state_dict": learnable_state(model),
+        "model_state": model_state(model),
         "optimizer": optim.state_dict() if optim is not None else None,
         "scheduler": sched.state_dict() if sched is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -53,6 +76,10 @@ def restore_training_state(ckpt, model, optim, sched, scaler, source):
     """Inverse of `training_state`; a checkpoint without scaler state (saved before it was
     kept) restarts the fp16 loss scale, which is said."""
     load_learnable(model, ckpt["state_dict"], source)
+    if hasattr(model, "load_training_state"):
+        model.load_training_state(
+            {name: value.clone() for name, value in ckpt.get("model_state", {}).items()}
+        )
     if optim is not None:
         optim.load_state_dict(ckpt["optimizer"])
     if sched is not None:
@@ -87,9 +114,12 @@ def has_checkpoint(folder):
 
 def read_checked(path, model, identity, same_classes=False):
     """The checkpoint at `path`, refused with one error unless it belongs to the model of
-    `identity` and its tensors fit `model` (what cannot be checked is printed)."""
+    `identity` and its tensors fit `model` (what cannot be checked is printed); resuming
+    (`same_classes`) also needs the model's declared training state."""
     ckpt = read_checkpoint(path)
     problems = tensor_problems(model, ckpt["state_dict"])
+    if same_classes:
+        problems += model_state_problems(model, ckpt.get("model_state", {}))
     warning = check_identity(ckpt, identity, path, same_classes, problems)
     if warning:
         print(warning)

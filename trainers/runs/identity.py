@@ -13,6 +13,7 @@ identity, a plain dict (readable with `torch.load(weights_only=True)`) stored un
         "candidates": ["a photo of a {}.", ...],    # routed experts / teachers, or []
         "classnames": ["abyssinian", ...],          # the model's classes, in label order
         "class_specific": False,                    # do the tensors depend on the classes?
+        "model_state": [],                          # names of the model's declared training state
     }
 
 `identity_problems` compares a checkpoint's identity with the one of the model it is loaded
@@ -44,7 +45,9 @@ def config_values(cfg, keys):
     return values
 
 
-def make_identity(trainer, backbone_name, fingerprint, keys, candidates, classnames, class_specific):
+def make_identity(
+    trainer, backbone_name, fingerprint, keys, candidates, classnames, class_specific, model_state=()
+):
     """The identity dict (module docstring); `keys` maps config keys to their values."""
     return {
         "version": IDENTITY_VERSION,
@@ -54,6 +57,7 @@ def make_identity(trainer, backbone_name, fingerprint, keys, candidates, classna
         "candidates": list(candidates),
         "classnames": list(classnames),
         "class_specific": bool(class_specific),
+        "model_state": sorted(model_state),
     }
 
 
@@ -87,6 +91,10 @@ def identity_problems(saved, current, same_classes=False):
         errors.append(
             f"routed candidates {saved['candidates']} (checkpoint) vs {current['candidates']} (this model); "
             "a model evaluated on another dataset needs DATASET.SOURCE_CONFIG of its training data"
+        )
+    if "model_state" in saved and saved["model_state"] != current.get("model_state", []):
+        errors.append(
+            f"training state {saved['model_state']} (checkpoint) vs {current.get('model_state', [])} (this model)"
         )
     class_bound = same_classes or saved["class_specific"] or current["class_specific"]
     if class_bound and saved["classnames"] != current["classnames"]:
