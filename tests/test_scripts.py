@@ -34,7 +34,10 @@ with open("calls.txt", "a") as f:
     f.write(" ".join(args) + "\\n")
 out = Path(args[args.index("--output-dir") + 1])
 out.mkdir(parents=True, exist_ok=True)
-if "--eval-only" not in args and not os.environ.get("FAKE_NO_CHECKPOINT"):
+if "--eval-only" not in args and os.environ.get("FAKE_UNFINISHED"):
+    (out / "log.txt").write_text("epoch [1/2] ...\\n")  # stopped without a result
+    sys.exit(0)
+if "--eval-only" not in args:
     (out / "prompt_learner").mkdir(exist_ok=True)
     (out / "prompt_learner" / "model.pth.tar-2").write_text("")
 if "--model-dir" in args:
@@ -179,18 +182,32 @@ def test_per_dataset_config(repo):
     assert all("/MoCoOp/c4/seed1" in line for line in eurosat + dtd)  # the path names the config only
 
 
-def test_zeroshot_is_evaluated_only(repo):
+def test_zeroshot_runs_as_every_trainer_does(repo):
+    # Its "training" run evaluates (nothing to learn); the evaluations name it as their model.
     cfg = "configs/trainers/ZeroshotCLIP/vit_b16.yaml"
     b, n = (B2N.format(p, "dtd", "ZeroshotCLIP", "vit_b16", 1) for p in ("train_base", "test_new"))
     assert lines(run(repo, "base2new.sh", "dtd", "ZeroshotCLIP", "vit_b16", SEEDS="1")) == [
-        cmd(1, "dtd", cfg, b, "--eval-only DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base"),
-        cmd(1, "dtd", cfg, n, "--eval-only DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES new"),
+        cmd(1, "dtd", cfg, b, "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base"),
+        cmd(
+            1,
+            "dtd",
+            cfg,
+            n,
+            f"--model-dir {b} --eval-only DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES new",
+        ),
     ]
     out = lines(run(repo, "xd.sh", "ZeroshotCLIP", "vit_b16", SEEDS="1", TARGETS="dtd"))
+    train = "output/xd/train/imagenet/shots_16/ZeroshotCLIP/vit_b16/seed1"
     assert out == [
-        cmd(1, "imagenet", cfg, "output/xd/train/imagenet/shots_16/ZeroshotCLIP/vit_b16/seed1")
-        + " --eval-only DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all",
-        cmd(1, "dtd", cfg, "output/xd/test/dtd/shots_16/ZeroshotCLIP/vit_b16/seed1", "--eval-only"),
+        cmd(1, "imagenet", cfg, train) + " DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all",
+        cmd(
+            1,
+            "dtd",
+            cfg,
+            "output/xd/test/dtd/shots_16/ZeroshotCLIP/vit_b16/seed1",
+            f"--model-dir {train} --eval-only",
+        )
+        + " DATASET.SOURCE_CONFIG configs/datasets/imagenet.yaml",
     ]
 
 
@@ -325,9 +342,12 @@ def test_real_run_then_rerun_then_results(repo, tmp_path):
 
 def test_eval_needs_a_finished_model(repo, tmp_path):
     env = {"data": str(tmp_path / "data"), "DRY_RUN": "0", "PYTHON": sys.executable, "SEEDS": "1"}
-    proc = run(repo, "base2new.sh", "dtd", "CoOp", "vit_b16", FAKE_NO_CHECKPOINT="1", **env)
+    proc = run(repo, "base2new.sh", "dtd", "CoOp", "vit_b16", FAKE_UNFINISHED="1", **env)
     assert proc.returncode == 1
-    assert "no trained model in output/base2new/train_base/dtd/shots_16/CoOp/vit_b16/seed1" in proc.stderr
+    assert (
+        "the training run output/base2new/train_base/dtd/shots_16/CoOp/vit_b16/seed1 is not finished"
+        in proc.stderr
+    )
     assert len((repo / "calls.txt").read_text().splitlines()) == 1  # the evaluation never started
 
 

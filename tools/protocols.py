@@ -124,7 +124,7 @@ class Grid(NamedTuple):
             "--output-dir", f"{self.output}/{key.path(seed)}",
         ]  # fmt: skip
         if model is not None:
-            args += ["--eval-only", "--model-dir", f"{self.output}/{model}"]
+            args += ["--model-dir", f"{self.output}/{model}", "--eval-only"]
         return Run(key, seed, tuple(args + list(opts)), model)
 
     def key(self, protocol, part, dataset, shots):
