@@ -14,6 +14,10 @@ Speed options (all exact up to floating-point rounding, all parity-tested agains
   are grouped by length so that each chunk is cut after its own longest EOT (with a shared
   prefix: by group, see `prefix_sharing.prefix_calls`);
 - activation checkpointing: each residual block recomputes its activations in backward.
+
+Per-layer prompt tokens (`clipprompt.towers.DeepTextPrompts`: the same tokens for every class,
+replacing the context positions before each block) run on every path, so all of the above stays
+exact with them.
 """
 
 import math
@@ -25,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .prefix_sharing import SharedPrefix, pack, prefix_calls, shared_prefix
 from .templates import EOT_ID, SOT_ID, bpe, fill
+from .towers import replace_packed, replace_positions, text_tower
 
 
 def transformer_calls(eot, width, chunk_size=0, truncate=True):
@@ -49,10 +54,10 @@ def causal_mask(length, device):
 
 
 class TextEncoder(nn.Module):
-    """Maps prompt embeddings `[N, L, d]`, EOT positions `[N]` and optionally a `SharedPrefix`
-    to text features `[N, D]`; `B` prompt sets `[B, N, L, d]` with the same EOT positions and
-    prefix groups (CoCoOp: one set per image) give `[B, N, D]`, no prefix being shared
-    between sets."""
+    """Maps prompt embeddings `[N, L, d]`, EOT positions `[N]`, optionally a `SharedPrefix` and
+    `DeepTextPrompts`, to text features `[N, D]`; `B` prompt sets `[B, N, L, d]` with the same
+    EOT positions and prefix groups (CoCoOp: one set per image) give `[B, N, D]`, no prefix
+    being shared between sets."""
 
     def __init__(
         self,
@@ -66,43 +71,47 @@ class TextEncoder(nn.Module):
         super().__init__()
         if attention not in ("fused", "math"):
             raise ValueError(f"attention must be 'fused' or 'math', not {attention!r}")
-        self.blocks = clip_model.transformer.resblocks
-        self.positional_embedding = clip_model.positional_embedding
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.dtype = clip_model.dtype
+        tower = text_tower(clip_model)
+        self.blocks = tower.blocks
+        self.positional_embedding = tower.positional_embedding
+        self.ln_final = tower.ln_final
+        self.text_projection = tower.projection
+        self.dtype = tower.dtype
         self.attention = attention
         self.chunk_size = chunk_size
         self.checkpointing = checkpointing
         self.truncate = truncate  # False keeps chunks at the width they are given (reference path)
         self.share_prefix = share_prefix  # False ignores SharedPrefix: every row runs every position
 
-    def forward(self, prompts, eot, prefix=None):
+    def forward(self, prompts, eot, prefix=None, deep=None):
         if prompts.dim() == 3:
-            return self._encode_rows(prompts, eot, prefix)
+            return self._encode_rows(prompts, eot, prefix, deep)
         sets, rows = prompts.shape[:2]
         if prefix is not None:
             offset = torch.arange(sets, device=eot.device)[:, None] * (int(prefix.group.max()) + 1)
             prefix = SharedPrefix((prefix.group + offset).flatten(), prefix.length.repeat(sets))
-        return self._encode_rows(prompts.flatten(0, 1), eot.repeat(sets), prefix).view(sets, rows, -1)
+        return self._encode_rows(prompts.flatten(0, 1), eot.repeat(sets), prefix, deep).view(sets, rows, -1)
 
-    def _encode_rows(self, prompts, eot, prefix):
+    def _encode_rows(self, prompts, eot, prefix, deep=None):
         if self.share_prefix and prefix is not None:
             width = None if self.truncate else prompts.shape[1]
             packings = [pack(rows, eot, prefix, width) for rows in prefix_calls(eot, prefix, self.chunk_size)]
-            feats = [self._encode_packed(prompts, packing) for packing in packings]
+            feats = [self._encode_packed(prompts, packing, deep) for packing in packings]
             order = torch.cat([packing.rows for packing in packings])
         else:
             calls = transformer_calls(eot, prompts.shape[1], self.chunk_size, self.truncate)
             if len(calls) == 1:
-                return self._encode(prompts, eot)
-            feats = [self._encode(prompts[rows, :length], eot[rows]) for rows, length in calls]
+                return self._encode(prompts, eot, deep)
+            feats = [self._encode(prompts[rows, :length], eot[rows], deep) for rows, length in calls]
             order = torch.cat([rows for rows, _ in calls])
         return torch.cat(feats)[order.argsort()]
 
-    def _encode(self, prompts, eot):
+    def _encode(self, prompts, eot, deep=None):
         x = prompts.to(self.dtype) + self.positional_embedding[: prompts.shape[1]].to(self.dtype)
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
+            tokens = None if deep is None else deep.at_block(index)
+            if tokens is not None:
+                x = replace_positions(x, deep.positions, tokens)
             if self.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(self._block, block, x, use_reentrant=False)
             else:
@@ -129,14 +138,17 @@ class TextEncoder(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
         return scores.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf")).softmax(dim=-1) @ v
 
-    def _encode_packed(self, prompts, packing):
+    def _encode_packed(self, prompts, packing, deep=None):
         """Features of one call's rows (in `packing.rows` order), each shared prefix run once."""
         positions = packing.token_positions
         # A block's first row stands for its prefix: the gradient of the shared positions
         # reaches the context once, through that row.
         x = prompts[packing.token_rows, positions].to(self.dtype)
         x = x + self.positional_embedding[positions].to(self.dtype)
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
+            tokens = None if deep is None else deep.at_block(index)
+            if tokens is not None:
+                x = replace_packed(x, positions, deep, tokens)
             if self.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(self._packed_block, block, x, packing, use_reentrant=False)
             else:

@@ -1,4 +1,4 @@
-"""The configs against what the documentation says about them: README's MoCoOp presets and
+"""The configs against what the documentation says about them: docs/MOCOOP.md's presets and
 ablation tables key by key, and CoOp's base-to-new recipe with its ImageNet file."""
 
 import os
@@ -29,12 +29,12 @@ def mocoop(stem):
 
 
 def full_key(key):
-    """README writes TRAINER.MOCOOP's keys without their prefix."""
+    """docs/MOCOOP.md writes TRAINER.MOCOOP's keys without their prefix."""
     return key if "." in key else f"TRAINER.MOCOOP.{key}"
 
 
 def decode(text):
-    """A value as written in README, decoded as a KEY VALUE command-line option is."""
+    """A value as written in docs/MOCOOP.md, decoded as a KEY VALUE command-line option is."""
     return CN._decode_cfg_value(text)
 
 
@@ -42,14 +42,12 @@ def code_spans(cell):
     return re.findall(r"`([^`]*)`", cell)
 
 
-def mocoop_section_tables():
-    """The Markdown tables of README's MoCoOp section, each a list of rows of cells."""
-    with open("README.md") as f:
+def mocoop_doc_tables():
+    """The Markdown tables of docs/MOCOOP.md, each a list of rows of cells."""
+    with open("docs/MOCOOP.md", encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("\n## MoCoOp\n") :]
-    section = section[: section.index("\n## ", 1)]
     tables, rows = [], []
-    for line in section.splitlines() + [""]:
+    for line in text.splitlines() + [""]:
         if line.startswith("|"):
             rows.append([c.strip() for c in line.strip().strip("|").split("|")])
         elif rows:
@@ -59,8 +57,8 @@ def mocoop_section_tables():
 
 
 def table_with_header(cell):
-    matches = [t for t in mocoop_section_tables() if cell in t[0]]
-    assert len(matches) == 1, f"README's MoCoOp section needs one table with a {cell!r} column"
+    matches = [t for t in mocoop_doc_tables() if cell in t[0]]
+    assert len(matches) == 1, f"docs/MOCOOP.md needs one table with a {cell!r} column"
     return matches[0]
 
 
@@ -75,7 +73,7 @@ def preset_columns(header):
     return columns
 
 
-def test_readme_presets_table_matches_the_configs_key_by_key():
+def test_doc_presets_table_matches_the_configs_key_by_key():
     table = table_with_header("key")
     header, rows = table[0], table[1:]
     key_column = header.index("key")
@@ -97,19 +95,19 @@ def test_readme_presets_table_matches_the_configs_key_by_key():
             assert len(values) in (1, 2), f"{key}: one value, or one per schedule (ep25 / ep50)"
             expected = values if len(values) == 2 else values * 2
             got = [configs[stem][key] for stem in stems]
-            assert got == expected, f"README says {key} = {expected} for {stems}, the configs {got}"
+            assert got == expected, f"docs/MOCOOP.md says {key} = {expected} for {stems}, the configs {got}"
     # Every key a preset file sets, and every TRAINER.MOCOOP key, has a row.
     for stem in configs:
         with open(os.path.join(MOCOOP, f"{stem}.yaml")) as f:
             own = yaml.safe_load(f)
         own.pop("_BASE_")
         missing = set(flat_config(own)) - documented
-        assert not missing, f"{stem}.yaml sets {sorted(missing)}, which README's presets table lacks"
+        assert not missing, f"{stem}.yaml sets {sorted(missing)}, which docs/MOCOOP.md's presets table lacks"
     declared = {k for k in configs[PAPER] if k.startswith("TRAINER.MOCOOP.")}
-    assert declared <= documented, f"README's presets table lacks {sorted(declared - documented)}"
+    assert declared <= documented, f"docs/MOCOOP.md's presets table lacks {sorted(declared - documented)}"
 
 
-def test_readme_ablation_table_lists_exactly_what_each_ablation_changes():
+def test_doc_ablation_table_lists_exactly_what_each_ablation_changes():
     table = table_with_header(f"keys changed from `{PAPER}`")
     paper = mocoop(PAPER)
     listed = set()
@@ -122,11 +120,11 @@ def test_readme_ablation_table_lists_exactly_what_each_ablation_changes():
             expected[full_key(key)] = decode(value)
         ablation = mocoop(stem)
         changed = {k: v for k, v in ablation.items() if v != paper[k]}
-        assert changed == expected, f"{stem}: README lists {expected}, the config changes {changed}"
+        assert changed == expected, f"{stem}: docs/MOCOOP.md lists {expected}, the config changes {changed}"
     on_disk = {
         f[: -len(".yaml")] for f in os.listdir(MOCOOP) if f.startswith(f"{PAPER}_") and f.endswith(".yaml")
     }
-    assert listed == on_disk, "README's ablation table and the paper-preset ablation configs differ"
+    assert listed == on_disk, "docs/MOCOOP.md's ablation table and the paper-preset ablation configs differ"
 
 
 def test_paper_preset_router_reference_has_no_temperature():

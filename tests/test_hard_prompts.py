@@ -16,8 +16,8 @@ from tools.protocols import ALL, BENCHMARK, DG_TARGETS, REGISTERED
 
 CONFIG_DIR = os.path.join(ROOT, "configs", "datasets")
 
-# CoOp's per-dataset template (spec baselines-and-protocols.md) and MoCoOp's expert count G
-# (spec mocoop.md §4) of each benchmark dataset (tools.protocols.BENCHMARK).
+# CoOp's per-dataset template (docs/BASELINES.md) and MoCoOp's expert count G (docs/MOCOOP.md,
+# "Experts of each dataset") of each benchmark dataset (tools.protocols.BENCHMARK).
 DATASETS = {
     "caltech101": ("a photo of a {}.", 5),
     "dtd": ("{} texture.", 5),

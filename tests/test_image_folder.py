@@ -307,7 +307,7 @@ def test_user_config_copy(tmp_path):
 
 def test_default_prompts_are_the_generic_sets():
     """The sets the methods use for datasets without specific prompts (SUN397: MoCoOp's generic
-    expert groups, spec mocoop.md §4; MoPD's generic teacher pool, spec mopd.md §1)."""
+    expert groups, docs/MOCOOP.md; MoPD's generic teacher pool, docs/MOPD.md)."""
 
     def prompts(stem):
         with open(os.path.join(ROOT, "configs", "datasets", f"{stem}.yaml")) as f:

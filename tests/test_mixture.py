@@ -1,4 +1,4 @@
-"""MoCoOp's equations (clipprompt.mixture) against straightforward loop implementations."""
+"""MoCoOp's equations (clipprompt.methods.mocoop) against straightforward loop implementations."""
 
 import math
 

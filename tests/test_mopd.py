@@ -1,4 +1,4 @@
-"""MoPD: loss terms against references written from the spec, gradient routing, precision
+"""MoPD: loss terms against loop references written from docs/MOPD.md, gradient routing, precision
 modes, checkpoint contents, teacher pools, and an end-to-end base-to-new run."""
 
 import dataclasses
@@ -26,7 +26,7 @@ from tools.protocols import ALL
 
 B, H, C, K = 5, 6, 7, 3
 
-# ---------------------------------------------------------------- references (loops, spec §2)
+# ---------------------------------------------------------------- references (loops, docs/MOPD.md)
 
 
 def softmax(row):
@@ -347,7 +347,7 @@ def test_unknown_pool_is_a_clear_error(mopd):
         trainers.make_cfg("MoPD", PETS, CASES["MoPD"].config, ["TRAINER.MOPD.POOL", "task+bogus"])
 
 
-# spec mopd.md §3: W, W2, T, epochs; the DG targets of an ImageNet-trained model use ImageNet's.
+# docs/MOPD.md's per-dataset table: W, W2, T, epochs; the DG targets of an ImageNet-trained model use ImageNet's.
 PER_DATASET = {
     "imagenet": (0.8, 0.0005, 3, 25),
     "caltech101": (0.8, 0.0005, 3, 100),

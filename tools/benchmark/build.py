@@ -52,7 +52,7 @@ def encodes_prompts(trainer):
     return trainer.model.prompt_work(1) is not None
 
 
-# Dataset sizes of the protocols' datasets (spec baselines-and-protocols.md): classes and
+# Dataset sizes of the protocols' datasets (CoOp's split files): classes and
 # test images (ImageNet: its 50,000 validation images, used as the test set). Experts and
 # templates come from configs/datasets/<dataset>.yaml, batches from the trainer configs.
 SIZES = {

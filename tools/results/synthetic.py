@@ -81,7 +81,8 @@ _DEMO_CENTRES = {
     "ucf101": (83, 71),
 }
 _DEMO_DG = {"imagenetv2": 64, "imagenet_sketch": 47, "imagenet_a": 49, "imagenet_r": 76}
-_DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0), ("MoCoOp", "vit_b16_c4_ep10", 1.5))
+# (trainer, config, accuracy gain, whether its runs write expert statistics)
+_DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0, False), ("MoCoOp", "vit_b16_c4_ep10", 1.5, True))
 
 
 def write_demo(root, seed=0):
@@ -94,11 +95,12 @@ def write_demo(root, seed=0):
         path = root / RunKey(protocol, part, dataset, shots, trainer, config).path(s)
         acc = min(99.5, acc + rng.gauss(0, 0.6))
         write_log(path, round(10 * acc))
-        if trainer == "MoCoOp":
+        if routes[trainer]:
             raw = [rng.uniform(0.5, 1.5) for _ in range(4)]
             write_expert_stats(path, [r / sum(raw) for r in raw])  # shares sum to 1, as RoutingStats writes
 
-    for trainer, config, gain in _DEMO_METHODS:
+    routes = {trainer: experts for trainer, _, _, experts in _DEMO_METHODS}
+    for trainer, config, gain, _ in _DEMO_METHODS:
         for d in BENCHMARK:
             base, new = _DEMO_CENTRES[d]
             for s in (1, 2, 3):
