@@ -92,3 +92,19 @@ def _run_from_repository_root():
     os.chdir(ROOT)
     yield
     os.chdir(previous)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use a session's trained runs are end-to-end tests (`-m "not e2e"` skips them):
+    the first of them trains the run with train.py in a subprocess."""
+    for item in items:
+        if "base_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_runtest_setup(item):
+    """Before the test's fixtures (a session's trained runs among them) are set up: only e2e
+    tests may start train.py (tests.e2e.run_train refuses otherwise)."""
+    from tests import e2e
+
+    e2e.E2E_ALLOWED = item.get_closest_marker("e2e") is not None

@@ -87,11 +87,18 @@ def randomise_images(dataset_dir, seed=0):
                 Image.fromarray(pixels).save(os.path.join(folder, name))
 
 
+# Set by conftest for each test: whether it is marked e2e. Only such tests may start train.py,
+# so that `pytest -m "not e2e"` (the fast lane) never does.
+E2E_ALLOWED = True
+
+
 def run_train(*args, check=True, timeout=600, env=None, python_args=()):
     """Run train.py with `args` from the repository root; returns the CompletedProcess.
 
     `env`: extra environment variables; `python_args`: given to Python before the script
     (e.g. `("-c", code)` to run train.py from code that patches something first)."""
+    if not E2E_ALLOWED:
+        raise RuntimeError("a test not marked @pytest.mark.e2e starts train.py: mark it (or its module) e2e")
     script = list(python_args) or [os.path.join(ROOT, "train.py")]
     cmd = [sys.executable, *script, *map(str, args)]
     # Sleeping rather than spinning OpenMP threads: the test runner shares the CPU with them.

@@ -164,6 +164,7 @@ save_checkpoint({"epoch": 2, "state_dict": {"ctx": torch.full((3,), 2.0)}}, fold
 """
 
 
+@pytest.mark.e2e
 def test_a_kill_while_saving_leaves_the_previous_checkpoint(tmp_path):
     folder = str(tmp_path / "prompt_learner")
     proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, folder], cwd=ROOT, check=False)
@@ -203,3 +204,78 @@ def test_deterministic_option_sets_every_switch():
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1])
         torch.backends.cudnn.deterministic = False
+
+
+# ----------------------------------------------------------------------------- declared state
+
+
+class AveragingModel(torch.nn.Module):
+    """A model with state beyond its parameters: a running average of its prompt and a count."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.ctx = torch.nn.Parameter(torch.zeros(4, width))
+        self.average = torch.zeros(4, width, dtype=torch.float64)
+        self.steps = torch.zeros((), dtype=torch.long)
+
+    def step(self, generator):
+        with torch.no_grad():
+            self.ctx.add_(torch.randn(self.ctx.shape, generator=generator))
+            self.steps += 1
+            self.average += (self.ctx.double() - self.average) / self.steps
+
+    def training_state(self):
+        return {"average": self.average, "steps": self.steps}
+
+    def load_training_state(self, state):
+        self.average, self.steps = state["average"], state["steps"]
+
+
+def test_declared_training_state_resumes_exactly(tmp_path):
+    """Interrupted after 3 of 6 steps and resumed from its checkpoint, the model ends with the
+    same parameters and the same running average, bit for bit, as one that ran through."""
+    from trainers.runs.checkpoints import resume_training
+
+    straight = AveragingModel()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        straight.step(g)
+
+    first = AveragingModel()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        first.step(g)
+    ident = identity(model_state=first.training_state())
+    save_checkpoint(
+        {**training_state(first, None, None, None), "epoch": 3, "identity": ident}, str(tmp_path / "m")
+    )
+    resumed = AveragingModel()
+    found = resume_training({"m": (resumed, None, None)}, None, [str(tmp_path)], ident)
+    assert found == (str(tmp_path), 3)
+    # `g` stands for the RNG a resumed run restores: it continues where the first run stopped.
+    for _ in range(3):
+        resumed.step(g)
+    assert torch.equal(resumed.ctx, straight.ctx)
+    assert torch.equal(resumed.average, straight.average) and resumed.steps == 6
+
+
+def test_declared_training_state_must_fit(tmp_path):
+    from trainers.runs.checkpoints import resume_training
+
+    model = AveragingModel()
+    ident = identity(model_state=model.training_state())
+    save_checkpoint(
+        {**training_state(model, None, None, None), "epoch": 1, "identity": ident}, str(tmp_path / "m")
+    )
+    # Another model whose state has another shape, and one that declares none.
+    with pytest.raises(
+        CheckpointMismatch,
+        match=r"training state 'average' has shape \[4, 8\] in the checkpoint but \[4, 6\]",
+    ):
+        resume_training({"m": (AveragingModel(width=6), None, None)}, None, [str(tmp_path)], ident)
+    plain = small_model()
+    with pytest.raises(
+        CheckpointMismatch,
+        match=r"training state \['average', 'steps'\] \(checkpoint\) vs \[\] \(this model\)",
+    ):
+        resume_training({"m": (plain, None, None)}, None, [str(tmp_path)], identity())

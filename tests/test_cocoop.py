@@ -113,6 +113,7 @@ def test_configs(name, batch, lr):
     assert (cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR, cfg.TRAINER.PREC) == (1, 1e-5, "fp16")
 
 
+@pytest.mark.e2e
 def test_training_run_learns_context_and_meta_net_only(base_run):
     log = read_log(base_run("CoCoOp"))
     assert f"Learnable tensors (514 values): {', '.join(LEARNABLE)}\n" in log  # CLIP stays frozen

@@ -157,6 +157,7 @@ def test_generated_layout_and_split_file(tmp_path):
     assert labels[3] == row[1] and world.STYLES[styles[3]] in row[0]
 
 
+@pytest.mark.e2e
 def test_cli_reports_an_existing_different_world(tmp_path, capsys):
     os.makedirs(tmp_path / "demo_world")
     (tmp_path / "demo_world" / "stray.txt").write_text("x")
@@ -221,6 +222,7 @@ def test_checkpoint_round_trips_through_build_model(tiny_run):
         )
 
 
+@pytest.mark.e2e
 def test_pretraining_cli_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "model.pt.gz"
     out.write_bytes(b"not a checkpoint")

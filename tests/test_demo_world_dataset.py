@@ -54,6 +54,7 @@ def test_regenerating_after_training_keeps_the_world(tmp_path):
     assert "already holds this world" in messages[0]
 
 
+@pytest.mark.e2e
 def test_routing_report_evaluates_the_trained_model(tmp_path):
     """tools.demo_routing rebuilds the run from its config.yaml: its accuracy over all styles is
     the run's own final test accuracy, and every test image is counted under its style."""

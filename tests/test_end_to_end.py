@@ -14,6 +14,8 @@ pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)"
 
 from tests.e2e import CASES, evaluated_log, read_log, run_train
 
+pytestmark = pytest.mark.e2e
+
 # Routing statistics each router writes (MoCoOp's experts, MoPD's teachers).
 STATS = {"MoCoOp": "expert_stats.json", "MoPD": "teacher_stats.json"}
 

@@ -160,6 +160,7 @@ def test_templates_and_routing_in_the_metadata(exports):
     }
 
 
+@pytest.mark.e2e
 def test_loading_needs_neither_dassl_nor_yacs(exports, tmp_path):
     cases = {name: (path, images(seed=1)) for name, (_, path, _) in exports.items()}
     torch.save(cases, tmp_path / "cases.pt")

@@ -19,6 +19,8 @@ from tests.dataset_layouts import make_imagenet
 from tests.e2e import TINY_OPTS, randomise_images, read_log, result_accuracy, run_train
 from tests.image_folders import make_pool, make_pre_split, user_config
 
+pytestmark = pytest.mark.e2e
+
 # The two lower-case folders are the base classes, the rest new (sorted folder names).
 POOL = {"kingfisher": 6, "robin": 6, "sparrow": 6, "wren": 6}
 PRE_SPLIT = {

@@ -21,6 +21,8 @@ from tests.conftest import ROOT
 from tests.e2e import CASES, PETS, TINY_OPTS
 from tools import interpret
 
+pytestmark = pytest.mark.e2e
+
 WORDS = [
     "dog",
     "cat",

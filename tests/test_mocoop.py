@@ -178,6 +178,7 @@ def test_base_run_reports_experts_and_virtual_classes(preset, base_run):
     assert "6 experts, top-2, 6 text classes (3 virtual)" in read_log(base_run(f"MoCoOp-{preset}"))
 
 
+@pytest.mark.e2e
 def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_clip_path, tmp_path):
     opts = (
         "DATASET.SUBSAMPLE_CLASSES",
@@ -196,6 +197,7 @@ def test_checkpoint_with_another_expert_count_is_refused(base_run, pets, tiny_cl
     )
 
 
+@pytest.mark.e2e
 def test_cross_dataset_evaluation_uses_the_source_experts(base_run, dtd, tiny_clip_path, tmp_path):
     """A pets-trained model (6 experts) evaluated on DTD (5 experts of its own): it needs the
     source's experts (DATASET.SOURCE_CONFIG); without them the checkpoint does not fit."""

@@ -307,6 +307,7 @@ def test_checkpoint_holds_the_context_and_the_gate_only(mopd, base_run):
     assert shapes == {"prompt_learner.ctx": (4, 64), "gate.linear.weight": (PETS_TEACHERS, 32)}
 
 
+@pytest.mark.e2e
 def test_resumed_run_keeps_earlier_teacher_stats(mopd, base_run, pets, tiny_clip_path, tmp_path):
     # An interruption after epoch 1: a copy of the run whose newest checkpoint is epoch 1.
     train_dir = base_run("MoPD")
@@ -326,6 +327,7 @@ def test_resumed_run_keeps_earlier_teacher_stats(mopd, base_run, pets, tiny_clip
         assert a["selection_share"] == pytest.approx(b["selection_share"])
 
 
+@pytest.mark.e2e
 def test_cross_dataset_evaluation_builds_the_source_teacher_pool(
     mopd, base_run, dtd, tiny_clip_path, tmp_path
 ):

@@ -24,6 +24,8 @@ from tests.conftest import ROOT
 from tests.e2e import CASES, DTD, PETS, TINY_OPTS, read_log, run_train
 from tests.saved_runs import saved_run
 
+pytestmark = pytest.mark.e2e
+
 ROUTED = {"MoCoOp": "expert", "MoPD": "teacher"}
 
 

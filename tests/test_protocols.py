@@ -22,6 +22,7 @@ def test_every_dataset_has_its_config():
         assert config["DATASET"]["NAME"] == d.registered, d.config
 
 
+@pytest.mark.e2e
 def test_tools_import_no_dassl_or_torch():
     code = (
         "import sys, tools.protocols, tools.results.report; "
@@ -154,6 +155,7 @@ def test_plan_checks_every_dataset_before_any_trainer_config(configs):
         protocols.plan("fewshot", grid, ["dtd"], [1], [16])
 
 
+@pytest.mark.e2e
 def test_plan_command_line(configs):
     (configs / "configs/datasets").mkdir(parents=True)
     (configs / "configs/datasets/dtd.yaml").write_text("")

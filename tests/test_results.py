@@ -354,6 +354,7 @@ def test_t_quantiles(df):
     assert t975(df) == pytest.approx(float(scipy_stats.t.ppf(0.975, df)), abs=2e-3)
 
 
+@pytest.mark.e2e
 def test_cli_writes_csv(b2n_tree, tmp_path, capsys):
     csv_dir = tmp_path / "csv"
     report.main([str(b2n_tree), "--csv-dir", str(csv_dir)])
@@ -382,6 +383,7 @@ def test_cli_errors(tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_plots(tmp_path):
     from tools.results import plots
 

@@ -23,6 +23,8 @@ import train
 import trainers
 from tests.e2e import CASES, kill_around_write, read_log, run_train
 
+pytestmark = pytest.mark.e2e
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PRECISIONS = {
     "fp32": ("TRAINER.PREC", "fp32"),

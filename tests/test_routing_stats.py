@@ -97,6 +97,7 @@ def test_a_file_written_before_per_class_records_still_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("case, stem", [("MoCoOp-paper", "expert_stats"), ("MoPD", "teacher_stats")])
+@pytest.mark.e2e
 def test_a_trained_run_records_the_routing_of_each_test_class(case, stem, base_run):
     pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
     import trainers

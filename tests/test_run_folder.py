@@ -20,6 +20,8 @@ from tests.conftest import ROOT
 from tests.e2e import CASES, kill_around_write, read_log, run_train
 from tools.results.runlog import newest_log, read_run
 
+pytestmark = pytest.mark.e2e
+
 
 def coop_args(root, clip_path, out, *extra):
     """The arguments of the session's CoOp base run (conftest's `base_run`), `extra` appended."""

@@ -316,6 +316,7 @@ def test_must_run_from_repository_root(repo):
     assert proc.returncode == 1 and "run the scripts from the repository root" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_real_run_then_rerun_then_results(repo, tmp_path):
     data = str(tmp_path / "data")
     env = {"data": data, "DRY_RUN": "0", "PYTHON": sys.executable, "SEEDS": "1 2"}

@@ -17,6 +17,8 @@ from tests.conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import check_env
 
+pytestmark = pytest.mark.e2e
+
 
 def test_check_env_names_missing_and_unsuitable_requirements():
     reqs = [check_env.Requirement(r) for r in ("surely-not-installed-pkg>=1", "pytest<1", "pytest>=1")]

@@ -22,6 +22,8 @@ from tests.conftest import ROOT
 from tests.e2e import TINY_OPTS, read_log
 from tests.image_folders import make_pool, write_images
 
+pytestmark = pytest.mark.e2e
+
 HEADING = "## Your own images: train, predict, export"
 CLASSES = {"blue_jay": 8, "robin": 8, "sparrow": 8}
 

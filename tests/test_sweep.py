@@ -97,6 +97,7 @@ B2N_ARGS = (
 )
 
 
+@pytest.mark.e2e
 def test_plan_is_the_scripts_grid(repo):
     proc = sweep(repo, *B2N_ARGS, "--dry-run", "--python", "python3")
     assert proc.returncode == 0, proc.stderr
@@ -319,6 +320,7 @@ def test_slurm_submission_files(repo, slurm_bin):
     )
 
 
+@pytest.mark.e2e
 def test_slurm_backend_through_the_local_executor(repo):
     failing = B2N.format("train_base", "dtd", 2)
     args = (*B2N_ARGS, "--backend", "slurm", "--executor", "local", "--time", "5")

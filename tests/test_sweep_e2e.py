@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 
 pytest.importorskip("dassl", reason="the sweep runs train.py, which needs Dassl")
 
+pytestmark = pytest.mark.e2e
+
 TRAINERS = {"CoOp": "vit_b16_ctxv1.yaml", "MoCoOp": "paper_vit_b16_ep25.yaml"}
 DATASETS = ("oxford_pets", "dtd")
 SEEDS = ("1", "2")

@@ -276,6 +276,7 @@ def interrupted_copy(run_dir, dst, epoch):
     return dst
 
 
+@pytest.mark.e2e
 def test_interrupted_run_resumes_exactly(pets5, straight_run, tiny_clip_path, tmp_path):
     assert "Setting fixed seed: 0" in read_log(straight_run)
     resumed = interrupted_copy(straight_run, str(tmp_path / "resumed"), 1)
@@ -292,6 +293,7 @@ def test_interrupted_run_resumes_exactly(pets5, straight_run, tiny_clip_path, tm
     assert result_accuracy(log) == result_accuracy(read_log(straight_run))
 
 
+@pytest.mark.e2e
 def test_output_dir_with_another_config_is_refused(pets5, straight_run, tiny_clip_path, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(straight_run, out)
@@ -299,6 +301,7 @@ def test_output_dir_with_another_config_is_refused(pets5, straight_run, tiny_cli
     assert proc.returncode != 0 and "holds a run with a different configuration" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_unfinished_run_is_not_evaluated_silently(pets5, straight_run, tiny_clip_path, tmp_path):
     out = interrupted_copy(straight_run, str(tmp_path / "run"), 1)
     proc = coop_run(
@@ -307,6 +310,7 @@ def test_unfinished_run_is_not_evaluated_silently(pets5, straight_run, tiny_clip
     assert proc.returncode != 0 and "unfinished run (epoch 1 of 2)" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_zeroshot_clip_matches_direct_clip(pets5, tiny_clip, tiny_clip_path, tmp_path):
     import json
 
@@ -351,6 +355,7 @@ def test_zeroshot_clip_matches_direct_clip(pets5, tiny_clip, tiny_clip_path, tmp
     assert result_accuracy(read_log(out)) == pytest.approx(round(direct, 1))
 
 
+@pytest.mark.e2e
 def test_best_val_deploys_the_best_checkpoint(pets5, tiny_clip_path, tmp_path):
     out = str(tmp_path / "run")
     coop_run(pets5[0], tiny_clip_path, out, "OPTIM.MAX_EPOCH", "3", "TEST.FINAL_MODEL", "best_val")

@@ -93,8 +93,8 @@ def device_opts(device):
 
 
 def saved_identity(model_dir, epoch, best):
-    """The identity of the checkpoint evaluation would load, or None (no checkpoint, or one saved
-    before checkpoints recorded identities)."""
+    """The identity of the checkpoint evaluation would load, or None where the run has no
+    checkpoint (a model with nothing to learn); a checkpoint without one is refused when loaded."""
     folder = os.path.join(model_dir, CHECKPOINTS)
     if epoch is None and not best and not has_checkpoint(folder):
         return None

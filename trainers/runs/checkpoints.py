@@ -73,22 +73,18 @@ def training_state(model, optim, sched, scaler):
 
 
 def restore_training_state(ckpt, model, optim, sched, scaler, source):
-    """Inverse of `training_state`; a checkpoint without scaler state (saved before it was
-    kept) restarts the fp16 loss scale, which is said."""
+    """Inverse of `training_state`."""
     load_learnable(model, ckpt["state_dict"], source)
     if hasattr(model, "load_training_state"):
         model.load_training_state(
-            {name: value.clone() for name, value in ckpt.get("model_state", {}).items()}
+            {name: value.clone() for name, value in ckpt["model_state"].items()}
         )
     if optim is not None:
         optim.load_state_dict(ckpt["optimizer"])
     if sched is not None:
         sched.load_state_dict(ckpt["scheduler"])
     if scaler is not None:
-        if ckpt.get("scaler") is None:
-            print(f"Warning: {source} has no gradient-scaler state: the fp16 loss scale starts again")
-        else:
-            scaler.load_state_dict(ckpt["scaler"])
+        scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
 
 
@@ -119,7 +115,7 @@ def read_checked(path, model, identity, same_classes=False):
     ckpt = read_checkpoint(path)
     problems = tensor_problems(model, ckpt["state_dict"])
     if same_classes:
-        problems += model_state_problems(model, ckpt.get("model_state", {}))
+        problems += model_state_problems(model, ckpt["model_state"])
     warning = check_identity(ckpt, identity, path, same_classes, problems)
     if warning:
         print(warning)

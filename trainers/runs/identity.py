@@ -92,10 +92,8 @@ def identity_problems(saved, current, same_classes=False):
             f"routed candidates {saved['candidates']} (checkpoint) vs {current['candidates']} (this model); "
             "a model evaluated on another dataset needs DATASET.SOURCE_CONFIG of its training data"
         )
-    if "model_state" in saved and saved["model_state"] != current.get("model_state", []):
-        errors.append(
-            f"training state {saved['model_state']} (checkpoint) vs {current.get('model_state', [])} (this model)"
-        )
+    if saved["model_state"] != current["model_state"]:
+        errors.append(f"training state {saved['model_state']} (checkpoint) vs {current['model_state']} (this model)")
     class_bound = same_classes or saved["class_specific"] or current["class_specific"]
     if class_bound and saved["classnames"] != current["classnames"]:
         why = "resuming needs the same classes" if same_classes else "the tensors are class-specific"
@@ -108,16 +106,16 @@ def identity_problems(saved, current, same_classes=False):
 def check_identity(checkpoint, current, source, same_classes=False, tensor_problems=()):
     """Raise CheckpointMismatch, naming both sides of every difference (and the `tensor_problems`
     of its tensors, found by the caller), unless the checkpoint dict `checkpoint` fits the model
-    of identity `current`. Returns the warning to print for what could not be checked (a
-    checkpoint saved before identities existed), or None."""
+    of identity `current`. Returns the warning to print for what could not be compared (keys
+    that one side does not record), or None."""
     saved = checkpoint.get("identity")
     if saved is None:
-        trainer = checkpoint.get("trainer")
-        errors, unchecked = [], ["its backbone, config keys, routed candidates and class names"]
-        if trainer is not None and trainer != current["trainer"]:
-            errors.append(f"it was trained by {trainer}, not by {current['trainer']}")
-    else:
-        errors, unchecked = identity_problems(saved, current, same_classes)
+        raise CheckpointMismatch(
+            f"Checkpoint {source} records no identity: it was not written by this repository's "
+            "train.py (every checkpoint it writes names its trainer, backbone and classes). Train "
+            "the model with this repository, or point --model-dir at a run of it."
+        )
+    errors, unchecked = identity_problems(saved, current, same_classes)
     errors += list(tensor_problems)
     if errors:
         raise CheckpointMismatch(
@@ -125,11 +123,6 @@ def check_identity(checkpoint, current, source, same_classes=False, tensor_probl
             + "; ".join(errors)
             + ". Load it with the trainer, backbone and config it was trained with (e.g. the same "
             "number of experts, CSC, N_CTX)."
-        )
-    if saved is None:
-        return (
-            f"Warning: checkpoint {source} has no identity (saved before checkpoints recorded one): "
-            f"{unchecked[0]} cannot be checked; only tensor names and shapes are."
         )
     if unchecked:
         return f"Warning: checkpoint {source}: {', '.join(unchecked)} recorded on one side only, not checked"
