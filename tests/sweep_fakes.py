@@ -108,7 +108,7 @@ db["next"] += 1
 db["files"][job] = text
 array = re.search(r"--array=0-(\\d+)", text)
 tasks = [f"{job}_{i}" for i in range(int(array.group(1)) + 1)] if array else [job]
-reason = db["reason"] or ("Dependency" if "--dependency" in text else "Priority")
+reason = "Dependency" if "--dependency" in text else db["reason"] or "Priority"
 for task in tasks:
     db["queue"][task] = ["PENDING", reason, ""]
 print(f"Submitted batch job {job}")

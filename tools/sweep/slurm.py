@@ -52,7 +52,7 @@ ENDED_WHY = {
     "OUT_OF_MEMORY": "it ran out of memory (raise --mem)",
     "NODE_FAIL": "its node failed",
     "COMPLETED": "but the run has no result",
-    "FAILED": "before its run started (the job's output is in <output>/sweep/slurm)",
+    "FAILED": "the job died without recording why (its output is in <output>/sweep/slurm)",
 }
 
 
@@ -310,10 +310,10 @@ class Slurm:
                 return classified
             if self.args.executor == "slurm" and not live:
                 return classified
-            if self.args.executor == "slurm" and all(verdicts[p].stuck for p in live):
+            if self.args.executor == "slurm" and set(live) <= stuck(runs, classified, verdicts):
                 progress.event(
-                    f"stopped waiting: the {len(live)} job(s) left can never start as submitted "
-                    "(--status shows why)"
+                    f"stopped waiting: the {len(live)} job(s) left can never start as submitted, or "
+                    "wait for one that cannot (--status shows why)"
                 )
                 return classified
             time.sleep(poll)
@@ -329,6 +329,17 @@ class Slurm:
             if shown and reported.get(run.path) != note:
                 reported[run.path] = note
                 progress.event(f"{state}: {run.path}: {note}")
+
+
+def stuck(runs, classified, verdicts):
+    """The paths of the runs whose job can never start: queued for a reason that no waiting
+    resolves, or queued after a training run whose job cannot."""
+    paths = set()
+    for run in runs:  # plan order: a training run before its evaluations
+        v = verdicts.get(run.path)
+        if v and (v.stuck or (v.state == QUEUED and run.after in paths)):
+            paths.add(run.path)
+    return paths
 
 
 def check_slurm(args):
