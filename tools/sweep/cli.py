@@ -273,5 +273,8 @@ def main(argv=None):
         f"{len(runs) - len(undone)}/{len(runs)} runs done" + (f", {len(undone)} not" if undone else ""),
         file=sys.stderr,
     )
-    report = 0 if args.no_report else write_tables(*report_command(args))
+    live = [path for path, s in state.items() if s in (RUNNING, QUEUED)]
+    if live and not args.no_report:
+        print(f"no tables: {len(live)} runs are still queued or running in Slurm", file=sys.stderr)
+    report = 0 if args.no_report or live else write_tables(*report_command(args))
     return 1 if undone or report else 0

@@ -52,7 +52,6 @@ ENDED_WHY = {
     "OUT_OF_MEMORY": "it ran out of memory (raise --mem)",
     "NODE_FAIL": "its node failed",
     "COMPLETED": "but the run has no result",
-    "FAILED": "the job died without recording why (its output is in <output>/sweep/slurm)",
 }
 
 

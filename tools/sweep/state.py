@@ -183,13 +183,26 @@ def classify(runs, store, verdicts=None):
             state[run.path], note[run.path] = BLOCKED, f"its training run {run.after} is {state[run.after]}"
         else:
             state[run.path] = PENDING
-            if verdict:
-                note[run.path] = verdict.note
-            elif record and record["status"] == "interrupted":
-                note[run.path] = f"interrupted ({record.get('cause', 'stopped')}): train.py resumes it"
-            elif os.path.isdir(store.run_dir(run.path)):
-                note[run.path] = "unfinished: train.py resumes it"
+            why = pending_note(store, run, record, verdict)
+            if why:
+                note[run.path] = why
     return Classified(state, note)
+
+
+def pending_note(store, run, record, verdict):
+    """Why a run that is not finished is to run (again), where anything says."""
+    own = record and verdict and record.get("job_id") == verdict.job_id  # the record of its last job
+    if own and record["status"] == BLOCKED:
+        return f"{verdict.note}; its training run {record['waits_for']} was not finished (blocked)"
+    if own and record["status"] == "interrupted" and record.get("cause") != verdict.note:
+        return f"{verdict.note}; the run: interrupted ({record.get('cause', 'stopped')})"
+    if verdict:
+        return verdict.note
+    if record and record["status"] == "interrupted":
+        return f"interrupted ({record.get('cause', 'stopped')}): train.py resumes it"
+    if os.path.isdir(store.run_dir(run.path)):
+        return "unfinished: train.py resumes it"
+    return None
 
 
 def _newer(verdict, record):
