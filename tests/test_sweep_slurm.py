@@ -116,7 +116,7 @@ def test_a_job_slurm_no_longer_knows_is_submitted_again(repo, slurm, sacct):
     slurm.update(sacct=sacct)
     status = sweep(repo, *FOUR, *SLURM, "--status", PATH=slurm.path).stdout
     why = {"ok": "sacct has no row for it", "disabled": "sacct cannot tell (sacct failed: "}[sacct]
-    assert f"pending: {EVAL[0]}: Slurm job 1001_0 is gone: squeue does not list it and {why}" in status
+    assert f"pending: {EVAL[0]}: Slurm job 1001_0 is no longer in the queue and {why}" in status
     assert f"queued: {EVAL[1]}: Slurm job 1001_1: PENDING (Dependency)\n" in status
     again = sweep(repo, *FOUR, *SLURM, PATH=slurm.path)
     # One run is one job, not an array (submitit).
@@ -166,8 +166,9 @@ def run_job(repo, slurm, job, path):
 
 
 def test_wait_waits_for_runs_submitted_earlier(repo, slurm):
-    assert sweep(repo, *FOUR, *SLURM, PATH=slurm.path).returncode == 0
-    waiting = sweep(repo, *FOUR, *SLURM, "--wait", wait=False, PATH=slurm.path)
+    first = sweep(repo, *FOUR, *SLURM, report=True, PATH=slurm.path)
+    assert "tables: job 1002 (after 1000, 1001) writes output/tables" in first.stderr
+    waiting = sweep(repo, *FOUR, *SLURM, "--wait", wait=False, report=True, PATH=slurm.path)
     try:
         shown = progress_started(waiting)
         assert "nothing to submit" in shown and "[sweep] 0/4 done | 0 running | 4 queued |" in shown
@@ -180,6 +181,9 @@ def test_wait_waits_for_runs_submitted_earlier(repo, slurm):
     assert (
         "[sweep] 4/4 done | 0 running | 0 queued | 0 failed | 0 blocked |" in err and "4/4 runs done" in err
     )
+    # The tables are written here, once: the earlier invocation's tables job, still queued, is cancelled.
+    assert "cancelled the queued tables job 1002: this invocation writes them" in err
+    assert slurm.db()["cancelled"] == ["1002"] and (repo / "output/tables/base2new.csv").exists()
 
 
 def test_wait_ends_when_one_of_its_queued_tasks_is_cancelled(repo, slurm):
@@ -193,7 +197,7 @@ def test_wait_ends_when_one_of_its_queued_tasks_is_cancelled(repo, slurm):
     finally:
         waiting.kill()
     assert waiting.returncode == 1, err
-    gone = "Slurm job 1001_1 is gone: squeue does not list it and sacct has no row for it"
+    gone = "Slurm job 1001_1 is no longer in the queue and sacct has no row for it"
     assert f"pending: {EVAL[1]}: {gone}\n" in err and "3/4 runs done, 1 not" in err
 
 

@@ -217,20 +217,26 @@ def run_local(args, runs, store):
     slots = worker_slots(gpus, args.jobs_per_gpu)
     where = "CPU" if slots[0] in (None, CPU) else "GPU " + ",".join(dict.fromkeys(slots))
     print(f"{len(runs)} runs, {len(slots)} at once ({where}); state in {store.root}", file=sys.stderr)
-    return Pool(runs, store, args.python, slots, args.retries, Progress(len(runs))).run()
+    return Pool(runs, store, args.python, slots, args.retries, Progress(len(runs))).run(), True
 
 
 def run_slurm(args, runs, store):
+    """Submit, and with --wait (or --executor local) wait; returns ({path: state}, whether this
+    invocation is to write the tables), or None when it only submitted."""
     slurm = Slurm(store, args)
     progress = Progress(len(runs), queued=True)
     jobs = slurm.run(runs, progress)
     if args.executor == "slurm" and not args.wait:
         if jobs and not args.no_report:
-            slurm.report_job(runs, report_command(args))
+            slurm.report_job(runs, jobs, report_command(args))
         return None
     classified = slurm.wait(runs, progress, jobs)
     progress.close()
-    return classified.state
+    # A tables job of an earlier invocation would write the same tables at the same time.
+    writer = None if args.no_report or args.executor == "local" else slurm.previous_tables_job()
+    if writer:
+        print(f"tables: job {writer}, running now, writes {store.output}/tables", file=sys.stderr)
+    return classified.state, writer is None
 
 
 def main(argv=None):
@@ -251,7 +257,7 @@ def main(argv=None):
     if args.backend == "slurm" and check_slurm(args):
         p.exit(1, f"error: {check_slurm(args)}\n")
     try:
-        state = (run_slurm if args.backend == "slurm" else run_local)(args, runs, store)
+        outcome = (run_slurm if args.backend == "slurm" else run_local)(args, runs, store)
     except SubmissionRefused as err:
         p.exit(1, f"error: {err}\n")
     except SlurmUnreachable as err:
@@ -266,8 +272,9 @@ def main(argv=None):
                 "\ninterrupted: re-run the same command to continue (finished runs are kept)", file=sys.stderr
             )
         return 130
-    if state is None:
+    if outcome is None:
         return 0
+    state, tables_here = outcome
     undone = [path for path, s in state.items() if s != DONE]
     print(
         f"{len(runs) - len(undone)}/{len(runs)} runs done" + (f", {len(undone)} not" if undone else ""),
@@ -276,5 +283,5 @@ def main(argv=None):
     live = [path for path, s in state.items() if s in (RUNNING, QUEUED)]
     if live and not args.no_report:
         print(f"no tables: {len(live)} runs are still queued or running in Slurm", file=sys.stderr)
-    report = 0 if args.no_report or live else write_tables(*report_command(args))
+    report = 0 if args.no_report or live or not tables_here else write_tables(*report_command(args))
     return 1 if undone or report else 0

@@ -99,7 +99,7 @@ def verdict(job_id, answer, sacct_problem):
     name = f"Slurm job {job_id}"
     if answer is None:
         why = f"sacct cannot tell ({sacct_problem})" if sacct_problem else "sacct has no row for it"
-        return Verdict(PENDING, job_id, f"{name} is gone: squeue does not list it and {why}")
+        return Verdict(PENDING, job_id, f"{name} is no longer in the queue and {why}")
     if answer.queued:
         note = f"{name}: {answer.state} ({answer.reason})"
         if answer.never_starts:
@@ -108,7 +108,7 @@ def verdict(job_id, answer, sacct_problem):
     if answer.live:
         return Verdict(RUNNING, job_id, f"{name}: {answer.state} on {answer.node}")
     if answer.state not in scheduler.ENDED_STATES:  # sacct's row was never closed
-        return Verdict(PENDING, job_id, f"{name} is gone: squeue does not list it (sacct: {answer.state})")
+        return Verdict(PENDING, job_id, f"{name} is no longer in the queue (sacct: {answer.state})")
     why = ENDED_WHY.get(answer.state)
     return Verdict(PENDING, job_id, f"{name} ended: {answer.state}" + (f", {why}" if why else ""))
 
@@ -273,14 +273,38 @@ class Slurm:
         after |= {verdicts[r.after].job_id for r in second if r.after in live}
         return jobs + self.submit_array(second, "eval", "afterany:" + ":".join(sorted(after)))
 
-    def report_job(self, runs, commands):
+    def previous_tables_job(self):
+        """The tables job an earlier invocation submitted, if Slurm runs it now (its id); one
+        still queued is cancelled: this invocation writes the tables, and two writers at once
+        could mix their files."""
+        job = read_json(self.store.root / "slurm" / "tables.json")
+        if not job:
+            return None
+        try:
+            answer = scheduler.ask([job["job_id"]])[0].get(job["job_id"])
+        except scheduler.SlurmUnreachable:
+            return None
+        if answer and answer.queued:
+            scheduler.cancel([job["job_id"]])
+            print(
+                f"cancelled the queued tables job {job['job_id']}: this invocation writes them",
+                file=sys.stderr,
+            )
+            return None
+        return job["job_id"] if answer and answer.live else None
+
+    def report_job(self, runs, jobs, commands):
         """A job that runs `commands` (the tables) once every job of the sweep's runs that Slurm
-        still has has ended, whoever submitted it."""
-        live = [v.job_id for v in self.ask(runs).values() if v.state in (RUNNING, QUEUED)]
+        still has has ended, whoever submitted it (at least `jobs`, those submitted now), and a
+        tables job of an earlier invocation that runs now."""
+        live = [job.job_id for job in jobs] + [j for j in [self.previous_tables_job()] if j]
+        with contextlib.suppress(scheduler.SlurmUnreachable):
+            live += [v.job_id for v in self.ask(runs).values() if v.state in (RUNNING, QUEUED)]
         ids = sorted({job_id.split("_")[0] for job_id in live})
         dependency = "afterany:" + ":".join(ids) if ids else None
         ex = self.executor(job_name(runs, "tables"), dependency, TABLES_JOB)
         job = self.submit(lambda: ex.submit(tables_job, *commands, os.getcwd()), "tables job")
+        write_json(self.store.root / "slurm" / "tables.json", {"job_id": job.job_id, "submitted": now()})
         after = f" (after {', '.join(ids)})" if ids else ""
         print(f"tables: job {job.job_id}{after} writes {self.store.output}/tables", file=sys.stderr)
         return job

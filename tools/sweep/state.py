@@ -193,7 +193,9 @@ def pending_note(store, run, record, verdict):
     """Why a run that is not finished is to run (again), where anything says."""
     own = record and verdict and record.get("job_id") == verdict.job_id  # the record of its last job
     if own and record["status"] == BLOCKED:
-        return f"{verdict.note}; its training run {record['waits_for']} was not finished (blocked)"
+        return (
+            f"blocked in Slurm job {verdict.job_id}: its training run {record['waits_for']} was not finished"
+        )
     if own and record["status"] == "interrupted" and record.get("cause") != verdict.note:
         return f"{verdict.note}; the run: interrupted ({record.get('cause', 'stopped')})"
     if verdict:
