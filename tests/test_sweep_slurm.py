@@ -329,6 +329,48 @@ def test_time_limit_after_the_last_requeue(repo, slurm):
     assert rec["cause"] == "time limit: Job not requeued because: timed-out too many times."
 
 
+# The USR2 handler's exception lost, as when it interrupted another handler's logging call
+# (seen on the cluster: SIGCONT comes with USR2, and logging swallows exceptions).
+LOST_EXCEPTION = """
+import os, signal, sys
+from tools.protocols import Grid, plan
+from tools.sweep.job import JobSpec, RunJob, run_job
+run = plan("base2new", Grid("CoOp", "v", "data", "output"), ["dtd"], [1], [16])[0]
+spec, runner = JobSpec(run, "output", sys.executable, 1, os.getcwd()), RunJob()
+def lost(signum, frame):
+    try:
+        runner.checkpoint(spec)
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+    except RuntimeError:
+        pass
+signal.signal(signal.SIGUSR2, lost)
+try:
+    run_job(spec, runner)
+except Exception as err:
+    print(f"the job ended: {err}")
+"""
+
+
+def test_time_limit_ends_the_job_even_where_submitits_exception_is_lost(repo, slurm):
+    env = {**os.environ, "SLURM_JOB_ID": "1001", "SLURM_ARRAY_JOB_ID": "1000", "SLURM_ARRAY_TASK_ID": "0"}
+    job = subprocess.Popen(
+        [sys.executable, "-c", LOST_EXCEPTION],
+        cwd=repo,
+        env={**env, "FAKE_SLEEP": "60"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    path = B2N.format("train_base", "dtd", 1)
+    pid = running_pid(repo, path, job)
+    job.send_signal(signal.SIGUSR2)
+    out, _ = job.communicate(timeout=60)
+    cause = "time limit: not requeued (submitit requeues a job 3 times at most)"
+    assert out == f"the job ended: {cause}\n" and gone(pid)
+    assert (record(repo, path)["status"], record(repo, path)["cause"]) == ("interrupted", cause)
+    log = (repo / "output/sweep/logs" / f"{path}.log").read_text()
+    assert log.count("=== ") == 1 and not calls(repo)  # no second attempt after the time limit
+
+
 def test_sigterm_stops_the_run(repo, slurm):
     """scancel of a running job: SIGTERM to its processes, SIGKILL after Slurm's KillWait."""
     folder, path = submitted_job(repo)

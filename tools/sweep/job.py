@@ -78,12 +78,13 @@ class RunJob(Checkpointable):
 
     def __init__(self):
         self.proc = None  # the train.py running now, for checkpoint()
+        self.ending = False  # checkpoint() ran: this job starts no more train.py
 
     def __getstate__(self):
         return {}  # a running process is no part of the job submitit requeues
 
     def __setstate__(self, state):
-        self.proc = None
+        self.__init__()
 
     def __call__(self, spec):
         return run_job(spec, self)
@@ -92,6 +93,7 @@ class RunJob(Checkpointable):
         """Called by submitit when the time limit is near (USR2): stop train.py and record why,
         before submitit requeues the job (whose end then sends SIGTERM, which must not rewrite
         that record)."""
+        self.ending = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop(self.proc)
         Store(spec.output).write(
@@ -142,7 +144,10 @@ def run_job(spec, runner=None):
     if run.after and not store.finished(run.after):
         store.write(run, {"status": BLOCKED, "waits_for": run.after, **job_fields()})
         return "blocked"
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    # SIGCONT comes with Slurm's USR2; submitit's handler for it logs, and an exception that
+    # the USR2 handler raises inside that logging call is swallowed by the logging module.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _stopped)}
+    previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, signal.SIG_DFL)
     try:
         for attempt in range(1, spec.retries + 2):
             code, log_path, offset = _attempt(spec, store, attempt, runner or RunJob())
@@ -165,11 +170,22 @@ def run_job(spec, runner=None):
             f"{run.path} failed after {attempt} attempt(s) (exit status {code}); log: {log_path}"
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _after_checkpoint(runner, store, run):
+    """End the job if RunJob.checkpoint ran but submitit's handler did not end it (its
+    exception lost in an interrupted handler): the time limit is near and no requeue is coming."""
+    if runner.ending:
+        cause = f"{TIME_LIMIT}: not requeued (submitit requeues a job {MAX_REQUEUES} times at most)"
+        store.write(run, {"status": INTERRUPTED, "cause": cause, **job_fields()})
+        raise UncompletedJobError(cause)
 
 
 def _attempt(spec, store, attempt, runner):
     run = spec.run
+    _after_checkpoint(runner, store, run)
     command = [spec.python, "train.py", *run.args]
     env = train_env()
     where = f"job {job_id()}, CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}"
@@ -214,6 +230,7 @@ def _attempt(spec, store, attempt, runner):
             raise
         finally:
             runner.proc = None
+    _after_checkpoint(runner, store, run)
     return code, log_path, offset
 
 

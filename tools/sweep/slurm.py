@@ -43,7 +43,8 @@ from tools.sweep.state import (
     write_json,
 )
 
-POLL_S = {"local": 0.5, "slurm": 30.0}
+LOCAL_POLL_S = 0.5  # --executor local: how often the sweep looks at its local jobs
+TABLES_FILE = "tables.json"  # in <output>/sweep/slurm: the last tables job
 # The tables job reads logs and draws a few figures: no GPU, one CPU, little memory and time.
 TABLES_JOB = {"timeout_min": 30, "cpus_per_task": 1, "mem_gb": 4, "gpus_per_node": 0}
 # What an ended job's state means for its run.
@@ -162,6 +163,12 @@ def job_name(runs, kind):
     return f"{protocols}:{trainers}:{kind}"
 
 
+def array_kind(runs):
+    """What a job array holds, for its name: training runs, evaluations, or both."""
+    trains = {r.trains for r in runs}
+    return "runs" if len(trains) == 2 else "train" if True in trains else "eval"
+
+
 class Slurm:
     def __init__(self, store, args):
         self.store = store
@@ -256,14 +263,7 @@ class Slurm:
         todo.sort(key=runs.index)
         first = [r for r in todo if r.after not in todo_paths and r.after not in live]
         second = [r for r in todo if r not in first]
-        kind = (
-            "train"
-            if all(r.trains for r in first)
-            else "eval"
-            if not any(r.trains for r in first)
-            else "runs"
-        )
-        jobs = self.submit_array(first, kind) if first else []
+        jobs = self.submit_array(first, array_kind(first)) if first else []
         if not second:
             return jobs
         if self.args.executor == "local":
@@ -277,7 +277,7 @@ class Slurm:
         """The tables job an earlier invocation submitted, if Slurm runs it now (its id); one
         still queued is cancelled: this invocation writes the tables, and two writers at once
         could mix their files."""
-        job = read_json(self.store.root / "slurm" / "tables.json")
+        job = read_json(self.store.root / "slurm" / TABLES_FILE)
         if not job:
             return None
         try:
@@ -304,7 +304,7 @@ class Slurm:
         dependency = "afterany:" + ":".join(ids) if ids else None
         ex = self.executor(job_name(runs, "tables"), dependency, TABLES_JOB)
         job = self.submit(lambda: ex.submit(tables_job, *commands, os.getcwd()), "tables job")
-        write_json(self.store.root / "slurm" / "tables.json", {"job_id": job.job_id, "submitted": now()})
+        write_json(self.store.root / "slurm" / TABLES_FILE, {"job_id": job.job_id, "submitted": now()})
         after = f" (after {', '.join(ids)})" if ids else ""
         print(f"tables: job {job.job_id}{after} writes {self.store.output}/tables", file=sys.stderr)
         return job
@@ -315,7 +315,7 @@ class Slurm:
         shows the progress line and each run that ends without finishing. Stops early when
         every job left is queued for a reason that no waiting resolves. Returns the last
         classification."""
-        poll = self.args.poll if self.args.executor == "slurm" else POLL_S["local"]
+        poll = self.args.poll if self.args.executor == "slurm" else LOCAL_POLL_S
         reported = {}
         while True:
             try:
