@@ -12,8 +12,10 @@
 # /tmp): munged, MariaDB, slurmdbd (so that sacct works), slurmctld, and slurmd in its own UTS
 # namespace as host "node1" (so that the jobs run on "another host" than the sweep), with
 # proctrack/linuxproc and task/none. On exit, also on failure or Ctrl-C, it stops exactly the
-# daemons it started, by pid; nothing of the system's own configuration is read or changed.
-# Not run by CI (no Slurm there): tests/test_sweep_slurm.py has the same answers as fakes.
+# daemons it started, by pid. Besides the packages, nothing of the system is read or changed
+# (services that apt-get may start for the packages are left as they are and not used). WORK is
+# kept: the cluster's logs and database, the sweep's outputs. Not run by CI (no Slurm there):
+# tests/test_sweep_slurm.py has the same answers as stand-in commands.
 #
 # env: PYTHON (python3), SLURM_PORT (16817: slurmctld; slurmd, slurmdbd and MariaDB take the
 #      next three), CHECKS (all: the checks to run, see python -m tools.sweep.cluster_checks -h),
@@ -36,9 +38,12 @@ for port in "$PORT" $((PORT + 1)) $((PORT + 2)) $((PORT + 3)); do
         exit 1
     fi
 done
-if ! command -v slurmctld slurmd slurmdbd munged mariadbd >/dev/null; then
-    apt-get install -y -q slurm-wlm munge slurmdbd mariadb-server
-fi
+for daemon in slurmctld slurmd slurmdbd munged mariadbd; do
+    if ! command -v "$daemon" >/dev/null; then
+        apt-get install -y -q slurm-wlm munge slurmdbd mariadb-server
+        break
+    fi
+done
 echo "# $(slurmctld -V), $(mariadbd --version | cut -d' ' -f2-4), state in $WORK"
 
 # The daemons this script started (name -> pid), stopped in reverse order on exit.
