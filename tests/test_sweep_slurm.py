@@ -22,6 +22,7 @@ from tools.protocols import Grid, plan
 from tools.results.runlog import read_run
 from tools.sweep.job import MAX_REQUEUES, JobSpec, RunJob
 from tools.sweep.scheduler import array_ids
+from tools.sweep.state import LOST
 
 # One dataset, two seeds: training runs 1000_0 and 1000_1, their evaluations 1001_0 and 1001_1.
 FOUR = ("--protocol", "base2new", "--trainers", "CoOp:v", "--datasets", "dtd", "--seeds", "1", "2")
@@ -142,8 +143,9 @@ def test_a_record_from_another_host_is_judged_by_slurm(repo, slurm):
     assert f"pending: {TRAIN[1]}: Slurm job 1000_1 ended: NODE_FAIL, its node failed\n" in status
     again = sweep(repo, *FOUR, *SLURM, PATH=slurm.path)
     assert again.returncode == 0, again.stderr
-    assert record(repo, TRAIN[1])["status"] == "interrupted"
-    assert record(repo, TRAIN[1])["cause"] == "Slurm job 1000_1 ended: NODE_FAIL, its node failed"
+    killed = record(repo, TRAIN[1])
+    assert (killed["status"], killed["cause"]) == ("interrupted", LOST)
+    assert killed["slurm"] == "Slurm job 1000_1 ended: NODE_FAIL, its node failed"
     db = slurm.db()
     assert db["cancelled"] == ["1001_1"] and "#SBATCH --dependency=afterany:1002\n" in db["files"]["1003"]
     assert [job_file(repo, p)["job_id"] for p in TRAIN + EVAL] == ["1000_0", "1002", "1001_0", "1003"]

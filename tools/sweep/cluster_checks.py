@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tools.protocols import Grid, plan
 from tools.results.runlog import read_run
+from tools.sweep.state import LOST
 
 ROOT = Path(__file__).resolve().parents[2]
 LINKED = ("train.py", "trainers", "datasets", "clipprompt", "tools", "scripts", "assets")
@@ -191,7 +192,7 @@ class Checks:
         for line in log.read_text().splitlines():
             print(f"    {line}", flush=True)
         self.check(code == 1, f"the first invocation ended (exit status {code}), not all runs done")
-        for path, why in ((cancelled, "SIGTERM"), (killed, "Slurm job")):
+        for path, why in ((cancelled, "SIGTERM"), (killed, LOST)):
             rec = self.record(out, path)
             ok = rec.get("status") == "interrupted" and rec.get("cause", "").startswith(why)
             self.check(ok, f"{path}: {rec.get('status')}: {rec.get('cause')}")

@@ -32,6 +32,7 @@ from tools.sweep.state import (
     BLOCKED,
     DONE,
     FAILED,
+    LOST,
     PENDING,
     QUEUED,
     RUNNING,
@@ -143,7 +144,7 @@ def ask_or_assume(store, runs):
 
 def settle(store, runs, verdicts):
     """Records that say "running" in a Slurm job that Slurm no longer runs become
-    "interrupted", with what Slurm said; returns their paths."""
+    "interrupted" (LOST), with what Slurm said then; returns their paths."""
     settled = []
     for run in runs:
         v = verdicts.get(run.path)
@@ -151,7 +152,7 @@ def settle(store, runs, verdicts):
         if not (v and v.state == PENDING and record and record["status"] == RUNNING):
             continue
         if record.get("backend") == SLURM and record.get("job_id") == v.job_id:
-            store.write(run, {**record, "status": INTERRUPTED, "cause": v.note})
+            store.write(run, {**record, "status": INTERRUPTED, "cause": LOST, "slurm": v.note})
             settled.append(run.path)
     return settled
 
@@ -203,14 +204,14 @@ class Slurm:
         ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return ex
 
-    def submit(self, submit, what):
-        """`submit()` (submitit's submission); when sbatch refuses it, its files are removed and
+    def submit(self, submission, what):
+        """`submission()` (submitit's); when sbatch refuses it, its files are removed and
         SubmissionRefused says what sbatch said."""
         self.folder.mkdir(parents=True, exist_ok=True)
         before = set(self.folder.iterdir())
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's complaint
-                return submit()
+                return submission()
         except FailedJobError as err:
             for path in set(self.folder.iterdir()) - before:
                 if path.is_file() or path.is_symlink():

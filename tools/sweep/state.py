@@ -30,6 +30,9 @@ DONE, RUNNING, QUEUED, FAILED, BLOCKED, PENDING = "done", "running", "queued", "
 STATES = (DONE, RUNNING, QUEUED, FAILED, BLOCKED, PENDING)
 # The backend field of the records written inside a Slurm job (tools.sweep.job).
 SLURM = "slurm"
+# The cause the sweep records for a run whose Slurm job ended while its record said "running";
+# the record's `slurm` field has what Slurm said then.
+LOST = "its job ended while it ran, and nothing recorded why (SIGKILL, out of memory, node failure)"
 
 
 def now():
@@ -196,7 +199,7 @@ def pending_note(store, run, record, verdict):
         return (
             f"blocked in Slurm job {verdict.job_id}: its training run {record['waits_for']} was not finished"
         )
-    if own and record["status"] == "interrupted" and record.get("cause") != verdict.note:
+    if own and record["status"] == "interrupted" and record.get("cause") != LOST:
         return f"{verdict.note}; the run: interrupted ({record.get('cause', 'stopped')})"
     if verdict:
         return verdict.note
