@@ -12,8 +12,9 @@ from tools.protocols import BENCHMARK, DG_TARGETS, PROTOCOL_NAMES, XD_TARGETS, G
 from tools.sweep.job import write_tables
 from tools.sweep.local import CPU, Pool, visible_gpus, worker_slots
 from tools.sweep.progress import Progress, print_plan, status_tables
-from tools.sweep.slurm import Slurm, live_jobs, parse_time
-from tools.sweep.state import DONE, Store, classify
+from tools.sweep.scheduler import SlurmUnreachable
+from tools.sweep.slurm import Slurm, SubmissionRefused, ask_or_assume, check_slurm, parse_time
+from tools.sweep.state import DONE, QUEUED, RUNNING, Store, classify
 
 DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16]}
 
@@ -153,6 +154,13 @@ def parser():
         help="wait for the jobs and write the tables here (default: submit, and a job writes the tables)",
     )
     slurm.add_argument(
+        "--poll",
+        type=positive,
+        default=30,
+        metavar="SECONDS",
+        help="how often --wait asks Slurm about the jobs (default: 30)",
+    )
+    slurm.add_argument(
         "--executor",
         choices=("slurm", "local"),
         default="slurm",
@@ -196,7 +204,8 @@ def report_command(args):
 
 
 def run_local(args, runs, store):
-    in_slurm = live_jobs(store, runs)
+    verdicts = ask_or_assume(store, runs)
+    in_slurm = {path for path, v in verdicts.items() if v.state in (RUNNING, QUEUED)}
     if in_slurm:
         runs = [r for r in runs if r.path not in in_slurm and r.after not in in_slurm]
         print(
@@ -208,20 +217,26 @@ def run_local(args, runs, store):
     slots = worker_slots(gpus, args.jobs_per_gpu)
     where = "CPU" if slots[0] in (None, CPU) else "GPU " + ",".join(dict.fromkeys(slots))
     print(f"{len(runs)} runs, {len(slots)} at once ({where}); state in {store.root}", file=sys.stderr)
-    return Pool(runs, store, args.python, slots, args.retries, Progress(len(runs))).run()
+    return Pool(runs, store, args.python, slots, args.retries, Progress(len(runs))).run(), True
 
 
 def run_slurm(args, runs, store):
+    """Submit, and with --wait (or --executor local) wait; returns ({path: state}, whether this
+    invocation is to write the tables), or None when it only submitted."""
     slurm = Slurm(store, args)
-    progress = Progress(len(runs))
+    progress = Progress(len(runs), queued=True)
     jobs = slurm.run(runs, progress)
     if args.executor == "slurm" and not args.wait:
         if jobs and not args.no_report:
-            slurm.report_job(jobs, report_command(args))
+            slurm.report_job(runs, jobs, report_command(args))
         return None
-    slurm.wait(jobs, runs, progress)
+    classified = slurm.wait(runs, progress, jobs)
     progress.close()
-    return classify(runs, store, slurm.live(runs)).state
+    # A tables job of an earlier invocation would write the same tables at the same time.
+    writer = None if args.no_report or args.executor == "local" else slurm.previous_tables_job()
+    if writer:
+        print(f"tables: job {writer}, running now, writes {store.output}/tables", file=sys.stderr)
+    return classified.state, writer is None
 
 
 def main(argv=None):
@@ -234,13 +249,21 @@ def main(argv=None):
         p.exit(1, f"error: {err}\n")
     store = Store(args.output)
     if args.status or args.dry_run:
-        classified = classify(runs, store, live_jobs(store, runs))
+        classified = classify(runs, store, ask_or_assume(store, runs))
         (status_tables if args.status else lambda r, c: print_plan(r, c, store, args.python))(
             runs, classified
         )
         return 0
+    if args.backend == "slurm" and check_slurm(args):
+        p.exit(1, f"error: {check_slurm(args)}\n")
     try:
-        state = (run_slurm if args.backend == "slurm" else run_local)(args, runs, store)
+        outcome = (run_slurm if args.backend == "slurm" else run_local)(args, runs, store)
+    except SubmissionRefused as err:
+        p.exit(1, f"error: {err}\n")
+    except SlurmUnreachable as err:
+        p.exit(
+            1, f"error: cannot ask Slurm which runs of this sweep are queued or running ({err}); try again\n"
+        )
     except KeyboardInterrupt:
         if args.backend == "slurm" and args.executor == "slurm":
             print("\nstopped waiting; the jobs go on in Slurm (--status to follow them)", file=sys.stderr)
@@ -249,12 +272,16 @@ def main(argv=None):
                 "\ninterrupted: re-run the same command to continue (finished runs are kept)", file=sys.stderr
             )
         return 130
-    if state is None:
+    if outcome is None:
         return 0
+    state, tables_here = outcome
     undone = [path for path, s in state.items() if s != DONE]
     print(
         f"{len(runs) - len(undone)}/{len(runs)} runs done" + (f", {len(undone)} not" if undone else ""),
         file=sys.stderr,
     )
-    report = 0 if args.no_report else write_tables(*report_command(args))
+    live = [path for path, s in state.items() if s in (RUNNING, QUEUED)]
+    if live and not args.no_report:
+        print(f"no tables: {len(live)} runs are still queued or running in Slurm", file=sys.stderr)
+    report = 0 if args.no_report or live or not tables_here else write_tables(*report_command(args))
     return 1 if undone or report else 0

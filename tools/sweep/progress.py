@@ -1,13 +1,14 @@
 """What the sweep prints: the plan (--dry-run), the table per protocol (--status), and the one
 live progress line (done/total, running, failed, blocked, ETA from the finished runs' times)."""
 
+import os
 import shlex
 import sys
 import time
 
 from tabulate import tabulate
 
-from tools.sweep.state import BLOCKED, DONE, FAILED, PENDING, RUNNING, STATES
+from tools.sweep.state import BLOCKED, DONE, FAILED, PENDING, QUEUED, RUNNING, STATES
 
 
 def hms(seconds):
@@ -17,23 +18,30 @@ def hms(seconds):
 
 def print_plan(runs, classified, store, python, out=sys.stdout):
     """Each run: what the sweep would do with it, its directory, what it waits for, its command."""
-    label = {DONE: "done", RUNNING: "running", FAILED: "retry", BLOCKED: "run", PENDING: "run"}
+    label = {
+        DONE: "done",
+        RUNNING: "running",
+        QUEUED: "queued",
+        FAILED: "retry",
+        BLOCKED: "run",
+        PENDING: "run",
+    }
     for run in runs:
         state = classified.state[run.path]
-        word = "resume" if state == PENDING and run.path in classified.note else label[state]
+        word = "resume" if state == PENDING and os.path.isdir(store.run_dir(run.path)) else label[state]
         line = f"{word:8} {store.run_dir(run.path)}"
         if run.after and classified.state[run.after] != DONE:
             line += f"  (after {store.output}/{run.after})"
-        if state in (RUNNING, FAILED):
+        if run.path in classified.note and state != PENDING:
             line += f"  [{classified.note[run.path]}]"
         print(line, file=out)
-        if state != DONE and state != RUNNING:
+        if state not in (DONE, RUNNING, QUEUED):
             print(f"{'':8} {shlex.join([python, 'train.py', *run.args])}", file=out)
     counts = classified.count(runs)
-    todo = len(runs) - counts[DONE] - counts[RUNNING]
+    todo = len(runs) - counts[DONE] - counts[RUNNING] - counts[QUEUED]
     print(
-        f"# {len(runs)} runs: {counts[DONE]} done, {counts[RUNNING]} running elsewhere, {todo} to run "
-        f"({counts[FAILED]} failed before)",
+        f"# {len(runs)} runs: {counts[DONE]} done, {counts[RUNNING]} running elsewhere, "
+        f"{counts[QUEUED]} queued in Slurm, {todo} to run ({counts[FAILED]} failed before)",
         file=out,
     )
 
@@ -54,9 +62,13 @@ def status_tables(runs, classified, out=sys.stdout):
     failed = [run for run in runs if classified.state[run.path] == FAILED]
     for run in failed:
         print(f"failed: {run.path}: {classified.note[run.path]}", file=out)
-    running = [run for run in runs if classified.state[run.path] == RUNNING]
-    for run in running:
-        print(f"running: {run.path}: {classified.note[run.path]}", file=out)
+    for state in (RUNNING, QUEUED):
+        for run in runs:
+            if classified.state[run.path] == state:
+                print(f"{state}: {run.path}: {classified.note[run.path]}", file=out)
+    for run in runs:  # why a run left unfinished is to run again
+        if classified.state[run.path] == PENDING and run.path in classified.note:
+            print(f"pending: {run.path}: {classified.note[run.path]}", file=out)
 
 
 class Eta:
@@ -86,8 +98,9 @@ class Eta:
 class Progress:
     """The live progress line: redrawn in place on a terminal, else printed when it changes."""
 
-    def __init__(self, total, out=sys.stderr):
+    def __init__(self, total, out=sys.stderr, queued=False):
         self.total = total
+        self.queued = queued  # show queued runs (Slurm's pending jobs) apart from running ones
         self.out = out
         self.tty = out.isatty()
         self.line = ""
@@ -96,9 +109,11 @@ class Progress:
 
     def update(self, counts, eta_seconds):
         eta = "?" if eta_seconds is None else hms(eta_seconds)
+        queued = f" | {counts[QUEUED]} queued" if self.queued else ""
         line = (
-            f"[sweep] {counts[DONE]}/{self.total} done | {counts[RUNNING]} running | {counts[FAILED]} failed"
-            f" | {counts[BLOCKED]} blocked | elapsed {hms(time.monotonic() - self.start)} | ETA {eta}"
+            f"[sweep] {counts[DONE]}/{self.total} done | {counts[RUNNING]} running{queued}"
+            f" | {counts[FAILED]} failed | {counts[BLOCKED]} blocked"
+            f" | elapsed {hms(time.monotonic() - self.start)} | ETA {eta}"
         )
         self.line = line
         if self.tty:

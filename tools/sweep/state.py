@@ -2,13 +2,16 @@
 
 `<output>/sweep/state/<run path>.json` is the last record of a run written by whoever ran it (the
 local pool or a Slurm job): running (with host and pid), succeeded, failed (exit status and the
-tail of its output), interrupted or blocked. `<output>/sweep/logs/<run path>.log` holds the output
-of every attempt, each after a header line. Records are written atomically (a temporary file
-renamed over the old one), so a crash never leaves half a record.
+tail of its output), interrupted (and why: stopped, the time limit, its Slurm job gone) or
+blocked. `<output>/sweep/logs/<run path>.log` holds the output of every attempt, each after a
+header line. Records are written atomically (a temporary file renamed over the old one), so a
+crash never leaves half a record.
 
 A record never decides that a run is finished: that is the run's own log (tools.results.runlog,
-the rule the scripts and tools.results use). Records say what the log cannot: that a run is being
-run right now, that it failed and why, or that it waits for a failed training run.
+the rule the scripts and tools.results use). Nor does a record of a Slurm job decide that the run
+is alive: that is what Slurm says about the job (tools.sweep.slurm, a Verdict per run). Records
+say what neither can: that a local process runs it right now, that it failed and why, or that it
+waits for a failed training run.
 """
 
 import json
@@ -22,9 +25,14 @@ from tools.results.runlog import read_run
 
 SWEEP_DIR = "sweep"
 TAIL_LINES = 20
-# What a run is now: what the sweep will do with it.
-DONE, RUNNING, FAILED, BLOCKED, PENDING = "done", "running", "failed", "blocked", "pending"
-STATES = (DONE, RUNNING, FAILED, BLOCKED, PENDING)
+# What a run is now: what the sweep will do with it. QUEUED: its Slurm job waits to start.
+DONE, RUNNING, QUEUED, FAILED, BLOCKED, PENDING = "done", "running", "queued", "failed", "blocked", "pending"
+STATES = (DONE, RUNNING, QUEUED, FAILED, BLOCKED, PENDING)
+# The backend field of the records written inside a Slurm job (tools.sweep.job).
+SLURM = "slurm"
+# The cause the sweep records for a run whose Slurm job ended while its record said "running";
+# the record's `slurm` field has what Slurm said then.
+LOST = "its job ended while it ran, and nothing recorded why (SIGKILL, out of memory, node failure)"
 
 
 def now():
@@ -118,15 +126,27 @@ class Store:
         return path, offset
 
     def running_elsewhere(self, run, record=None):
-        """Whether the record says another process runs `run` right now. Records from another
-        host cannot be checked from here and count as running; a Slurm job's are checked by the
-        Slurm backend (tools.sweep.slurm)."""
+        """Whether the record says another local process runs `run` right now. Records from
+        another host cannot be checked from here and count as running. Records written in a
+        Slurm job never count: Slurm says whether their job lives (tools.sweep.slurm)."""
         record = self.read(run) if record is None else record
-        if not record or record.get("status") != "running":
+        if not record or record.get("status") != "running" or record.get("backend") == SLURM:
             return False
         if record.get("host") != socket.gethostname():
             return True
         return pid_alive(record["pid"], self.run_dir(run.path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What Slurm says about the last job of a run (tools.sweep.slurm): RUNNING, QUEUED, or
+    PENDING when the job ended or is gone without finishing the run; `note` says which job and
+    what Slurm said."""
+
+    state: str
+    job_id: str
+    note: str
+    stuck: bool = False  # queued for a reason that no waiting resolves
 
 
 @dataclass
@@ -143,29 +163,57 @@ class Classified:
         return counts
 
 
-def classify(runs, store, live=None):
-    """done (its log has a result), running (another process or a queued job has it: `live`, a
-    {path: note} of the Slurm backend, or a local record with a live pid), failed (its last
-    record), blocked (its training run failed or is blocked), else pending. `runs` are in plan
-    order: a training run comes before its evaluations."""
-    live = live or {}
+def classify(runs, store, verdicts=None):
+    """done (its log has a result), running or queued (its Slurm job, by `verdicts`, {path:
+    Verdict}, or a local process by its record and pid), failed (its last record), blocked (its
+    training run failed or is blocked), else pending (with why: its Slurm job ended without
+    finishing it, or it is unfinished and resumes). `runs` are in plan order: a training run
+    comes before its evaluations."""
+    verdicts = verdicts or {}
     state, note = {}, {}
     for run in runs:
         record = store.read(run)
+        verdict = verdicts.get(run.path)
         if store.finished(run.path):
             state[run.path] = DONE
-        elif run.path in live or store.running_elsewhere(run, record):
-            state[run.path] = RUNNING
-            note[run.path] = live.get(run.path) or f"pid {record['pid']} on {record['host']}"
-        elif record and record["status"] == FAILED:
+        elif verdict and verdict.state in (RUNNING, QUEUED):
+            state[run.path], note[run.path] = verdict.state, verdict.note
+        elif store.running_elsewhere(run, record):
+            state[run.path], note[run.path] = RUNNING, f"pid {record['pid']} on {record['host']}"
+        elif record and record["status"] == FAILED and not _newer(verdict, record):
             state[run.path], note[run.path] = FAILED, failure_note(record)
         elif run.after and state.get(run.after) in (FAILED, BLOCKED):
             state[run.path], note[run.path] = BLOCKED, f"its training run {run.after} is {state[run.after]}"
         else:
             state[run.path] = PENDING
-            if os.path.isdir(store.run_dir(run.path)):
-                note[run.path] = "unfinished: train.py resumes it"
+            why = pending_note(store, run, record, verdict)
+            if why:
+                note[run.path] = why
     return Classified(state, note)
+
+
+def pending_note(store, run, record, verdict):
+    """Why a run that is not finished is to run (again), where anything says."""
+    own = record and verdict and record.get("job_id") == verdict.job_id  # the record of its last job
+    if own and record["status"] == BLOCKED:
+        return (
+            f"blocked in Slurm job {verdict.job_id}: its training run {record['waits_for']} was not finished"
+        )
+    if own and record["status"] == "interrupted" and record.get("cause") != LOST:
+        return f"{verdict.note}; the run: interrupted ({record.get('cause', 'stopped')})"
+    if verdict:
+        return verdict.note
+    if record and record["status"] == "interrupted":
+        return f"interrupted ({record.get('cause', 'stopped')}): train.py resumes it"
+    if os.path.isdir(store.run_dir(run.path)):
+        return "unfinished: train.py resumes it"
+    return None
+
+
+def _newer(verdict, record):
+    """Whether the run's last Slurm job is not the one that wrote `record` (it was submitted
+    again after that failure)."""
+    return verdict is not None and record.get("job_id") != verdict.job_id
 
 
 def failure_note(record):
