@@ -27,14 +27,34 @@ def read_config_file(path, seen=()):
         raise FileNotFoundError(f"Config file {path} not found")
     if os.path.abspath(path) in seen:
         raise ValueError(f"Config file {path} includes itself through _BASE_")
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
+    tree = _load_mapping(path)
     bases = tree.pop("_BASE_", [])
     merged = {}
     for base in [bases] if isinstance(bases, str) else bases:
         parent = read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path)))
         deep_update(merged, parent)
     return deep_update(merged, tree)
+
+
+def _load_mapping(path):
+    """The key tree of one YAML file; anything but a non-empty mapping is an error naming the
+    file (an empty file would otherwise run Dassl's defaults: Adam, lr 3e-4, 10 epochs)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            tree = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"Config file {path} is not valid YAML ({err})") from None
+    example = "nested KEY: value lines, as in configs/trainers/CoOp/vit_b16_ep50.yaml"
+    if tree is None:
+        raise ValueError(
+            f"Config file {path} is empty: a config file is a mapping of keys ({example}); "
+            "an empty file would run Dassl's defaults"
+        )
+    if not isinstance(tree, dict):
+        # A ValueError, as for every bad config input (callers report those).
+        message = f"Config file {path} holds a {type(tree).__name__}, not a mapping of keys ({example})"
+        raise ValueError(message)  # noqa: TRY004
+    return tree
 
 
 def deep_update(base, override):
@@ -150,7 +170,8 @@ def make_cfg(
 
     for path in (dataset_config, config_file):
         if path:
-            _merge(cfg, path, lambda path=path: cfg.merge_from_other_cfg(CN(read_config_file(path))))
+            tree = CN(read_config_file(path))  # its errors name the file already
+            _merge(cfg, path, lambda tree=tree: cfg.merge_from_other_cfg(tree))
     flags = {
         "DATASET.ROOT": root,
         "OUTPUT_DIR": output_dir,
