@@ -39,9 +39,10 @@ def dataset_key(cfg, key):
 
 
 def read_text(path, what):
-    """The text of the UTF-8 file `path` (`what` names it in the error)."""
+    """The text of the UTF-8 file `path`, with or without a byte-order mark (`what` names it in
+    the error)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as err:
         raise ValueError(

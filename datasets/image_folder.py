@@ -54,7 +54,7 @@ def read_classnames_file(path, folders):
     """Class names of `folders` from `path` ("<folder> <class name>" per line, every class
     folder exactly once; blank lines ignored)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # with or without a byte-order mark
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(
