@@ -73,11 +73,28 @@ def parse_args(argv=None):
 
 
 def images_below(folder):
-    """Every image file below `folder`, sorted; hidden files and folders are left out."""
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.join(parent, n) for n in files if is_image(n) and not n.startswith(".")]
+    """Every image file below `folder`, sorted; hidden files and folders are left out. Symlinked
+    folders are followed (as a `**` pattern follows them), except a link back to a folder above
+    it, which would repeat the images forever: those are named. A link named as an image that
+    leads nowhere is kept, so that it is reported as unreadable."""
+    found, loops = [], []
+
+    def walk(path, above):
+        real = os.path.realpath(path)
+        if real in above:
+            loops.append(path)
+            return
+        for entry in os.scandir(path):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows symlinks
+                walk(entry.path, above | {real})
+            elif is_image(entry.name):
+                found.append(entry.path)
+
+    walk(folder, frozenset())
+    if loops:
+        print(f"Note: not followed (it leads back to a folder above it): {', '.join(sorted(loops))}")
     return sorted(found)
 
 
