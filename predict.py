@@ -31,21 +31,22 @@ import sys
 from contextlib import nullcontext
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipprompt.atomic import atomic_file
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import CheckpointError
+from clipprompt.images import open_rgb
 from clipprompt.learnable import CheckpointMismatch
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
 from tools.export.run import add_run_arguments, load_run
 
 FORMATS = (".csv", ".jsonl")
-# What PIL raises for files it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
-READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What reading an image raises: PIL (UnidentifiedImageError and truncated data are OSErrors) and
+# clipprompt.images (pixel ranges it cannot scale, images over the pixel limit: ValueErrors).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 SHOWN = 10  # problems named in an error message
 
 
@@ -116,13 +117,6 @@ def expand_inputs(inputs):
     return entries
 
 
-def read_image(path):
-    """The image as Dassl's data loader reads it for evaluation (RGB PIL image)."""
-    from dassl.utils import read_image as dassl_read_image
-
-    return dassl_read_image(path)
-
-
 class ImageFiles(Dataset):
     """(index, transformed image or None, why it could not be read) per path."""
 
@@ -135,7 +129,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(read_image(self.paths[i])), None
+            return i, self.transform(open_rgb(self.paths[i])), None
         except READ_ERRORS as err:
             return i, None, f"{type(err).__name__}: {err}"
 

@@ -35,6 +35,7 @@ from clipprompt.learnable import learnable_parameters
 from clipprompt.model import ContextPrompt
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
+from datasets.loading import build_data_manager
 from trainers.runs.checkpoints import (
     load_for_evaluation,
     resume_training,
@@ -91,8 +92,12 @@ class PromptTrainer(TrainerX):
     # ------------------------------------------------------------------ data
 
     def build_data_loader(self):
-        if self._class_lists is None:
-            super().build_data_loader()
+        if self._class_lists is None:  # Dassl's, with images read by clipprompt.images
+            dm = self.dm = build_data_manager(self.cfg)
+            self.train_loader_x, self.train_loader_u = dm.train_loader_x, dm.train_loader_u
+            self.val_loader, self.test_loader = dm.val_loader, dm.test_loader
+            self.num_classes, self.num_source_domains = dm.num_classes, dm.num_source_domains
+            self.lab2cname = dm.lab2cname
             return
         names = self._class_lists[0]
         self.dm = None
