@@ -42,6 +42,7 @@ from clipprompt.learnable import CheckpointMismatch
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
 from tools.export.run import add_run_arguments, load_run
+from trainers.runs.checkpoints import UnreadableCheckpoint
 
 FORMATS = (".csv", ".jsonl")
 # What reading an image raises: PIL (UnidentifiedImageError and truncated data are OSErrors) and
@@ -256,7 +257,7 @@ def prediction_settings(args, trainer):
 def main(argv=None):
     try:
         predict(parse_args(argv))
-    except (CheckpointMismatch, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 
 

@@ -19,6 +19,7 @@ from clipprompt.conditional import ConditionalCLIP
 from clipprompt.exported import LEARNED, save_exported
 from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
+from trainers.runs.checkpoints import UnreadableCheckpoint
 
 
 def templates(trainer):
@@ -143,7 +144,7 @@ def main(argv=None):
     run = (args.model_dir, args.load_epoch, args.classnames, args.dataset_config_file, args.root)
     try:
         trainer, where = load_run(*run, args.subsample_classes, args.device)
-    except (CheckpointMismatch, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     tensors, metadata = exported(trainer, args.model_dir, where)
     save_exported(args.out, tensors, metadata)
