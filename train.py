@@ -36,6 +36,7 @@ import trainers
 from clipprompt.atomic import write_text_atomically
 from trainers.runs.determinism import set_determinism
 from trainers.runs.folder import config_changes, describe_changes, held_results, start_log
+from trainers.runs.lock import RunFolderBusy, lock_run_folder
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -156,9 +157,22 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
     args = parse_args(argv[1:])
     cfg = setup_cfg(args)
-    notes, replace_config = check_output_dir(cfg)
+    # Before anything else is read or written in the folder: one train.py per run folder.
+    try:
+        lock = lock_run_folder(cfg.OUTPUT_DIR)
+    except RunFolderBusy as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        run(cfg, args, argv, [lock.note] if lock.note else [])
+    finally:
+        lock.release()
+
+
+def run(cfg, args, argv, notes):
+    """train.py's work in its locked output folder; `notes` are printed once the log is open."""
+    folder_notes, replace_config = check_output_dir(cfg)
     start_log(cfg.OUTPUT_DIR)
-    for note in notes:
+    for note in notes + folder_notes:
         print(note)
     determinism = set_determinism(cfg.DETERMINISTIC, torch.cuda.is_available() and cfg.USE_CUDA)
     record_invocation(cfg, argv, determinism)
