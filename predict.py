@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from clipprompt.atomic import atomic_file
+from clipprompt.atomic import WriteError, atomic_file, write_error_message
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import CheckpointError
 from clipprompt.images import open_rgb
@@ -259,6 +259,8 @@ def main(argv=None):
         predict(parse_args(argv))
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    except WriteError as err:  # the output: disk full, read-only folder
+        raise SystemExit(f"error: {write_error_message(err)}") from None
 
 
 def predict(args):

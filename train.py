@@ -33,9 +33,9 @@ import torch
 from dassl.utils import collect_env_info, set_random_seed
 
 import trainers
-from clipprompt.atomic import write_text_atomically
+from clipprompt.atomic import WriteError, naming_write_errors, write_error_message, write_text_atomically
 from trainers.runs.determinism import set_determinism
-from trainers.runs.folder import config_changes, describe_changes, held_results, run_seed, start_log
+from trainers.runs.folder import RunLog, config_changes, describe_changes, held_results, run_seed, start_log
 from trainers.runs.lock import RunFolderBusy, lock_run_folder
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -155,7 +155,8 @@ def record_invocation(cfg, argv, determinism):
         "dassl": getattr(dassl, "__version__", None),
         **determinism,
     }
-    with open(os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl"), "a") as f:
+    path = os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl")
+    with naming_write_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -175,15 +176,20 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
     args = parse_args(argv[1:])
     cfg = setup_cfg(args)
-    # Before anything else is read or written in the folder: one train.py per run folder.
     try:
+        # Before anything else is read or written in the folder: one train.py per run folder.
         lock = lock_run_folder(cfg.OUTPUT_DIR)
+        try:
+            run(cfg, args, argv, [lock.note] if lock.note else [])
+        finally:
+            lock.release()
     except RunFolderBusy as err:
         raise SystemExit(f"error: {err}") from None
-    try:
-        run(cfg, args, argv, [lock.note] if lock.note else [])
-    finally:
-        lock.release()
+    except WriteError as err:  # disk full, read-only output: one line, not a traceback
+        if isinstance(sys.stdout, RunLog):
+            sys.stdout.close()
+        again = "Then run the same command again (a run resumes from its last checkpoint)"
+        raise SystemExit(f"error: {write_error_message(err, again)}") from None
 
 
 def run(cfg, args, argv, notes):

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from dassl.data.datasets import DatasetBase, Datum
 
+from clipprompt.atomic import naming_write_errors
+
 from .image_check import check_images
 
 SUBSAMPLE_MODES = ("all", "base", "new")
@@ -65,12 +67,13 @@ def write_new_json(obj, path):
     readers never see a half-written file.
     """
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=0)
     try:
-        os.link(tmp, path)
+        with naming_write_errors(path), open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=0)
+        os.link(tmp, path)  # FileExistsError when another run wrote it first
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def require_path(path, what, hint):

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from clipprompt.atomic import WriteError, write_error_message
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import CheckpointError
 from clipprompt.conditional import ConditionalCLIP
@@ -147,7 +148,10 @@ def main(argv=None):
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     tensors, metadata = exported(trainer, args.model_dir, where)
-    save_exported(args.out, tensors, metadata)
+    try:
+        save_exported(args.out, tensors, metadata)
+    except WriteError as err:  # disk full, read-only folder
+        raise SystemExit(f"error: {write_error_message(err)}") from None
     size = os.path.getsize(args.out)
     print(
         f"Exported {metadata['trainer']} ({metadata['kind']}, {len(metadata['classnames'])} classes from "

@@ -18,7 +18,7 @@ import time
 
 import yaml
 
-from clipprompt.atomic import write_text_atomically
+from clipprompt.atomic import naming_write_errors, write_text_atomically
 
 from .identity import plain
 
@@ -142,20 +142,32 @@ class RunLog:
 
     def __init__(self, path):
         self.console = sys.stdout
-        # Open for the rest of the process, as stdout is.
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        if self.file.tell():
-            self.file.write("\n")
-        self.file.write(START_LINE.format(stamp=time.strftime(STAMP_FORMAT)) + "\n")
+        self.path = path
+        with naming_write_errors(path):
+            # Open for the rest of the process, as stdout is.
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            if self.file.tell():
+                self.file.write("\n")
+            self.file.write(START_LINE.format(stamp=time.strftime(STAMP_FORMAT)) + "\n")
 
     def write(self, text):
         self.console.write(text)
-        self.file.write(text)
+        with naming_write_errors(self.path):
+            self.file.write(text)
 
     def flush(self):
         self.console.flush()
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with naming_write_errors(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def close(self):
+        """Back to the console alone (after a write error, so that exiting does not write again)."""
+        sys.stdout = self.console
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the unwritten rest of the log is lost with the error that stopped the run
 
     def __getattr__(self, name):  # isatty, encoding, ...: those of the console
         return getattr(self.console, name)
@@ -163,6 +175,7 @@ class RunLog:
 
 def start_log(output_dir):
     """Tee stdout into `output_dir/log.txt` (appending) for the rest of the process."""
-    os.makedirs(output_dir, exist_ok=True)
+    with naming_write_errors(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
     sys.stdout = RunLog(os.path.join(output_dir, "log.txt"))
     return sys.stdout

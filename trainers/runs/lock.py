@@ -28,6 +28,8 @@ import os
 import socket
 import time
 
+from clipprompt.atomic import naming_write_errors
+
 LOCK_FILE = "run.lock"
 # lockf's answers when the file system has no locks at all (rather than a lock held elsewhere).
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -56,9 +58,10 @@ class RunLock:
 
 def lock_run_folder(output_dir):
     """Take `output_dir/run.lock` (the module docstring's rules): a `RunLock`, or `RunFolderBusy`."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with naming_write_errors(path):
+        os.makedirs(output_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         previous = _take(fd, path)
         record = {
@@ -66,9 +69,10 @@ def lock_run_folder(output_dir):
             "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        os.fsync(fd)
+        with naming_write_errors(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         raise
