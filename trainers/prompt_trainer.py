@@ -14,6 +14,8 @@ What it changes in Dassl (c61a1b5, used unmodified):
   same code in every mode, only the autocast context and gradient scaling differ; steps that
   fp16 loss scaling skips (inf/NaN gradients) are logged ("skipped" in the epoch line);
 - evaluation encodes class prompts once per evaluation (`CachedTextFeatures`);
+- images are read by `clipprompt.images` (Dassl's data manager over `datasets.loading`'s
+  wrapper), which scales 16-bit and float images instead of reading them as white or black;
 - training and evaluation are generic: every model speaks `clipprompt.model`'s interface
   (`losses`, `classify`), so a trainer only declares its config keys and builds its model
   (`make_model`); routing statistics are kept for every model that routes.

@@ -15,10 +15,10 @@ builds or writes anything else, and keeps it until it exits. The rules:
   host that crashed) takes it over and says so: a free lock means its holder no longer runs,
   also when that holder was on another host.
 - On a file system without OS locks (`lockf` fails, e.g. ENOLCK or EOPNOTSUPP) the file alone
-  decides, with a warning: a holder on this host whose process still exists -> refused; one
-  whose process is gone -> taken over; a holder on another host cannot be checked -> refused,
-  with the file to remove if that run no longer runs. (An NFS mount with `nolock` keeps locks
-  on each host: runs started on two hosts are not told apart there.)
+  decides, with a warning: a holder on this host whose process is gone -> taken over; one whose
+  process exists, or one on another host (which cannot be checked) -> refused, with the file to
+  delete if that run no longer runs. (An NFS mount with `nolock` keeps locks on each host:
+  runs started on two hosts are not told apart there.)
 """
 
 import errno
@@ -97,15 +97,14 @@ def _take(fd, path):
         )
         holder = _holder(fd)
         if holder and not _gone(holder):
-            raise RunFolderBusy(
-                busy_message(path, holder, checked=holder.get("host") == socket.gethostname())
-            )
+            raise RunFolderBusy(busy_message(path, holder, checked=False))
         return holder
     return _holder(fd)
 
 
 def _holder(fd):
-    """The holder record of the lock file (None when it is empty or unreadable)."""
+    """The holder record of the lock file (None when it is empty; a record that does not parse
+    is described as unreadable)."""
     text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
     try:
         holder = json.loads(text) if text else None
@@ -132,6 +131,7 @@ def describe(holder):
 
 
 def busy_message(path, holder, checked=True):
+    """Why the folder is refused; unless the OS lock `checked` that the holder runs, how to free it."""
     folder = os.path.dirname(path)
     who = describe(holder) if holder else "another train.py"
     message = (
