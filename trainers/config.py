@@ -29,8 +29,13 @@ def read_config_file(path, seen=()):
         raise ValueError(f"Config file {path} includes itself through _BASE_")
     tree = _load_mapping(path)
     bases = tree.pop("_BASE_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(
+            f"Config file {path}: _BASE_ must be a file name or a list of file names, not {bases!r}"
+        )
     merged = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         parent = read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path)))
         deep_update(merged, parent)
     return deep_update(merged, tree)
