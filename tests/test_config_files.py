@@ -21,7 +21,7 @@ COOP = "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
         ("Train CoOp on pets for 50 epochs.\n", r"holds a str, not a mapping of keys"),
         ("- OPTIM.LR\n- 0.1\n", r"holds a list, not a mapping of keys"),
         ("OPTIM: [1, 2\n", r"is not valid YAML"),
-        ("_BASE_: 5\nOPTIM:\n  LR: 0.1\n", r"_BASE_ must be a file name or a list of file names, not \[5\]"),
+        ("_BASE_: 5\nOPTIM:\n  LR: 0.1\n", r"has _BASE_: 5, not a file name or a list of file names"),
     ],
 )
 def test_config_file_that_is_not_a_mapping_is_one_error_naming_it(tmp_path, text, expected):

@@ -31,9 +31,7 @@ def read_config_file(path, seen=()):
     bases = tree.pop("_BASE_", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ValueError(
-            f"Config file {path}: _BASE_ must be a file name or a list of file names, not {bases!r}"
-        )
+        raise ValueError(f"Config file {path} has _BASE_: {bases!r}, not a file name or a list of file names")
     merged = {}
     for base in bases:
         parent = read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path)))
