@@ -31,21 +31,23 @@ import sys
 from contextlib import nullcontext
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from clipprompt.atomic import atomic_file
+from clipprompt.atomic import WriteError, atomic_file, write_error_message
 from clipprompt.caching import CachedTextFeatures
 from clipprompt.clip_loading import CheckpointError
+from clipprompt.images import open_rgb
 from clipprompt.learnable import CheckpointMismatch
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
 from tools.export.run import add_run_arguments, load_run
+from trainers.runs.checkpoints import UnreadableCheckpoint
 
 FORMATS = (".csv", ".jsonl")
-# What PIL raises for files it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
-READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What reading an image raises: PIL (UnidentifiedImageError and truncated data are OSErrors) and
+# clipprompt.images (pixel ranges it cannot scale, images over the pixel limit: ValueErrors).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 SHOWN = 10  # problems named in an error message
 
 
@@ -73,11 +75,28 @@ def parse_args(argv=None):
 
 
 def images_below(folder):
-    """Every image file below `folder`, sorted; hidden files and folders are left out."""
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.join(parent, n) for n in files if is_image(n) and not n.startswith(".")]
+    """Every image file below `folder`, sorted; hidden files and folders are left out. Symlinked
+    folders are followed (as a `**` pattern follows them), except a link back to a folder above
+    it, which would repeat the images forever: those are named. A link named as an image that
+    leads nowhere is kept, so that it is reported as unreadable."""
+    found, loops = [], []
+
+    def walk(path, above):
+        real = os.path.realpath(path)
+        if real in above:
+            loops.append(path)
+            return
+        for entry in os.scandir(path):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows symlinks
+                walk(entry.path, above | {real})
+            elif is_image(entry.name):
+                found.append(entry.path)
+
+    walk(folder, frozenset())
+    if loops:
+        print(f"Note: not followed (it leads back to a folder above it): {', '.join(sorted(loops))}")
     return sorted(found)
 
 
@@ -99,13 +118,6 @@ def expand_inputs(inputs):
     return entries
 
 
-def read_image(path):
-    """The image as Dassl's data loader reads it for evaluation (RGB PIL image)."""
-    from dassl.utils import read_image as dassl_read_image
-
-    return dassl_read_image(path)
-
-
 class ImageFiles(Dataset):
     """(index, transformed image or None, why it could not be read) per path."""
 
@@ -118,7 +130,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(read_image(self.paths[i])), None
+            return i, self.transform(open_rgb(self.paths[i])), None
         except READ_ERRORS as err:
             return i, None, f"{type(err).__name__}: {err}"
 
@@ -240,8 +252,10 @@ def prediction_settings(args, trainer):
 def main(argv=None):
     try:
         predict(parse_args(argv))
-    except (CheckpointMismatch, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    except WriteError as err:  # the output: disk full, read-only folder
+        raise SystemExit(f"error: {write_error_message(err)}") from None
 
 
 def predict(args):

@@ -33,9 +33,10 @@ import torch
 from dassl.utils import collect_env_info, set_random_seed
 
 import trainers
-from clipprompt.atomic import write_text_atomically
+from clipprompt.atomic import WriteError, naming_write_errors, write_error_message, write_text_atomically
 from trainers.runs.determinism import set_determinism
-from trainers.runs.folder import config_changes, describe_changes, held_results, start_log
+from trainers.runs.folder import RunLog, config_changes, describe_changes, held_results, run_seed, start_log
+from trainers.runs.lock import RunFolderBusy, lock_run_folder
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -118,6 +119,23 @@ def check_output_dir(cfg):
     return notes, bool(changed)
 
 
+def with_run_seed(cfg):
+    """(cfg, note): without a seed (SEED < 0), the config with the seed drawn at the run's first
+    start (`trainers.runs.folder.run_seed`), so that its starts share one few-shot sample."""
+    config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    saved = None
+    if os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            saved = f.read()
+    seed, note = run_seed(cfg.OUTPUT_DIR, cfg.SEED, saved)
+    if seed != cfg.SEED:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SEED = seed
+        cfg.freeze()
+    return cfg, note
+
+
 def record_invocation(cfg, argv, determinism):
     """Append one line to `invocations.jsonl` per start: resumes and re-evaluations stay on
     record with their command line, paths, commit, environment and determinism settings."""
@@ -125,6 +143,7 @@ def record_invocation(cfg, argv, determinism):
     record = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "argv": [sys.executable, *argv],
+        "seed": cfg.SEED,
         "cwd": os.getcwd(),
         "git_commit": commit,
         "git_dirty": dirty,
@@ -136,7 +155,8 @@ def record_invocation(cfg, argv, determinism):
         "dassl": getattr(dassl, "__version__", None),
         **determinism,
     }
-    with open(os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl"), "a") as f:
+    path = os.path.join(cfg.OUTPUT_DIR, "invocations.jsonl")
+    with naming_write_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -156,10 +176,30 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
     args = parse_args(argv[1:])
     cfg = setup_cfg(args)
-    notes, replace_config = check_output_dir(cfg)
+    try:
+        # Before anything else is read or written in the folder: one train.py per run folder.
+        lock = lock_run_folder(cfg.OUTPUT_DIR)
+        try:
+            run(cfg, args, argv, [lock.note] if lock.note else [])
+        finally:
+            lock.release()
+    except RunFolderBusy as err:
+        raise SystemExit(f"error: {err}") from None
+    except WriteError as err:  # disk full, read-only output: one line, not a traceback
+        if isinstance(sys.stdout, RunLog):
+            sys.stdout.close()
+        again = "Then run the same command again (a run resumes from its last checkpoint)"
+        raise SystemExit(f"error: {write_error_message(err, again)}") from None
+
+
+def run(cfg, args, argv, notes):
+    """train.py's work in its locked output folder; `notes` are printed once the log is open."""
+    cfg, seed_note = with_run_seed(cfg)
+    folder_notes, replace_config = check_output_dir(cfg)
     start_log(cfg.OUTPUT_DIR)
-    for note in notes:
-        print(note)
+    for note in [*notes, seed_note, *folder_notes]:
+        if note:
+            print(note)
     determinism = set_determinism(cfg.DETERMINISTIC, torch.cuda.is_available() and cfg.USE_CUDA)
     record_invocation(cfg, argv, determinism)
     if cfg.SEED >= 0:

@@ -44,6 +44,7 @@ from torchvision import transforms
 
 from .atomic import atomic_file
 from .clip_loading import backbone_fingerprint, load_clip
+from .images import open_rgb, to_rgb
 from .model import EXPORT_KINDS
 from .routing import Router
 
@@ -205,11 +206,8 @@ class ExportedClassifier(nn.Module):
 
 
 def _rgb(image):
-    """An RGB PIL image of a PIL image or a path (as Dassl's data loader reads files)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
+    """An RGB PIL image of a PIL image or a path, as training reads files (`clipprompt.images`)."""
+    return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
 def _put_clip_weights(module, learned, prefix):

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from dassl.data.datasets import DatasetBase, Datum
 
+from clipprompt.atomic import naming_write_errors
+
 from .image_check import check_images
 
 SUBSAMPLE_MODES = ("all", "base", "new")
@@ -39,9 +41,10 @@ def dataset_key(cfg, key):
 
 
 def read_text(path, what):
-    """The text of the UTF-8 file `path` (`what` names it in the error)."""
+    """The text of the UTF-8 file `path`, with or without a byte-order mark (`what` names it in
+    the error)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as err:
         raise ValueError(
@@ -64,12 +67,13 @@ def write_new_json(obj, path):
     readers never see a half-written file.
     """
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=0)
     try:
-        os.link(tmp, path)
+        with naming_write_errors(path), open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=0)
+        os.link(tmp, path)  # FileExistsError when another run wrote it first
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def require_path(path, what, hint):

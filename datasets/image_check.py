@@ -8,7 +8,7 @@ cached. It finds empty, truncated-header and non-image files; a file whose heade
 whose pixel data is cut off still fails when it is loaded.
 """
 
-from PIL import Image
+from clipprompt.images import ImageTooLarge, open_image
 
 # Print progress when a dataset lists more images than this.
 PROGRESS_EVERY = 20_000
@@ -18,8 +18,10 @@ SHOWN = 5
 def unreadable_image(path):
     """None when the header of `path` parses as an image, else the reason."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
+    except ImageTooLarge as err:  # names the file and says how to raise PIL's limit
+        return err.reason
     except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
         return f"{type(err).__name__}: {err}"
     if not width or not height:

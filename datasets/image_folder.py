@@ -50,11 +50,22 @@ def _examples(items):
     return ", ".join(map(str, items[:SHOWN])) + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
 
 
+def _class_changes(old, new):
+    """What differs between two class lists in label order, in words."""
+    if len(old) == len(new):
+        return ", ".join(f"label {y} {a!r} is now {b!r}" for y, (a, b) in enumerate(zip(old, new)) if a != b)
+    added = [repr(n) for n in new if n not in old]
+    removed = [repr(n) for n in old if n not in new]
+    return "; ".join(
+        f"{what} {', '.join(names)}" for what, names in (("added", added), ("removed", removed)) if names
+    )
+
+
 def read_classnames_file(path, folders):
     """Class names of `folders` from `path` ("<folder> <class name>" per line, every class
     folder exactly once; blank lines ignored)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # with or without a byte-order mark
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(
@@ -190,26 +201,44 @@ class ImageFolder(CoOpDataset):
             )
 
     def _images(self, folder):
-        """Sorted image file names in `folder` (missing folder: none); other files are named."""
+        """Sorted image file names in `folder` (missing folder: none); other files and sub-folders
+        without images are named; images in sub-folders are an error (the class is the folder
+        right below the dataset folder or a split folder, so they would have no clear class)."""
         if not os.path.isdir(folder):
             return []
         names = list_files(folder)
         images = [n for n in names if is_image(n)]
-        if len(images) < len(names) and folder not in self._reported:
+        nested = {sub: self._images_below(os.path.join(folder, sub)) for sub in list_folders(folder)}
+        inside = [path for paths in nested.values() for path in paths]
+        if inside:
+            raise ValueError(
+                f"Images in sub-folders of the class folder {folder} are not part of the dataset: "
+                f"{_examples(inside)}. Move them into {folder} itself, or out of {self.dataset_dir}."
+            )
+        others = [os.path.join(folder, n) for n in names if not is_image(n)]
+        others += [os.path.join(folder, sub) + os.sep for sub in nested]
+        if others and folder not in self._reported:
             self._reported.add(folder)
-            others = [os.path.join(folder, n) for n in names if not is_image(n)]
             print(f"Not images (by extension), left out: {_examples(others)}")
         return images
+
+    @staticmethod
+    def _images_below(folder):
+        """Paths of the images anywhere below `folder` (hidden files and folders left out)."""
+        found = []
+        for parent, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(parent, n) for n in sorted(files) if is_image(n) and not n.startswith(".")]
+        return found
 
     # ---- splits --------------------------------------------------------------------------
 
     def read_split(self, name):
         if self.split_dirs is None:
-            samples = super().read_split(name)
             if not self._split_checked:
                 self._check_split_file()
                 self._split_checked = True
-            return samples
+            return super().read_split(name)
         split_dir = self.split_dirs.get(name)
         if split_dir is None:
             return []  # no val/: no validation set
@@ -221,7 +250,17 @@ class ImageFolder(CoOpDataset):
         return samples
 
     def _check_split_file(self):
-        """The split file covers exactly the images in the class folders (no image added since)."""
+        """The split file has exactly the classes of the class folders (no folder added, removed
+        or renamed since, with or without images) and covers every image in them (no image
+        added since; a removed one is an error when its row is read)."""
+        made = CoOpDataset.read_classnames(self)  # the classes of the split file's rows
+        if made != self.all_classnames:
+            raise ValueError(
+                f"The classes of {self.dataset_dir} changed since the split file {self.split_path} was made "
+                f"({len(made)} classes there, {len(self.all_classnames)} now): "
+                f"{_class_changes(made, self.all_classnames)}. Undo the change (class folders, "
+                f"{CLASSNAMES_FILE}), or {self._new_split_remedy()}"
+            )
         listed = {row[0] for name in SPLIT_NAMES for row in self._split_json()[name]}
         on_disk = {
             f"{folder}/{image}"
@@ -240,17 +279,34 @@ class ImageFolder(CoOpDataset):
     def samples_from_rows(self, rows, base_dir, source):
         try:
             return super().samples_from_rows(rows, base_dir, source)
-        except ValueError as err:
-            if self.split_dirs:
-                remedy = f"move {os.path.join(self.dataset_dir, FEWSHOT_FOLDER)} away to draw new samples."
-            else:
-                remedy = (
-                    f"move {self.split_path} and {FEWSHOT_FOLDER}/ away and set DATASET.CREATE_SPLIT True "
-                    "to make a new split."
-                )
-            raise ValueError(
-                f"{err} The class folders or {CLASSNAMES_FILE} changed since it was written: {remedy}"
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(
+                f"{err} The class folders or {CLASSNAMES_FILE} changed since it was written: "
+                f"{self._new_split_remedy()}"
             ) from None
+
+    def _new_split_remedy(self):
+        if self.split_dirs:
+            return f"move {os.path.join(self.dataset_dir, FEWSHOT_FOLDER)} away to draw new samples."
+        return (
+            f"move {self.split_path} and {FEWSHOT_FOLDER}/ away and set DATASET.CREATE_SPLIT True to make "
+            "a new split."
+        )
+
+    def _read_cache(self, cache, splits):
+        """A few-shot sample drawn before a class was added lacks that class (every class has
+        training images): an error rather than a class trained on nothing."""
+        sample = super()._read_cache(cache, splits)
+        sampled = {s.label for s in sample["train"]}
+        missing = [name for label, name in enumerate(self.all_classnames) if label not in sampled]
+        if missing:
+            remedy = self._new_split_remedy()
+            raise ValueError(
+                f"The few-shot sample {cache} has no training image of the class "
+                f"{', '.join(map(repr, missing))}: it was drawn before the class was added. "
+                f"{remedy[0].upper()}{remedy[1:]}"
+            )
+        return sample
 
     def missing_split_message(self):
         return (

@@ -27,14 +27,37 @@ def read_config_file(path, seen=()):
         raise FileNotFoundError(f"Config file {path} not found")
     if os.path.abspath(path) in seen:
         raise ValueError(f"Config file {path} includes itself through _BASE_")
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
+    tree = _load_mapping(path)
     bases = tree.pop("_BASE_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"Config file {path} has _BASE_: {bases!r}, not a file name or a list of file names")
     merged = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         parent = read_config_file(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path)))
         deep_update(merged, parent)
     return deep_update(merged, tree)
+
+
+def _load_mapping(path):
+    """The key tree of one YAML file; anything but a non-empty mapping is an error naming the
+    file (an empty file would otherwise run Dassl's defaults: Adam, lr 3e-4, 10 epochs)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            tree = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"Config file {path} is not valid YAML ({err})") from None
+    example = "nested KEY: value lines, as in configs/trainers/CoOp/vit_b16_ep50.yaml"
+    if tree is None:
+        raise ValueError(
+            f"Config file {path} is empty: a config file is a mapping of keys ({example}); "
+            "an empty file would run Dassl's defaults"
+        )
+    if not isinstance(tree, dict):
+        # A ValueError, as for every bad config input (callers report those).
+        message = f"Config file {path} holds a {type(tree).__name__}, not a mapping of keys ({example})"
+        raise ValueError(message)  # noqa: TRY004
+    return tree
 
 
 def deep_update(base, override):
@@ -150,7 +173,8 @@ def make_cfg(
 
     for path in (dataset_config, config_file):
         if path:
-            _merge(cfg, path, lambda path=path: cfg.merge_from_other_cfg(CN(read_config_file(path))))
+            tree = CN(read_config_file(path))  # its errors name the file already
+            _merge(cfg, path, lambda tree=tree: cfg.merge_from_other_cfg(tree))
     flags = {
         "DATASET.ROOT": root,
         "OUTPUT_DIR": output_dir,
@@ -171,9 +195,66 @@ def make_cfg(
             f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME): choose one of "
             f"{', '.join(sorted(DATASET_REGISTRY.registered_names()))} via --dataset-config-file"
         )
+    check_training_values(cfg)
     trainer_cls.check_cfg(cfg)
     cfg.freeze()
     return cfg
+
+
+def check_training_values(cfg):
+    """Optimiser, schedule and loader values that Dassl would accept and then train nothing with
+    (MAX_EPOCH 0 logs the untrained prompt's accuracy as the run's result), silently clamp
+    (a negative warm-up) or fail on only later: one error naming the key, before anything runs."""
+    from dassl.optim.optimizer import AVAI_OPTIMS
+
+    from .runs.schedule import POLICIES
+
+    opt, loader = cfg.OPTIM, cfg.DATALOADER
+    problems = [
+        (opt.MAX_EPOCH < 1, f"OPTIM.MAX_EPOCH must be at least 1 (training epochs), not {opt.MAX_EPOCH}"),
+        (opt.LR <= 0, f"OPTIM.LR must be positive, not {opt.LR}"),
+        (
+            opt.NAME not in AVAI_OPTIMS,
+            f"OPTIM.NAME {opt.NAME!r} is not an optimiser Dassl builds: use one of {', '.join(AVAI_OPTIMS)}",
+        ),
+        (
+            opt.LR_SCHEDULER not in POLICIES,
+            f"OPTIM.LR_SCHEDULER {opt.LR_SCHEDULER!r} is not supported: use one of {', '.join(POLICIES)}",
+        ),
+        (
+            opt.WARMUP_EPOCH < -1,  # -1 is Dassl's default, also no warm-up
+            f"OPTIM.WARMUP_EPOCH must be 0 or more (0 and Dassl's default -1: no warm-up), not {opt.WARMUP_EPOCH}",
+        ),
+        (opt.WEIGHT_DECAY < 0, f"OPTIM.WEIGHT_DECAY must be 0 or more, not {opt.WEIGHT_DECAY}"),
+        (opt.MOMENTUM < 0, f"OPTIM.MOMENTUM must be 0 or more, not {opt.MOMENTUM}"),
+        (
+            opt.LR_SCHEDULER != "cosine" and opt.GAMMA <= 0,
+            f"OPTIM.GAMMA must be positive for {opt.LR_SCHEDULER}, not {opt.GAMMA}",
+        ),
+        (
+            cfg.TRAINER.GRAD_CLIP_NORM < 0,
+            f"TRAINER.GRAD_CLIP_NORM must be 0 (no clipping) or more, not {cfg.TRAINER.GRAD_CLIP_NORM}",
+        ),
+        (loader.NUM_WORKERS < 0, f"DATALOADER.NUM_WORKERS must be 0 or more, not {loader.NUM_WORKERS}"),
+    ]
+    for split in ("TRAIN_X", "TEST"):
+        size = loader[split].BATCH_SIZE
+        problems.append((size < 1, f"DATALOADER.{split}.BATCH_SIZE must be at least 1, not {size}"))
+    if opt.WARMUP_EPOCH > 0:
+        kinds = ("constant", "linear")
+        problems.append(
+            (
+                opt.WARMUP_TYPE not in kinds,
+                f"OPTIM.WARMUP_TYPE must be constant or linear, not {opt.WARMUP_TYPE!r}",
+            )
+        )
+        key = "WARMUP_CONS_LR" if opt.WARMUP_TYPE == "constant" else "WARMUP_MIN_LR"
+        problems.append(
+            (opt[key] <= 0, f"OPTIM.{key} must be positive for a {opt.WARMUP_TYPE} warm-up, not {opt[key]}")
+        )
+    for bad, message in problems:
+        if bad:
+            raise ValueError(message)
 
 
 def _set(cfg, key, value):

@@ -15,6 +15,8 @@ registry; this class and `trainers.loop` (the epoch and evaluation loop) give th
 - precision `fp32 | fp16 | amp` with every loss term kept: the loss terms are computed by the
   same code in every mode, only the autocast context and gradient scaling differ; steps that
   fp16 loss scaling skips (inf/NaN gradients) are logged ("skipped" in the epoch line);
+- images are read by `clipprompt.images` (Dassl's data manager over `datasets.loading`'s
+  wrapper), which scales 16-bit and float images instead of reading them as white or black;
 - training and evaluation are generic: every model speaks `clipprompt.model`'s interface
   (`losses`, `classify`), so a trainer only declares its config keys and builds its model
   (`make_model`); routing statistics are kept for every model that routes.
@@ -35,6 +37,7 @@ from clipprompt.learnable import learnable_parameters
 from clipprompt.methods.coop import ContextPrompt
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
+from datasets.loading import build_data_manager
 from trainers.runs.checkpoints import (
     load_for_evaluation,
     resume_training,
@@ -92,8 +95,12 @@ class PromptTrainer(TrainingLoop, TrainerX):
     # ------------------------------------------------------------------ data
 
     def build_data_loader(self):
-        if self._class_lists is None:
-            super().build_data_loader()
+        if self._class_lists is None:  # Dassl's, with images read by clipprompt.images
+            dm = self.dm = build_data_manager(self.cfg)
+            self.train_loader_x, self.train_loader_u = dm.train_loader_x, dm.train_loader_u
+            self.val_loader, self.test_loader = dm.val_loader, dm.test_loader
+            self.num_classes, self.num_source_domains = dm.num_classes, dm.num_source_domains
+            self.lab2cname = dm.lab2cname
             return
         names = self._class_lists[0]
         self.dm = None

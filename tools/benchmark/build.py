@@ -85,7 +85,7 @@ def generated_classnames(n, seed=0):
 
 
 def read_classnames(path):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # with or without a byte-order mark
         lines = [line.strip() for line in f if line.strip()]
     first = [line.split(" ", 1)[0] for line in lines]
     if all(w[:1] == "n" and w[1:].isdigit() and " " in line for w, line in zip(first, lines)):

@@ -51,7 +51,7 @@ def run_config_path(model_dir):
 def read_classnames_file(path):
     """Class names of a UTF-8 text file, one per line (surrounding spaces and blank lines ignored)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # with or without a byte-order mark
             names = [line.strip() for line in f.read().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(

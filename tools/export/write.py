@@ -13,10 +13,12 @@ import os
 
 import torch
 
+from clipprompt.atomic import WriteError, write_error_message
 from clipprompt.clip_loading import CheckpointError
 from clipprompt.exported import LEARNED, save_exported
 from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
+from trainers.runs.checkpoints import UnreadableCheckpoint
 
 
 def preprocessing(cfg):
@@ -93,10 +95,13 @@ def main(argv=None):
     run = (args.model_dir, args.load_epoch, args.classnames, args.dataset_config_file, args.root)
     try:
         trainer, where = load_run(*run, args.subsample_classes, args.device)
-    except (CheckpointMismatch, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     tensors, metadata = exported(trainer, args.model_dir, where)
-    save_exported(args.out, tensors, metadata)
+    try:
+        save_exported(args.out, tensors, metadata)
+    except WriteError as err:  # disk full, read-only folder
+        raise SystemExit(f"error: {write_error_message(err)}") from None
     size = os.path.getsize(args.out)
     print(
         f"Exported {metadata['trainer']} ({metadata['kind']}, {len(metadata['classnames'])} classes from "

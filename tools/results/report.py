@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from clipprompt.atomic import WriteError, atomic_file, write_error_message
 from tools.protocols import BENCHMARK
 from tools.results import paper as published
 from tools.results.base2new import base2new_section
@@ -61,7 +62,7 @@ def render(root, sections, missing):
 
 def write_csv(path, rows, header=None):
     header = header or list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, header, restval="")
         writer.writeheader()
         writer.writerows(rows)
@@ -103,12 +104,14 @@ def main(argv=None):
     sections, missing = build_report(args.output_root, declared, paper, args.datasets.split(), curves)
     sys.stdout.write(render(args.output_root, sections, missing))
     csv_dir = args.csv_dir or args.output_root / "tables"
-    csv_dir.mkdir(parents=True, exist_ok=True)
-    for sec in sections:
-        if sec.csv_name:
-            write_csv(csv_dir / sec.csv_name, sec.csv_rows)
-    miss = [{"run": path, "problem": problem} for path, problem in missing]
-    write_csv(csv_dir / "missing_runs.csv", miss, header=["run", "problem"])
+    try:
+        for sec in sections:
+            if sec.csv_name:
+                write_csv(csv_dir / sec.csv_name, sec.csv_rows)
+        miss = [{"run": path, "problem": problem} for path, problem in missing]
+        write_csv(csv_dir / "missing_runs.csv", miss, header=["run", "problem"])
+    except WriteError as err:  # the tables above are printed; --csv-dir can point elsewhere
+        raise SystemExit(f"error: {write_error_message(err, 'Or pass --csv-dir')}") from None
     print(f"CSV written to {csv_dir}", file=sys.stderr)
 
 

@@ -18,6 +18,9 @@ from typing import NamedTuple
 _STAMPED_LOG = re.compile(r"log\.txt-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}")
 _START_LINE = re.compile(r"^==== train\.py start (\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}) ====$", re.MULTILINE)
 _FIELD = re.compile(r"\* (\w+): ([\d,]+(?:\.\d+)?)%?")
+_FIELD_NAME = re.compile(r"\* (\w+):")
+# Dassl prints the accuracy with one decimal: it may differ from correct / total by half of 0.1.
+ROUNDING = 0.05 + 1e-9
 _SHOTS = re.compile(r"shots_(\d+)")
 _SEED = re.compile(r"seed(\d+)")
 
@@ -51,10 +54,13 @@ class RunKey(NamedTuple):
 class RunState:
     path: Path
     log: Path | None  # the newest log file, None when there is none
-    accuracy: float | None  # from the last result block of `log`, None when unfinished
+    accuracy: float | None  # from the last result block of `log`, None when unfinished or unreadable
     # The run's data_summary.json (the training data train.py actually used: num_shots,
     # effective_shots, short_classes), None for runs of versions that did not write it.
     data: dict | None = None
+    # Why the last result block of `log` gives no accuracy (numbers unreadable, missing or in
+    # disagreement), None when it gives one or there is none.
+    unreadable: str | None = None
 
     @property
     def finished(self):
@@ -63,6 +69,8 @@ class RunState:
     def problem(self):
         if self.log is None:
             return "unfinished: no log file"
+        if self.unreadable:
+            return f"unreadable result: the last result block of {self.log.name}: {self.unreadable}"
         return f"unfinished: no result block in {self.log.name}"
 
 
@@ -80,8 +88,9 @@ def newest_log(run_dir):
 
 
 def last_result(text):
-    """Fields of the last `=> result` block (the `* name: value` lines right after
-    it) as floats, or None when there is no block or the last one has no accuracy."""
+    """Fields of the last `=> result` block (the `* name: value` lines right after it): floats,
+    None for a line whose value does not read as a number; None when there is no block or the
+    last one has no accuracy line."""
     blocks = []
     in_block = False
     for line in text.splitlines():
@@ -91,8 +100,9 @@ def last_result(text):
             in_block = True
         elif in_block and line.startswith("* "):
             m = _FIELD.fullmatch(line)
-            if m:
-                blocks[-1][m[1]] = float(m[2].replace(",", ""))
+            named = m or _FIELD_NAME.match(line)
+            if named:  # a line without a readable name counts as missing
+                blocks[-1][named[1]] = float(m[2].replace(",", "")) if m else None
         else:
             in_block = False
     if blocks and "accuracy" in blocks[-1]:
@@ -100,18 +110,33 @@ def last_result(text):
     return None
 
 
+def result_accuracy(block):
+    """(accuracy, None) of a result block, or (None, what is wrong with its numbers).
+
+    Dassl prints the accuracy rounded to 0.1 and the exact correct / total: both must be there
+    and agree. A block with an accuracy alone (no total and no correct line) gives that."""
+    lines = {name: block.get(name, "missing") for name in ("total", "correct", "accuracy")}
+    if lines["total"] == lines["correct"] == "missing" and lines["accuracy"] is not None:
+        return block["accuracy"], None
+    for name, value in lines.items():
+        if value == "missing":
+            return None, f"it has no * {name}: line"
+        if value is None:
+            return None, f"its * {name}: line is unreadable"
+    if not block["total"]:
+        return None, "its * total: is 0"
+    exact = 100.0 * block["correct"] / block["total"]
+    if abs(exact - block["accuracy"]) > ROUNDING:
+        return None, f"correct / total is {exact:.2f}% but its accuracy line says {block['accuracy']:.1f}%"
+    return exact, None
+
+
 def read_run(run_dir):
     run_dir = Path(run_dir)
     log = newest_log(run_dir)
     block = last_result(log.read_text(errors="replace")) if log else None
-    accuracy = None
-    if block:
-        # Dassl prints the accuracy rounded to 0.1; correct/total is exact.
-        if block.get("total"):
-            accuracy = 100.0 * block.get("correct", 0.0) / block["total"]
-        else:
-            accuracy = block["accuracy"]
-    return RunState(run_dir, log, accuracy, read_data_summary(run_dir))
+    accuracy, unreadable = result_accuracy(block) if block else (None, None)
+    return RunState(run_dir, log, accuracy, read_data_summary(run_dir), unreadable)
 
 
 def read_data_summary(run_dir):

@@ -11,7 +11,9 @@ Files are written atomically (`clipprompt.atomic`): first the checkpoint, then t
 complete checkpoint.
 """
 
+import glob
 import os
+import pickle
 import random
 
 import numpy as np
@@ -76,9 +78,7 @@ def restore_training_state(ckpt, model, optim, sched, scaler, source):
     """Inverse of `training_state`."""
     load_learnable(model, ckpt["state_dict"], source)
     if hasattr(model, "load_training_state"):
-        model.load_training_state(
-            {name: value.clone() for name, value in ckpt["model_state"].items()}
-        )
+        model.load_training_state({name: value.clone() for name, value in ckpt["model_state"].items()})
     if optim is not None:
         optim.load_state_dict(ckpt["optimizer"])
     if sched is not None:
@@ -106,6 +106,47 @@ def checkpoint_path(folder, epoch=None, best=False):
 
 def has_checkpoint(folder):
     return os.path.exists(os.path.join(folder, MARKER))
+
+
+def epoch_checkpoints(folder):
+    """{epoch: path} of the `model.pth.tar-<epoch>` files in `folder`."""
+    found = {}
+    for path in glob.glob(os.path.join(glob.escape(folder), "model.pth.tar-*")):
+        suffix = path.rsplit("-", 1)[1]
+        if suffix.isdigit():
+            found[int(suffix)] = path
+    return found
+
+
+def recover_marker(folder):
+    """When the `checkpoint` marker of `folder` is missing or names a file that is gone while
+    epoch checkpoints are there (a copy that left the marker out, a damaged file deleted as its
+    error says), write it again naming the newest checkpoint that loads, and say so; without
+    one that loads, refuse. Training would otherwise start over and overwrite them."""
+    marker = os.path.join(folder, MARKER)
+    named = _marker_name(marker)
+    if named is not None and os.path.exists(os.path.join(folder, named)):
+        return
+    why = f"names {named}, which is not there" if named is not None else "is missing"
+    unreadable = []
+    for epoch, path in sorted(epoch_checkpoints(folder).items(), reverse=True):
+        try:
+            read_checkpoint(path)
+        except UnreadableCheckpoint:
+            unreadable.append(os.path.basename(path))
+            continue
+        write_text_atomically(marker, os.path.basename(path) + "\n")
+        skipped = f" ({', '.join(unreadable)} did not load)" if unreadable else ""
+        print(
+            f"The checkpoint marker {marker} {why}: resuming from the newest checkpoint that loads, "
+            f"{os.path.basename(path)} (epoch {epoch}){skipped}; the marker now names it"
+        )
+        return
+    if unreadable:
+        raise UnreadableCheckpoint(
+            f"The checkpoint marker {marker} {why}, and none of the checkpoints of {folder} loads "
+            f"({', '.join(unreadable)}): move the folder away to train from scratch, or copy the run again"
+        )
 
 
 def read_checked(path, model, identity, same_classes=False):
@@ -144,6 +185,9 @@ def resume_training(parts, scaler, directories, identity):
     and `scaler` from the first of `directories` that holds a checkpoint of every part, checked
     against `identity` with the same class names. Returns (directory, finished epochs), or
     None when no directory holds one."""
+    for d in filter(None, directories):
+        for name in parts:
+            recover_marker(os.path.join(d, name))
     directory = next(
         (d for d in directories if d and all(has_checkpoint(os.path.join(d, n)) for n in parts)), None
     )
@@ -161,22 +205,60 @@ def resume_training(parts, scaler, directories, identity):
 def latest_checkpoint(folder):
     """Path of the newest checkpoint of `folder`, as its `checkpoint` marker names it."""
     marker = os.path.join(folder, MARKER)
-    if not os.path.exists(marker):
+    named = _marker_name(marker)
+    epochs = sorted(epoch_checkpoints(folder))
+    if named is not None and os.path.exists(os.path.join(folder, named)):
+        return os.path.join(folder, named)
+    why = f"names {named}, which is not there" if named is not None else "is missing"
+    if not epochs and named is None:
         raise FileNotFoundError(
             f"No checkpoint in {folder} (expected a 'checkpoint' file written by training)"
         )
-    with open(marker) as f:
-        return os.path.join(folder, f.readline().strip())
+    if not epochs:
+        raise FileNotFoundError(
+            f"The checkpoint marker {marker} {why}, and {folder} holds no other checkpoint: move the "
+            "run folder away to train from scratch"
+        )
+    raise FileNotFoundError(
+        f"The checkpoint marker {marker} {why}, but {folder} holds the checkpoints of epochs "
+        f"{', '.join(map(str, epochs))}: run the training command again (it resumes from the newest "
+        "checkpoint that loads and writes the marker again), or pass --load-epoch"
+    )
+
+
+def _marker_name(marker):
+    """The file name the `checkpoint` marker holds, or None when there is no marker."""
+    if not os.path.exists(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        return f.readline().strip()
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file torch cannot read with weights_only: damaged, incomplete, or pickling
+    Python objects."""
 
 
 def read_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"Cannot read checkpoint {path} ({type(err).__name__}: {err}). Checkpoints of other "
-            "CoOp-family repositories pickle Python objects and are not supported."
-        ) from err
+    except Exception as err:  # a cut-off file gives a RuntimeError, an EOFError, an UnpicklingError ...
+        raise UnreadableCheckpoint(_unreadable(path, err)) from err
+
+
+def _unreadable(path, err):
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        return (
+            f"Cannot read checkpoint {path}: it holds Python objects, not only tensors and plain values. "
+            "Checkpoints of other CoOp-family repositories pickle Python objects and are not supported."
+        )
+    # torch's first sentence says what failed; the rest guesses at causes.
+    detail = str(err).split(". ")[0] or "no data"
+    return (
+        f"Checkpoint {path} is damaged or incomplete ({type(err).__name__}: {detail}): delete it and run "
+        "the training command again, which resumes from the newest checkpoint that loads (the previous "
+        "epoch's) and trains this epoch again"
+    )
 
 
 def rng_state():

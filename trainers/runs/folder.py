@@ -10,11 +10,15 @@ config.
 """
 
 import glob
+import json
 import os
+import secrets
 import sys
 import time
 
 import yaml
+
+from clipprompt.atomic import naming_write_errors, write_text_atomically
 
 from .identity import plain
 
@@ -42,6 +46,8 @@ BACKBONE_KEY = "MODEL.BACKBONE.NAME"
 # Written at the top of every start of train.py in log.txt; tools/results/runlog.py reads it.
 START_LINE = "==== train.py start {stamp} ===="
 STAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
+# The seed drawn at the first start of a run without --seed (run_seed).
+SEED_FILE = "seed.json"
 
 
 def flat_config(tree, prefix=""):
@@ -96,6 +102,34 @@ def held_results(run_dir):
     return held
 
 
+def run_seed(run_dir, seed, saved_config=None):
+    """(seed, note) for a start into `run_dir` with SEED `seed`.
+
+    A seed >= 0 is the run's. Without one (SEED < 0) the first start draws a seed and records it
+    in `run_dir/seed.json`, and later starts (resumes, re-evaluations) reuse it, so that a resumed
+    run trains on the same few-shot sample. A folder holding the checkpoint or result of a run
+    started without a seed before seeds were recorded is refused: its sample cannot be drawn again.
+    `saved_config` is the folder's config.yaml text, if any."""
+    if seed >= 0:
+        return seed, None
+    path = os.path.join(run_dir, SEED_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)["seed"]
+        return recorded, f"SEED {seed}: using seed {recorded}, drawn at this run's first start ({path})"
+    saved = yaml.safe_load(saved_config) if saved_config else None
+    held = held_results(run_dir)
+    if isinstance(saved, dict) and saved.get("SEED", -1) < 0 and held:
+        raise RuntimeError(
+            f"{run_dir} holds a run started without --seed whose seed was not recorded ({', '.join(held[:4])}): "
+            "its few-shot sample cannot be drawn again, so it cannot be resumed or re-evaluated as it was. "
+            "Use another --output-dir (and --seed N for a run that can be repeated)."
+        )
+    drawn = secrets.randbelow(2**31)
+    write_text_atomically(path, json.dumps({"seed": drawn}) + "\n")
+    return drawn, f"SEED {seed}: drew seed {drawn} for this run, recorded in {path} (later starts reuse it)"
+
+
 def describe_changes(changed):
     return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
 
@@ -108,20 +142,32 @@ class RunLog:
 
     def __init__(self, path):
         self.console = sys.stdout
-        # Open for the rest of the process, as stdout is.
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        if self.file.tell():
-            self.file.write("\n")
-        self.file.write(START_LINE.format(stamp=time.strftime(STAMP_FORMAT)) + "\n")
+        self.path = path
+        with naming_write_errors(path):
+            # Open for the rest of the process, as stdout is.
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            if self.file.tell():
+                self.file.write("\n")
+            self.file.write(START_LINE.format(stamp=time.strftime(STAMP_FORMAT)) + "\n")
 
     def write(self, text):
         self.console.write(text)
-        self.file.write(text)
+        with naming_write_errors(self.path):
+            self.file.write(text)
 
     def flush(self):
         self.console.flush()
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with naming_write_errors(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def close(self):
+        """Back to the console alone (after a write error, so that exiting does not write again)."""
+        sys.stdout = self.console
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the unwritten rest of the log is lost with the error that stopped the run
 
     def __getattr__(self, name):  # isatty, encoding, ...: those of the console
         return getattr(self.console, name)
@@ -129,6 +175,7 @@ class RunLog:
 
 def start_log(output_dir):
     """Tee stdout into `output_dir/log.txt` (appending) for the rest of the process."""
-    os.makedirs(output_dir, exist_ok=True)
+    with naming_write_errors(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
     sys.stdout = RunLog(os.path.join(output_dir, "log.txt"))
     return sys.stdout

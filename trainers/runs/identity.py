@@ -93,7 +93,9 @@ def identity_problems(saved, current, same_classes=False):
             "a model evaluated on another dataset needs DATASET.SOURCE_CONFIG of its training data"
         )
     if saved["model_state"] != current["model_state"]:
-        errors.append(f"training state {saved['model_state']} (checkpoint) vs {current['model_state']} (this model)")
+        errors.append(
+            f"training state {saved['model_state']} (checkpoint) vs {current['model_state']} (this model)"
+        )
     class_bound = same_classes or saved["class_specific"] or current["class_specific"]
     if class_bound and saved["classnames"] != current["classnames"]:
         why = "resuming needs the same classes" if same_classes else "the tensors are class-specific"
