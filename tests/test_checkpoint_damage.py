@@ -114,6 +114,7 @@ def test_predict_and_export_report_a_damaged_checkpoint_without_a_traceback(dama
 # ---------------------------------------------------------------------------------- train.py
 
 
+@pytest.mark.e2e
 def test_a_finished_run_without_its_marker_is_re_evaluated_not_trained_again(
     base_run, pets, tiny_clip_path, tmp_path
 ):

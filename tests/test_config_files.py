@@ -78,6 +78,7 @@ def test_invalid_training_values_are_one_error_when_the_config_is_made(key, valu
         trainers.make_cfg("CoOp", PETS, COOP, opts)
 
 
+@pytest.mark.e2e
 def test_train_py_refuses_max_epoch_zero_before_writing_anything(tmp_path):
     import train
 

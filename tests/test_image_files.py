@@ -96,6 +96,7 @@ def test_pixels_without_a_known_white_level_are_an_error_naming_the_file(tmp_pat
         open_rgb(path)
 
 
+@pytest.mark.e2e
 def test_predict_and_exported_classifiers_read_them_as_their_8_bit_copies(tmp_path):
     copies = write_variants(tmp_path)
     for name, copy in copies.items():

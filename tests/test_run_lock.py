@@ -127,6 +127,7 @@ def test_without_file_locks_the_holder_record_decides(tmp_path, monkeypatch):
     held.release()
 
 
+@pytest.mark.e2e
 def test_a_second_train_py_refuses_and_a_killed_ones_lock_is_taken_over(pets, tiny_clip_path, tmp_path):
     pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
     from tests.e2e import CASES, read_log, run_train

@@ -15,6 +15,7 @@ from tests.e2e import CASES, read_log, run_train
 from trainers.runs.folder import run_seed
 
 
+@pytest.mark.e2e
 def test_starts_without_a_seed_share_the_seed_of_the_first(pets, tiny_clip_path, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(pets, data)  # the few-shot sample is cached next to the data

@@ -74,6 +74,7 @@ def coop_args(pets, clip_path, out):
     return CASES["CoOp"].args(pets, clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "base")
 
 
+@pytest.mark.e2e
 def test_a_full_disk_ends_train_py_with_one_line_and_the_last_checkpoint_intact(
     pets, tiny_clip_path, tmp_path
 ):
@@ -101,6 +102,7 @@ def test_a_full_disk_ends_train_py_with_one_line_and_the_last_checkpoint_intact(
     ]  # no partial file, no stray temporary
 
 
+@pytest.mark.e2e
 def test_a_read_only_output_folder_is_one_line_before_anything_runs(pets, tiny_clip_path, tmp_path):
     out = tmp_path / "readonly" / "run"
     code = [
