@@ -27,11 +27,15 @@ Loading is the same for every kind: the file's kind names the model class that l
 that model's own `encode_image`, `classify_features` and `route`: the code a trained run
 evaluates with, not a second copy.
 
-The CLIP is loaded from the recorded backbone name (or `backbone=`, e.g. a moved file) and refused
-unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one.
+The CLIP is recorded by its OpenAI name or its checkpoint file's name (no folders) with its
+fingerprint (`clip_loading.backbone_fingerprint`); `load_exported` finds it (`find_backbone`: CLIP's
+cache, or the file next to the exported one, in the current folder or in that cache), or takes
+`backbone=`, and refuses a CLIP of another fingerprint. `read_exported(path)` returns the file's
+tensors and metadata.
 """
 
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +47,7 @@ from torch import nn
 from torchvision import transforms
 
 from .atomic import atomic_file
-from .clip_loading import backbone_fingerprint, load_clip
+from .clip_loading import CheckpointError, backbone_fingerprint, clip, load_clip
 from .images import open_rgb, to_rgb
 from .model import EXPORT_KINDS
 from .routing import Router
@@ -121,20 +125,107 @@ def _instance_norm(image, eps=1e-8):
 
 
 def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32):
-    """The classifier in `path` on `device`, over the CLIP it was trained on (`backbone`: another
-    name or path of that CLIP, e.g. a moved file), in fp32 or OpenAI's fp16 layout (`dtype`)."""
+    """The classifier in `path` on `device`, over the CLIP it was trained on, in fp32 or OpenAI's
+    fp16 layout (`dtype`).
+
+    The CLIP is the recorded one: an OpenAI model name is loaded from CLIP's cache folder
+    (`download_root`, default ~/.cache/clip; downloaded where there is network), a checkpoint
+    file is looked for by its name next to `path`, in the current folder and in that cache
+    folder; `backbone` gives its name or path instead (e.g. a file kept elsewhere). It is refused
+    unless its fingerprint is the recorded one. Tensors that contradict the metadata (a missing
+    tensor, a shape that does not fit the classes, candidates or the CLIP) are an ExportError."""
     tensors, metadata = read_exported(path)
-    recorded = metadata["backbone"]
-    # On the device before the prompts are built: they keep CLIP's token embedding outside their modules.
-    clip_model = load_clip(backbone or recorded["name"], download_root, dtype).to(device)
-    fingerprint = backbone_fingerprint(clip_model)
-    if fingerprint != recorded["fingerprint"]:
+    recorded = _field(metadata, "backbone", path)
+    source = backbone or find_backbone(recorded, path, download_root)
+    try:
+        clip_model = load_clip(source, download_root, dtype)
+    except CheckpointError as err:
         raise ExportError(
-            f"{path} was exported for backbone {recorded['name']!r} with fingerprint "
-            f"{recorded['fingerprint']}, but {backbone or recorded['name']!r} has fingerprint {fingerprint}: "
-            "load it with the CLIP the run was trained on (backbone=<its name or file>)"
+            f"{path} needs the CLIP {recorded.get('name')!r} it was trained on, which cannot be loaded "
+            f"from {source!r} ({err}). Pass backbone='<name or path of that CLIP>' to load_exported."
+        ) from None
+    # On the device before the prompts are built: they keep CLIP's token embedding outside their modules.
+    clip_model = clip_model.to(device)
+    fingerprint = backbone_fingerprint(clip_model)
+    if fingerprint != recorded.get("fingerprint"):
+        raise ExportError(
+            f"{path} was exported for backbone {recorded.get('name')!r} with fingerprint "
+            f"{recorded.get('fingerprint')}, but {source!r} has fingerprint {fingerprint}: load it with "
+            "the CLIP the run was trained on (backbone='<its name or file>')"
         )
+    check_tensors(path, tensors, metadata, clip_model.text_projection.shape[1])
     return ExportedClassifier(clip_model, tensors, metadata).to(device).eval()
+
+
+def backbone_record(name, fingerprint):
+    """The exported file's record of the CLIP `name` (MODEL.BACKBONE.NAME: an OpenAI model name or
+    a checkpoint path): the OpenAI name, or the file's name without its folders, so that the file
+    loads on another machine (`find_backbone`)."""
+    return {
+        "name": name if name in clip.available_models() else os.path.basename(name),
+        "fingerprint": fingerprint,
+    }
+
+
+def find_backbone(recorded, path, download_root=""):
+    """What `load_clip` loads for the recorded backbone: an OpenAI model name as it is, a
+    checkpoint file found next to the exported file `path`, in the current folder or in CLIP's
+    cache folder, by its recorded relative path or its name (ExportError naming where it looked
+    otherwise)."""
+    name = recorded.get("name")
+    if not isinstance(name, str) or not name:
+        raise ExportError(
+            f"{path}: its metadata names no backbone: pass backbone='<name or path of the CLIP>'"
+        )
+    if name in clip.available_models():
+        return name
+    folders = [
+        os.path.dirname(os.path.abspath(path)),
+        os.getcwd(),
+        download_root or os.path.expanduser("~/.cache/clip"),
+    ]
+    for folder in dict.fromkeys(folders):
+        candidate = os.path.join(folder, os.path.basename(name))
+        if os.path.isfile(candidate):
+            return candidate
+    raise ExportError(
+        f"{path} was trained on the CLIP file {name!r} (fingerprint {recorded.get('fingerprint')}), which "
+        f"is not in {', '.join(dict.fromkeys(folders))}: pass backbone='<path of that file>' to "
+        "load_exported, or put the file next to the exported one"
+    )
+
+
+def _field(metadata, key, path):
+    if key not in metadata:
+        raise ExportError(f"{path}: its metadata lacks {key!r}: export the run again with this code")
+    return metadata[key]
+
+
+def check_tensors(path, tensors, metadata, width):
+    """ExportError naming the first tensor that is missing or whose shape contradicts the
+    metadata: the logit scale, the router of the recorded candidates, and what the kind declares
+    (`export_shapes` of its class) for the recorded classes and a CLIP of feature width `width`."""
+    classnames = _field(metadata, "classnames", path)
+    if not isinstance(classnames, list) or not classnames or not all(isinstance(c, str) for c in classnames):
+        raise ExportError(f"{path}: its metadata's classnames must be a non-empty list of names")
+    expected = {"logit_scale": ()}
+    routing = metadata.get("routing")
+    if routing:
+        expected["router.weight"] = (len(routing.get("candidates", ())), width)
+    expected |= known_kinds()[metadata["kind"]].export_shapes(metadata, width)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ExportError(
+                f"{path} lacks the tensor {name!r} that a classifier of kind {metadata['kind']!r} needs"
+            )
+        got = tuple(tensors[name].shape)
+        if len(got) != len(shape) or any(want is not None and g != want for g, want in zip(got, shape)):
+            shown = "[" + ", ".join("*" if w is None else str(w) for w in shape) + "]"
+            raise ExportError(
+                f"{path}: tensor {name!r} has shape {list(got)}, but its metadata ({len(classnames)} classes"
+                + (f", {len(routing['candidates'])} routed candidates" if routing else "")
+                + f") and the CLIP's {width}-wide features need {shown}: the file was changed after export"
+            )
 
 
 class ExportedClassifier(nn.Module):

@@ -33,7 +33,8 @@ from .routing import topk_softmax
 from .templates import PromptForm
 
 # Kind name of an exported classifier -> the model class whose `from_export(clip_model, tensors,
-# metadata, router)` loads it (`clipprompt.exported` chooses by the file's metadata).
+# metadata, router)` loads it (`clipprompt.exported` chooses by the file's metadata) and whose
+# `export_shapes(metadata, width)` says which tensors of which shapes such a file holds.
 EXPORT_KINDS = {}
 
 
@@ -221,6 +222,12 @@ class FixedFeaturesCLIP(ClassFeaturesCLIP):
 
     def class_features(self):
         return self.fixed_features
+
+    @classmethod
+    def export_shapes(cls, metadata, width):
+        """{tensor: shape} an exported file of this kind holds, for its metadata and a CLIP of
+        feature width `width` (None: any size); `clipprompt.exported` checks them on load."""
+        return {"text_features": (len(metadata["classnames"]), width)}
 
     @classmethod
     def from_export(cls, clip_model, tensors, metadata, router):

@@ -3,6 +3,8 @@ trainer's model_inference logits (fp32, 1e-5) and routing, also in a process tha
 Dassl or yacs; its preprocessing is Dassl's test transform; a CLIP of another fingerprint is
 refused, as are files that are not exported classifiers."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +88,7 @@ def exports(tmp_path_factory, tiny_clip_path):
     """{case: (trainer, exported file)}: each case saved as a run and exported by the command line
     (ZeroshotCLIP, without a checkpoint, with --classnames)."""
     root = tmp_path_factory.mktemp("exports")
+    shutil.copy(tiny_clip_path, root)  # the CLIP file next to the exported ones: they load anywhere
     names = root / "classnames.txt"
     names.write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     result = {}
@@ -127,7 +130,7 @@ def test_exported_logits_equal_the_trainers(name, exports):
         assert torch.equal(tensors["learned." + n], p.detach().float())
     assert metadata["trainer"] == trainer.cfg.TRAINER.NAME
     assert metadata["backbone"] == {
-        "name": trainer.cfg.MODEL.BACKBONE.NAME,
+        "name": os.path.basename(trainer.cfg.MODEL.BACKBONE.NAME),
         "fingerprint": trainer.backbone_fingerprint,
     }
     # CLIP's scale (the tiny CLIP's is its initial 1 / 0.07), or MoCoOp's 1 / CLS_TEMPERATURE, set to 0.1.
@@ -198,7 +201,7 @@ def test_preprocessing_is_dassls_test_transform(interpolation, tiny_clip_path, t
     cfg = tiny_cfg(tiny_clip_path, "CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml", opts)
     saved_run(cfg, tmp_path / "run", CLASSES)
     export_main(["--model-dir", str(tmp_path / "run"), "--out", str(tmp_path / "c.safetensors")])
-    classifier = load_exported(str(tmp_path / "c.safetensors"))
+    classifier = load_exported(str(tmp_path / "c.safetensors"), backbone=tiny_clip_path)
     pixels = torch.randint(0, 256, (37, 50, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     image = Image.fromarray(pixels.numpy())
     assert torch.equal(classifier.preprocess(image), build_transform(cfg, is_train=False)(image))
@@ -270,3 +273,83 @@ def test_class_specific_context_is_exported_only_for_its_classes(exports, tmp_pa
     with pytest.raises(SystemExit):
         export_main(["--model-dir", run, "--out", str(out)])  # exists: --overwrite replaces it
     export_main(["--model-dir", run, "--out", str(out), "--overwrite"])
+
+
+def rewritten(path, out, change):
+    """A copy of the exported file `path` at `out` after `change(tensors, metadata)`."""
+    tensors, metadata = read_exported(path)
+    change(tensors, metadata)
+    metadata = {k: v for k, v in metadata.items() if k not in ("format", "version")}
+    return save_exported(str(out), tensors, metadata)
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "message"),
+    [
+        (
+            "CoOp",
+            lambda t, m: t.update(text_features=t["text_features"][:4]),
+            r"tensor 'text_features' has shape \[4, 32\], but its metadata \(5 classes\) and the CLIP's 32-wide features need \[5, 32\]",
+        ),
+        (
+            "CoOp",
+            lambda t, m: t.update(text_features=t["text_features"][:, :16]),
+            r"'text_features' has shape \[5, 16\].*need \[5, 32\]",
+        ),
+        (
+            "CoOp",
+            lambda t, m: m["classnames"].append("emu"),
+            r"'text_features' has shape \[5, 32\], but its metadata \(6 classes\)",
+        ),
+        (
+            "CoOp",
+            lambda t, m: t.pop("logit_scale"),
+            "lacks the tensor 'logit_scale' that a classifier of kind 'text_features' needs",
+        ),
+        ("MoCoOp-paper", lambda t, m: t.pop("expert_features"), "lacks the tensor 'expert_features'"),
+        (
+            "MoCoOp-paper",
+            lambda t, m: m["routing"]["candidates"].pop(),
+            r"'router.weight' has shape \[6, 32\].*5 routed candidates",
+        ),
+        (
+            "CoCoOp",
+            lambda t, m: t.update({"prompt.slot_ids": t["prompt.slot_ids"][1:]}),
+            r"'prompt.slot_ids' has shape \[4, \d+\].*need \[5, \*\]",
+        ),
+        ("CoOp", lambda t, m: m.update(classnames="cat"), "classnames must be a non-empty list of names"),
+    ],
+)
+def test_tensors_that_contradict_their_metadata_are_refused(exports, tmp_path, case, change, message):
+    _, path, _ = exports[case]
+    out = rewritten(path, tmp_path / "changed.safetensors", change)
+    with pytest.raises(ExportError, match=message):
+        load_exported(out, backbone=exports[case][0].cfg.MODEL.BACKBONE.NAME)
+
+
+def test_an_export_loads_in_another_folder_and_records_no_folder(
+    exports, tiny_clip_path, tmp_path, monkeypatch
+):
+    """The file and its CLIP copied elsewhere load from a third folder (the CLIP found next to
+    the file, as recorded by its name); without the CLIP the error says where it looked and how
+    to name it; the metadata holds no absolute path."""
+    trainer, path, _ = exports["MoCoOp-release"]
+    metadata = read_exported(path)[1]
+    assert not any(isinstance(v, str) and v.startswith("/") for v in json.dumps(metadata).split('"'))
+    elsewhere, third = tmp_path / "elsewhere", tmp_path / "third"
+    elsewhere.mkdir(), third.mkdir()
+    moved = shutil.copy(path, elsewhere / "mine.safetensors")
+    monkeypatch.chdir(third)
+    with pytest.raises(
+        ExportError, match=r"was trained on the CLIP file '[^']+' .* pass backbone='<path of that file>'"
+    ):
+        load_exported(str(moved), download_root=str(third))
+    shutil.copy(tiny_clip_path, elsewhere)
+    classifier = load_exported(str(moved), download_root=str(third))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            classifier.logits(classifier.encode_image(images())),
+            trainer.model_inference(images()),
+            atol=1e-5,
+            rtol=1e-5,
+        )

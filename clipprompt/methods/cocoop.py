@@ -99,6 +99,11 @@ class ConditionalCLIP(PromptedCLIP):
         }
 
     @classmethod
+    def export_shapes(cls, metadata, width):
+        rows = len(metadata["classnames"])
+        return {"prompt.token_ids": (rows, None), "prompt.slot_ids": (rows, None)}
+
+    @classmethod
     def from_export(cls, clip_model, tensors, metadata, router):
         """The model of an exported file of kind "conditional": its prompt rebuilt for the
         exported classes (layout checked against the exported one), its learned tensors loaded."""

@@ -196,6 +196,11 @@ class ExpertMixtureCLIP(PromptedCLIP):
         return {"expert_features": self.expert_features()}
 
     @classmethod
+    def export_shapes(cls, metadata, width):
+        experts = len((metadata.get("routing") or {}).get("candidates", ()))
+        return {"expert_features": (experts, len(metadata["classnames"]), width)}
+
+    @classmethod
     def from_export(cls, clip_model, tensors, metadata, router):
         """The classifier of an exported file of kind "experts"."""
         return ExportedExperts(clip_model, tensors, metadata, router)

@@ -10,12 +10,13 @@ here, in the run's precision (TRAINER.PREC, on --device), and stored in fp32.
 
 import argparse
 import os
+import re
 
 import torch
 
 from clipprompt.atomic import WriteError, write_error_message
 from clipprompt.clip_loading import CheckpointError
-from clipprompt.exported import LEARNED, save_exported
+from clipprompt.exported import LEARNED, backbone_record, save_exported
 from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
 from trainers.runs.checkpoints import UnreadableCheckpoint
@@ -31,6 +32,12 @@ def preprocessing(cfg):
         "normalize": normalize if "normalize" in cfg.INPUT.TRANSFORMS else None,
         "instance_norm": "instance_norm" in cfg.INPUT.TRANSFORMS,
     }
+
+
+def without_folders(text):
+    """`text` with every absolute path replaced by its last component: an exported file records
+    no folder of the machine it was made on."""
+    return re.sub(r"(?<![\w.])/[^\s()]*", lambda m: os.path.basename(m.group(0).rstrip("/")) or "/", text)
 
 
 @torch.no_grad()
@@ -52,16 +59,16 @@ def exported(trainer, model_dir, classes_from):
     metadata = {
         "kind": model.export_kind,
         "trainer": cfg.TRAINER.NAME,
-        "backbone": {"name": cfg.MODEL.BACKBONE.NAME, "fingerprint": trainer.backbone_fingerprint},
+        "backbone": backbone_record(cfg.MODEL.BACKBONE.NAME, trainer.backbone_fingerprint),
         "classnames": list(trainer.classnames),
         "templates": model.templates(),
         "routing": None,
         "preprocessing": preprocessing(cfg),
         "logit_scale": tensors["logit_scale"].item(),
         "run": {
-            "model_dir": os.path.abspath(model_dir),
+            "model_dir": os.path.basename(os.path.normpath(model_dir)),
             "epoch": trainer.finished_epochs,
-            "classes": classes_from,
+            "classes": without_folders(classes_from),
         },
         "precision": cfg.TRAINER.PREC,
         **model.export_metadata(),
