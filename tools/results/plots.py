@@ -1,6 +1,6 @@
 """Figures from an output tree written by the protocol scripts (PNG, Agg backend).
 
-    python -m tools.plots <output_root> --out DIR [--seeds "1 2 3"]
+    python -m tools.plots <output_root> --out DIR [--seeds 1 2 3]
 
 - `base2new_shots<K>.png`: Base, New and H bars per trainer/config, one panel per dataset
   (runs with both a base and a new result) plus their average over the benchmark datasets
@@ -35,9 +35,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from tools.protocols import BENCHMARK
+from tools.results.args import add_curve_argument, add_seeds_argument
 from tools.results.cells import Average, Collector, by_seed, display_name, expected_seeds, groups, ordered
 from tools.results.fewshot import fewshot_grids, parse_curve
-from tools.results.report import add_curve_argument
 from tools.results.runlog import RunKey, discover
 from tools.results.stats import harmonic, summarize
 
@@ -376,7 +376,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.plots", description=__doc__.split("\n\n")[0])
     p.add_argument("output_root", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
-    p.add_argument("--seeds", default="1 2 3", help='seeds every group should have (default "1 2 3")')
+    add_seeds_argument(p)
     add_curve_argument(p)
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
@@ -384,8 +384,8 @@ def main(argv=None):
     runs, _ = discover(args.output_root)
     args.out.mkdir(parents=True, exist_ok=True)
     curves = [parse_curve(c) for c in args.fewshot_curve]
-    grids = fewshot_grids(runs, [int(s) for s in args.seeds.split()], Collector(runs), curves=curves)
-    declared = [int(s) for s in args.seeds.split()]
+    declared = args.seeds
+    grids = fewshot_grids(runs, declared, Collector(runs), curves=curves)
     paths = base2new_figures(runs, declared, args.out)
     paths += (fewshot_figures(grids, args.out) if grids else []) + expert_figures(runs, args.out)
     paths += per_class_figures(runs, args.out)

@@ -187,11 +187,11 @@ def check_setup(p, args):
 
 def report_command(args):
     """tools.results on the output tree (its tables, as CSV in <output>/tables), then tools.plots."""
-    results = [sys.executable, "-m", "tools.results", args.output, "--seeds", " ".join(map(str, args.seeds))]
+    seeds = ["--seeds", *map(str, args.seeds)]
+    results = [sys.executable, "-m", "tools.results", args.output, *seeds]
     if args.datasets:
-        results += ["--datasets", " ".join(args.datasets)]
-    plots = [sys.executable, "-m", "tools.plots", args.output, "--out", f"{args.output}/plots"]
-    plots += ["--seeds", " ".join(map(str, args.seeds))]
+        results += ["--datasets", *args.datasets]
+    plots = [sys.executable, "-m", "tools.plots", args.output, "--out", f"{args.output}/plots", *seeds]
     return results, plots
 
 
