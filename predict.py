@@ -50,7 +50,7 @@ SHOWN = 10  # problems named in an error message
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python predict.py", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quoted)")
     add_run_arguments(parser)
     parser.add_argument("--output", required=True, help="predictions file: .csv or .jsonl")

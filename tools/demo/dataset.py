@@ -182,7 +182,9 @@ def generate(root, seed=DEFAULT_SEED, split_sizes=None, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=world.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo_world", description=world.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)

@@ -265,7 +265,9 @@ def evaluate(model, seed=world.DEFAULT_SEED, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.pretrain_tiny_clip", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", required=True, help="checkpoint path (.pt.gz)")
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     parser.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,9 @@ def routing_report(run_dir, root, split):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo_routing", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("run_dir", help="a finished MoCoOp training run on the demo world")
     parser.add_argument("--root", default="data", help="DATASET.ROOT holding demo_world/")
     parser.add_argument("--split", default="base", choices=("base", "new"))
