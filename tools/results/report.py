@@ -25,6 +25,7 @@ from tools.results.base2new import base2new_section
 from tools.results.cells import Collector
 from tools.results.fewshot import fewshot_grids, fewshot_section, parse_curve
 from tools.results.runlog import discover
+from tools.results.runreport import runs_section
 from tools.results.xd import xd_sections
 
 
@@ -32,9 +33,13 @@ def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK, curve
     """(sections, missing runs) of the output tree at `root`."""
     runs, problems = discover(root)
     if not runs and not problems:
-        raise SystemExit(
-            f"error: no runs under {root} (expected base2new/, fewshot/ or xd/ as the scripts write them)"
-        )
+        section = runs_section(root)
+        if section is None:
+            raise SystemExit(
+                f"error: no runs under {root}: neither an output tree (base2new/, fewshot/ or xd/ as the "
+                "scripts write them) nor run folders (a log.txt or config.yaml as train.py writes them)"
+            )
+        return [section], []
     col = Collector(runs)
     col.missing.extend(problems)
     sections = []
