@@ -14,10 +14,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def panel_grid(n, ncols=3, width=4.6, height=3.4, sharey=False):
-    """(figure, n axes): n panels of `width` x `height` inches in rows of at most `ncols`; the
-    canvas holds exactly the panels (no empty slots beyond the last row's)."""
-    ncols = max(1, min(n, ncols))
-    nrows = -(-n // ncols)
+    """(figure, n axes): n panels of `width` x `height` inches in rows of at most `ncols`, as
+    evenly filled as possible; the canvas holds the panels and nothing else."""
+    nrows = -(-n // max(1, ncols))
+    ncols = max(1, -(-n // nrows))  # rows as full as possible: 4 panels in 2 x 2, not 3 + 1
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, sharey=sharey
     )
