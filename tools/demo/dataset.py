@@ -186,7 +186,12 @@ def main(argv=None):
         prog="python -m tools.demo_world", description=world.__doc__.split("\n\n")[0]
     )
     parser.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed of the images (default {DEFAULT_SEED}: the demo's)",
+    )
     args = parser.parse_args(argv)
     try:
         generate(args.root, args.seed)

@@ -59,7 +59,12 @@ def main(argv=None):
     )
     parser.add_argument("run_dir", help="a finished MoCoOp training run on the demo world")
     parser.add_argument("--root", default="data", help="DATASET.ROOT holding demo_world/")
-    parser.add_argument("--split", default="base", choices=("base", "new"))
+    parser.add_argument(
+        "--split",
+        default="base",
+        choices=("base", "new"),
+        help="the test images of the base classes (default) or of the new ones",
+    )
     args = parser.parse_args(argv)
     counts, k = routing_report(args.run_dir, args.root, args.split)
     print(

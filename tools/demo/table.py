@@ -79,7 +79,7 @@ def compare(rows, cells):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.demo.table", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo", help="the demo's output tree (default output/demo)")
-    p.add_argument("--readme", default="README.md")
+    p.add_argument("--readme", default="README.md", help="the file holding the table (default README.md)")
     add_seeds_argument(p, "the seeds of every row")
     p.add_argument("--write", action="store_true", help="replace the rows' cells with the output's")
     args = p.parse_args(argv)

@@ -75,7 +75,7 @@ def write_csv(path, rows, header=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.results", description=__doc__.split("\n\n")[0])
-    p.add_argument("output_root", type=Path)
+    p.add_argument("output_root", type=Path, help="an output tree, a run's folder, or any folder of runs")
     p.add_argument(
         "--csv-dir", type=Path, help="where to write the CSV files (default: <output_root>/tables)"
     )
