@@ -113,3 +113,19 @@ def test_no_pkg_resources_warning_from_an_entry_point(entry):
     )
     assert "pkg_resources" not in proc.stderr and "Failed to check" not in proc.stderr
     assert "another warning stays visible" in proc.stderr
+
+
+def test_configs_named_in_the_docs_exist():
+    """`Trainer / config` (tables) and `Trainer:config` (sweep commands) in README.md and docs/ name
+    configs/trainers/<Trainer>/<config>.yaml; `tiny` is the scratch config of the sweep test that
+    docs/SWEEPS.md measures, which says so."""
+    import re
+
+    pattern = re.compile(r"\b(ZeroshotCLIP|CoOp|CoCoOp|KgCoOp|MoCoOp|MoPD)(?: / |:)([A-Za-z0-9_]+)")
+    missing = []
+    for doc in [Path(ROOT) / "README.md", *sorted((Path(ROOT) / "docs").glob("*.md"))]:
+        for trainer, config in pattern.findall(doc.read_text(encoding="utf-8")):
+            path = Path(ROOT) / "configs" / "trainers" / trainer / f"{config}.yaml"
+            if not path.is_file() and not (doc.name == "SWEEPS.md" and config == "tiny"):
+                missing.append(f"{doc.name}: {trainer} / {config}")
+    assert missing == []

@@ -254,6 +254,12 @@ class PromptTrainer(TrainerX):
             raise RuntimeError(f"{self.cfg.TRAINER.NAME} has nothing to train: run train.py with --eval-only")
         super().before_train()
 
+    def after_train(self):
+        # CoOp's parse_test_res.py reads a training run's log from this line on (Dassl c61a1b5
+        # prints "Finish training", which it does not recognise).
+        print("Finished training")
+        super().after_train()
+
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
         with self.autocast():

@@ -81,7 +81,7 @@ _DEMO_CENTRES = {
     "ucf101": (83, 71),
 }
 _DEMO_DG = {"imagenetv2": 64, "imagenet_sketch": 47, "imagenet_a": 49, "imagenet_r": 76}
-_DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0), ("MoCoOp", "vit_b16_c4_ep10", 1.5))
+_DEMO_METHODS = (("CoOp", "vit_b16_ep50", 0.0), ("MoCoOp", "paper_vit_b16_ep25", 1.5))
 
 
 def write_demo(root, seed=0):
@@ -121,10 +121,10 @@ def write_demo(root, seed=0):
                     run("xd", "test", d, 16, trainer, config, s, _DEMO_DG[d] + gain / 3)
     # An interrupted evaluation (a newer log without a result block) and an absent seed.
     write_log(
-        root / "base2new/test_new/eurosat/shots_16/MoCoOp/vit_b16_c4_ep10/seed3",
+        root / "base2new/test_new/eurosat/shots_16/MoCoOp/paper_vit_b16_ep25/seed3",
         name="log.txt-2024-05-01-12-00-00",
     )
-    for log in (root / "fewshot/dtd/shots_8/CoOp/vit_b16_ep10/seed3").iterdir():
+    for log in (root / "fewshot/dtd/shots_8/CoOp/vit_b16_ep50/seed3").iterdir():
         log.rename(log.with_name(log.name + ".moved"))
 
 
