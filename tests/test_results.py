@@ -397,7 +397,7 @@ def test_plots(tmp_path):
     data = json.loads(stats.read_text())
     data["records"] = [r for r in data["records"] if r["split"] == "train"]
     stats.write_text(json.dumps(data))
-    record = last_record(read_stats(stats)[3])
+    record = last_record(read_stats(stats).records)
     assert (record["split"], record["epoch"]) == ("train", 2)
     out = tmp_path / "png"
     plots.main([str(tmp_path), "--out", str(out), "--fewshot-curve", "CoOp=vit_b16+other"])

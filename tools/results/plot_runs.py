@@ -17,6 +17,8 @@ one expert in one seed and onto another in the next shows as two collapses.
 """
 
 import json
+from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -74,8 +76,18 @@ def training_figure(group, out):
     return save(fig, out / f"training_{group.stem}.png")
 
 
+class Stats(NamedTuple):
+    """A routing statistics file as trainers.runs.routing_stats.RoutingStats writes it."""
+
+    path: Path
+    names: list  # the candidates (experts' or teachers' templates), G of them
+    top_k: int  # K: candidates kept per image
+    classnames: list
+    records: list
+
+
 def read_stats(path):
-    """(names, top_k, classnames, records) of a routing statistics file, checked."""
+    """The Stats of a routing statistics file, checked."""
     stats = json.loads(path.read_text())
     names, records = stats.get("names") or [], stats.get("records") or []
     for r in records:
@@ -83,7 +95,7 @@ def read_stats(path):
             raise ValueError(f"{path}: selection_share of epoch {r['epoch']} does not match names {names}")
     if not records:
         raise ValueError(f"{path}: no routing record")
-    return names, stats.get("top_k", 1), stats.get("classnames") or [], records
+    return Stats(path, names, stats.get("top_k", 1), stats.get("classnames") or [], records)
 
 
 def last_record(records):
@@ -96,15 +108,14 @@ def last_record(records):
 
 
 def _group_stats(group, fname):
-    found = {}
-    for label, run in group.runs.items():
-        if (run / fname).is_file():
-            found[label] = (run / fname, read_stats(run / fname))
-    if found:
-        first_path, (names, *_rest) = next(iter(found.values()))
-        for path, (other, *_) in found.values():
-            if other != names:
-                raise ValueError(f"{path}: its candidates {other} differ from those of {first_path}: {names}")
+    """{seed label: Stats} of the group's runs that have the file; all of the same candidates."""
+    found = {label: read_stats(run / fname) for label, run in group.runs.items() if (run / fname).is_file()}
+    first = next(iter(found.values()), None)
+    for stats in found.values():
+        if stats.names != first.names:
+            raise ValueError(
+                f"{stats.path}: its candidates {stats.names} differ from those of {first.path}: {first.names}"
+            )
     return found
 
 
@@ -114,27 +125,28 @@ def routing_figures(group, out):
         found = _group_stats(group, fname)
         if found:
             paths.append(_routing_figure(group, kind, found, out))
-            per_class = {k: v for k, v in found.items() if any("per_class" in r for r in v[1][3])}
+            per_class = {k: v for k, v in found.items() if any("per_class" in r for r in v.records)}
             if per_class:
                 paths.append(_per_class_figure(group, kind, per_class, out))
     return paths
 
 
 def _routing_figure(group, kind, found, out):
-    names, top_k = next(iter(found.values()))[1][:2]
+    first = next(iter(found.values()))
+    names, top_k = first.names, first.top_k
     uniform = 100.0 * top_k / len(names)
     trained = {
-        label: s
-        for label, (_, s) in found.items()
-        if len({r["epoch"] for r in s[3] if r["split"] == "train"}) > 1
+        label: sorted((r for r in stats.records if r["split"] == "train"), key=lambda r: r["epoch"])
+        for label, stats in found.items()
     }
+    trained = {label: train for label, train in trained.items() if len(train) > 1}
     cols = len(found)
     rows = 1 + bool(trained)
     height = 0.9 + 0.26 * len(names)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 2.2, height + 3.0 * (rows - 1)), squeeze=False)
     colours = candidate_colours(len(names))
-    for ax, (label, (_, (_, _, _, records))) in zip(axes[0], found.items()):
-        record = last_record(records)
+    for ax, (label, stats) in zip(axes[0], found.items()):
+        record = last_record(stats.records)
         share = [100.0 * top_k * s for s in record["selection_share"]]
         ys = np.arange(len(names))
         ax.barh(ys, share, color=[colours[g] for g in range(len(names))])
@@ -150,7 +162,7 @@ def _routing_figure(group, kind, found, out):
         if label not in trained:
             ax.set_visible(False)
             continue
-        train = sorted((r for r in trained[label][3] if r["split"] == "train"), key=lambda r: r["epoch"])
+        train = trained[label]
         epochs = [r["epoch"] for r in train]
         for g in range(len(names)):
             ax.plot(epochs, [100.0 * top_k * r["selection_share"][g] for r in train], color=colours[g])
@@ -174,16 +186,18 @@ def _routing_figure(group, kind, found, out):
 
 
 def _per_class_figure(group, kind, found, out):
-    names, top_k, classnames = next(iter(found.values()))[1][:3]
+    first = next(iter(found.values()))
+    names, top_k, classnames = first.names, first.top_k, first.classnames
     panels = {}
-    for label, (path, (_, _, other_classes, records)) in found.items():
+    for label, stats in found.items():
         record = max(
-            (r for r in records if "per_class" in r), key=lambda r: (r["split"] == "test", r["epoch"])
+            (r for r in stats.records if "per_class" in r), key=lambda r: (r["split"] == "test", r["epoch"])
         )
         shares = record["per_class"]["selection_share"]
-        if other_classes != classnames or len(shares) != len(classnames):
+        if stats.classnames != classnames or len(shares) != len(classnames):
             raise ValueError(
-                f"{path}: per-class shares of epoch {record['epoch']} do not match its {len(classnames)} classes and {len(names)} names"
+                f"{stats.path}: per-class shares of epoch {record['epoch']} do not match the "
+                f"{len(classnames)} classes {classnames[:3]}... of {first.path}"
             )
         grid = [[np.nan] * len(names) if row is None else [100.0 * top_k * v for v in row] for row in shares]
         panels[label] = (np.ma.masked_invalid(grid), record)

@@ -49,8 +49,8 @@ def _routing(run):
     for fname, kind in STATS_FILES.items():
         path = run / fname
         if path.is_file():
-            names, top_k, _, records = read_stats(path)
-            record = last_record(records)
+            stats = read_stats(path)
+            names, top_k, record = stats.names, stats.top_k, last_record(stats.records)
             shares = sorted(zip(record["selection_share"], names), reverse=True)[:TOP_CANDIDATES]
             chosen = "; ".join(f"{100 * top_k * s:.0f} % {name}" for s, name in shares)
             uniform = 100 * top_k / len(names)
