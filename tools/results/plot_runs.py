@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from tools.results.epochs import read_epochs
 from tools.results.figures import file_stem, legend_below, panel_grid, save
@@ -57,6 +58,7 @@ def training_figure(group, out):
             else:
                 ax.plot(*log.series(meter), color=colour)
     for ax, meter in zip(axes, panels):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title({"accuracy": "accuracy (%)", "loss": "loss (weighted sum)"}.get(meter, meter))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -168,6 +170,7 @@ def _routing_figure(group, kind, found, out):
             ax.plot(epochs, [100.0 * top_k * r["selection_share"][g] for r in train], color=colours[g])
         ax.axhline(uniform, color="0.2", linestyle="--", linewidth=1)
         ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"% of training images (top {top_k})")
         ax.set_title(f"{label}: training, per epoch", fontsize=9)
