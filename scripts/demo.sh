@@ -14,9 +14,8 @@
 #
 # The runs are those of scripts/base2new.sh, run by python -m tools.sweep on JOBS CPU workers.
 # The demo configs set DETERMINISTIC True, so each run uses one thread and repeats bit for bit
-# on any machine with the same CPU instructions and PyTorch build, whatever its core count:
-# two one-thread runs side by side take the time of one two-thread run after the other, and
-# give README's table digit for digit.
+# on any machine with the same CPU instructions and PyTorch build, whatever its core count, and
+# README's table comes out digit for digit; running JOBS of them side by side keeps the cores busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Threads sleep instead of spinning while they wait: on a busy or small machine spinning
