@@ -384,7 +384,7 @@ def test_cli_errors(tmp_path):
 
 def test_plots(tmp_path):
     from tools.results import plots
-    from tools.results.plot_runs import last_record, read_stats
+    from tools.results.routing import last_record, read_stats
 
     for seed in (1, 2, 3):
         for k in (1, 2):

@@ -1,16 +1,13 @@
 """What every figure of tools.plots shares: a canvas sized to its panels, the order and colours of
 methods (zero-shot CLIP first), values written on bars, and saving (PNG, Agg backend)."""
 
-import re
-
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot: the figure modules take `plt` from here
 import matplotlib.pyplot as plt
 
 DPI = 100
 ZERO_SHOT = "ZeroshotCLIP"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def panel_grid(n, ncols=3, width=4.6, height=3.4, sharey=False):
@@ -70,12 +67,6 @@ def legend_below(fig, handles, labels, ncol=4, title=None):
         title=title,
         frameon=False,
     )
-
-
-def file_stem(*parts):
-    """A file name from parts: empty parts dropped, characters other than letters, digits, '.',
-    '_' and '-' replaced."""
-    return "_".join(_UNSAFE.sub("-", str(p)).strip("-") for p in parts if p != "" and p is not None)
 
 
 def save(fig, path):

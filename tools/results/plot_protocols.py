@@ -16,11 +16,9 @@ point averages all of them with every seed, else the range of counts, "over 9–
 
 import statistics
 
-import matplotlib.pyplot as plt
-
 from tools.protocols import BENCHMARK
 from tools.results.cells import Average, by_seed, display_name, expected_seeds, groups, ordered
-from tools.results.figures import label_bars, legend_below, method_colours, method_key, panel_grid, save
+from tools.results.figures import label_bars, legend_below, method_colours, method_key, panel_grid, plt, save
 from tools.results.runlog import RunKey
 from tools.results.stats import harmonic, summarize
 

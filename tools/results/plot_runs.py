@@ -16,19 +16,15 @@ one expert in one seed and onto another in the next shows as two collapses.
   class's images that have it among their top K.
 """
 
-import json
-from pathlib import Path
-from typing import NamedTuple
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from tools.results.epochs import read_epochs
-from tools.results.figures import file_stem, legend_below, panel_grid, save
+from tools.results.figures import legend_below, panel_grid, plt, save
+from tools.results.routing import STATS_FILES, last_record, read_stats
+from tools.results.rungroups import file_stem
 from tools.results.runlog import newest_log
 
-STATS_FILES = {"expert_stats.json": "expert", "teacher_stats.json": "teacher"}
 SEED_STYLE = {"train": "-", "val": "--"}
 
 
@@ -76,37 +72,6 @@ def training_figure(group, out):
     fig.suptitle(f"{group.title}\ntraining, per epoch", fontsize=10)
     fig.tight_layout()
     return save(fig, out / f"training_{group.stem}.png")
-
-
-class Stats(NamedTuple):
-    """A routing statistics file as trainers.runs.routing_stats.RoutingStats writes it."""
-
-    path: Path
-    names: list  # the candidates (experts' or teachers' templates), G of them
-    top_k: int  # K: candidates kept per image
-    classnames: list
-    records: list
-
-
-def read_stats(path):
-    """The Stats of a routing statistics file, checked."""
-    stats = json.loads(path.read_text())
-    names, records = stats.get("names") or [], stats.get("records") or []
-    for r in records:
-        if len(r["selection_share"]) != len(names):
-            raise ValueError(f"{path}: selection_share of epoch {r['epoch']} does not match names {names}")
-    if not records:
-        raise ValueError(f"{path}: no routing record")
-    return Stats(path, names, stats.get("top_k", 1), stats.get("classnames") or [], records)
-
-
-def last_record(records):
-    """The test record of the latest epoch, else the latest training record."""
-    for split in ("test", "train", "val"):
-        chosen = [r for r in records if r["split"] == split]
-        if chosen:
-            return max(chosen, key=lambda r: r["epoch"])
-    raise ValueError("no test, train or val record")
 
 
 def _group_stats(group, fname):

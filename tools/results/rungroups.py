@@ -14,10 +14,16 @@ from pathlib import Path
 import yaml
 
 from tools.results.cells import display_name
-from tools.results.figures import file_stem
 
 _SEED = re.compile(r"seed(\d+)")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 RUN_FILES = ("log.txt", "config.yaml")
+
+
+def file_stem(*parts):
+    """A file name from parts: empty parts dropped, characters other than letters, digits, '.',
+    '_' and '-' replaced."""
+    return "_".join(_UNSAFE.sub("-", str(p)).strip("-") for p in parts if p != "" and p is not None)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import statistics
 
 from tools.results.cells import Section, Table, fmt
 from tools.results.epochs import read_epochs
-from tools.results.plot_runs import STATS_FILES, last_record, read_stats
+from tools.results.routing import STATS_FILES, last_record, read_stats
 from tools.results.rungroups import folder_groups
 from tools.results.runlog import last_result, read_run
 
