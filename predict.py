@@ -11,8 +11,11 @@ its checkpoint), the lines of a file (--classnames), or a dataset's (--dataset-c
 
 Per image: the top-k classes with their probabilities (softmax of the logits), and for models
 that route (MoCoOp's experts, MoPD's teachers) the candidates the router kept and their weights.
-The output (.csv or .jsonl) is written atomically once every image is done. Missing and
-unreadable images are one error that lists them, or with --skip-bad rows whose `error` says why.
+The output (.csv or .jsonl, or `--output -` for stdout) is written atomically once every image is
+done. Missing and unreadable images are one error that lists them, or with --skip-bad rows whose
+`error` says why. A folder of class sub-folders (as ImageFolder) named after the run's classes is
+labelled: its images get their true class, and the predictions their accuracy, per-class accuracy
+and confusion matrix (tools/labelled).
 """
 
 import warnings
@@ -28,7 +31,7 @@ import glob
 import json
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -42,9 +45,12 @@ from clipprompt.learnable import CheckpointMismatch
 from datasets.image_check import unreadable_image
 from datasets.image_folder import is_image
 from tools.export.run import add_run_arguments, load_run
+from tools.labelled.labels import folder_labels
+from tools.labelled.metrics import check_metrics_dir, metrics, summary_lines, write_metrics
 from trainers.runs.checkpoints import UnreadableCheckpoint
 
 FORMATS = (".csv", ".jsonl")
+STDOUT = "-"
 # What reading an image raises: PIL (UnidentifiedImageError and truncated data are OSErrors) and
 # clipprompt.images (pixel ranges it cannot scale, images over the pixel limit: ValueErrors).
 READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
@@ -52,19 +58,35 @@ SHOWN = 10  # problems named in an error message
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python predict.py", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quoted)")
     add_run_arguments(parser)
-    parser.add_argument("--output", required=True, help="predictions file: .csv or .jsonl")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.add_argument("--output", required=True, help="predictions file: .csv or .jsonl, or - for stdout")
+    parser.add_argument("--format", choices=("csv", "jsonl"), help="of --output - (default csv)")
+    parser.add_argument(
+        "--metrics-dir",
+        help="where labelled folders' accuracy and confusion matrix go (default: <--output without "
+        "its extension>_metrics; with --output -, none unless given)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --output and metric files")
     parser.add_argument("--topk", type=int, help="classes listed per image (default 5, or all if fewer)")
     parser.add_argument("--batch-size", type=int, help="default: the run's DATALOADER.TEST.BATCH_SIZE")
     parser.add_argument("--num-workers", type=int, help="default: the run's DATALOADER.NUM_WORKERS")
     parser.add_argument("--skip-bad", action="store_true", help="skip missing or unreadable images")
     args = parser.parse_args(argv)
-    if os.path.splitext(args.output)[1] not in FORMATS:
-        parser.error(f"--output {args.output}: the file name must end in {' or '.join(FORMATS)}")
-    if os.path.exists(args.output) and not args.overwrite:
+    if args.output == STDOUT:
+        args.format = args.format or "csv"
+    elif os.path.splitext(args.output)[1] not in FORMATS:
+        parser.error(
+            f"--output {args.output}: the file name must end in {' or '.join(FORMATS)} (or - for stdout)"
+        )
+    elif args.format and f".{args.format}" != os.path.splitext(args.output)[1]:
+        parser.error(
+            f"--format {args.format} is for --output -; the extension of {args.output} sets its format"
+        )
+    else:
+        args.format = os.path.splitext(args.output)[1][1:]
+    if args.output != STDOUT and os.path.exists(args.output) and not args.overwrite:
         parser.error(f"--output {args.output} exists: choose another file, or pass --overwrite")
     if args.subsample_classes and args.classnames:
         parser.error("--subsample-classes picks classes of a dataset; --classnames lists them")
@@ -198,17 +220,17 @@ def problem_list(problems):
     return shown + more
 
 
-def csv_rows(records, topk, kind, top_k):
-    header = ["image"]
+def csv_rows(records, topk, kind, top_k, labelled):
+    header = ["image"] + (["true_class"] if labelled else [])
     for j in range(1, topk + 1):
         header += [f"class_{j}", f"probability_{j}"]
     for j in range(1, top_k + 1):
         header += [f"{kind}_{j}", f"{kind}_{j}_weight"]
     rows = [header + ["error"]]
     for r in records:
-        row = [r["image"]]
+        row = [r["image"]] + ([r.get("true_class") or ""] if labelled else [])
         if r["error"] is not None:
-            row += [""] * (len(header) - 1)
+            row += [""] * (len(header) - len(row))
         else:
             row += [x for t in r["top"] for x in (t["class"], f"{t['probability']:.6f}")]
             row += [x for g in r.get("routing", ()) for x in (g["template"], f"{g['weight']:.6f}")]
@@ -216,11 +238,13 @@ def csv_rows(records, topk, kind, top_k):
     return rows
 
 
-def write_predictions(path, records, topk, kind, top_k):
-    """The records as CSV (one row per image) or JSON lines, written atomically."""
-    with atomic_file(path, "w", encoding="utf-8", newline="") as f:
-        if path.endswith(".csv"):
-            csv.writer(f).writerows(csv_rows(records, topk, kind, top_k))
+def write_predictions(path, fmt, records, topk, kind, top_k):
+    """The records as CSV (one row per image) or JSON lines, written atomically (or to stdout)."""
+    labelled = any("true_class" in r for r in records)
+    out = nullcontext(sys.stdout) if path == STDOUT else atomic_file(path, "w", encoding="utf-8", newline="")
+    with out as f:
+        if fmt == "csv":
+            csv.writer(f).writerows(csv_rows(records, topk, kind, top_k, labelled))
         else:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -250,16 +274,47 @@ def prediction_settings(args, trainer):
 
 
 def main(argv=None):
+    args = parse_args(argv)
+    # With --output -, stdout carries the predictions alone: everything else goes to stderr.
+    quiet = redirect_stdout(sys.stderr) if args.output == STDOUT else nullcontext()
     try:
-        predict(parse_args(argv))
+        with quiet:
+            records, settings = predict(args)
+        write_predictions(args.output, args.format, records, *settings)
+    except BrokenPipeError:  # the reader of stdout (e.g. `| head`) stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     except WriteError as err:  # the output: disk full, read-only folder
         raise SystemExit(f"error: {write_error_message(err)}") from None
 
 
+def metrics_folder(args, labels):
+    """Where the metrics of labelled images go (None: print them only)."""
+    if not labels.labels or (args.output == STDOUT and not args.metrics_dir):
+        return None
+    folder = args.metrics_dir or os.path.splitext(args.output)[0] + "_metrics"
+    check_metrics_dir(folder, args.overwrite)
+    return folder
+
+
+def report_labelled(records, labels, classnames, folder, overwrite):
+    """Add the true classes to the records, print the accuracy and write the metric files."""
+    for r in records:
+        if r["image"] in labels.labels:
+            r["true_class"] = classnames[labels.labels[r["image"]]]
+    result = metrics(records, labels.labels, classnames)
+    if not result["images"]:
+        print("No labelled image could be predicted: no accuracy.")
+        return
+    if folder:
+        write_metrics(folder, result, classnames, labels.notes, overwrite)
+    print("\n".join(summary_lines(result, classnames, folder)))
+
+
 def predict(args):
-    """Predict the images of the parsed command line and write the output."""
+    """Predict the images of the parsed command line: (records, write_predictions' settings)."""
     entries = expand_inputs(args.inputs)
     problems = {item: reason for item, reason in entries if reason}
     if problems and not args.skip_bad:
@@ -272,6 +327,10 @@ def predict(args):
     trainer, where = load_run(*run, args.subsample_classes, args.device)
     names = trainer.classnames
     print(f"{trainer.cfg.TRAINER.NAME}: {len(names)} classes from {where}: {', '.join(names[:8])}")
+    labels = folder_labels(args.inputs, names, images_below)
+    for note in labels.notes:
+        print(f"Note: {note}")
+    folder = metrics_folder(args, labels)
     topk, batch_size, workers = prediction_settings(args, trainer)
     todo = [path for path in paths if path not in problems]
     done = dict(zip(todo, predict_images(trainer, todo, topk, batch_size, workers)))
@@ -283,10 +342,13 @@ def predict(args):
         )
     problems |= failed
     records = [done.get(path) or {"image": path, "error": problems[path]} for path, _ in entries]
-    write_predictions(args.output, records, topk, trainer.model.routing_kind, trainer.model.top_k)
-    print(f"Predicted {len(records) - len(problems)} images: {args.output}")
+    if labels.labels:
+        report_labelled(records, labels, names, folder, args.overwrite)
+    target = "stdout" if args.output == STDOUT else args.output
+    print(f"Predicted {len(records) - len(problems)} images: {target}")
     if problems:
         print(f"Skipped {len(problems)} (--skip-bad): {problem_list(list(problems.items()))}")
+    return records, (topk, trainer.model.routing_kind, trainer.model.top_k)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=str, default="", help="path to dataset root (DATASET.ROOT)")
     parser.add_argument("--output-dir", type=str, default="", help="output directory (OUTPUT_DIR)")
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")

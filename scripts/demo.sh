@@ -7,45 +7,39 @@
 #
 # env: DATA (data: where the world is generated), OUTPUT (output/demo), SEEDS ("1 2 3"),
 #      TRAINERS (the five above), CONFIG (demo: configs/trainers/<Trainer>/<CONFIG>.yaml),
-#      PYTHON (python3). Re-running skips finished runs.
+#      JOBS (2: runs at once), PYTHON (python3). Re-running skips finished runs.
 # MoCoOp's demo ablations (README's demo table): TRAINERS=MoCoOp CONFIG=demo_moe (experts and
 # router, no L_router, no L_text) and CONFIG=demo_router_tau007 (tau_r 0.07 in W_hard instead
 # of the paper preset's 1).
+#
+# The runs are those of scripts/base2new.sh, run by python -m tools.sweep on JOBS CPU workers.
+# The demo configs set DETERMINISTIC True, so each run uses one thread and repeats bit for bit
+# on any machine with the same CPU instructions and PyTorch build, whatever its core count, and
+# README's table comes out digit for digit; running JOBS of them side by side keeps the cores busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Threads sleep instead of spinning while they wait: on a busy or small machine spinning
 # OpenMP threads slow every step several times over.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output/demo} SEEDS=${SEEDS:-"1 2 3"} PYTHON=${PYTHON:-python3}
+DATA=${DATA:-data} OUTPUT=${OUTPUT:-output/demo} SEEDS=${SEEDS:-"1 2 3"} PYTHON=${PYTHON:-python3}
 TRAINERS=${TRAINERS:-"ZeroshotCLIP CoOp KgCoOp MoCoOp MoPD"}
 CONFIG=${CONFIG:-demo}
+JOBS=${JOBS:-2}
 
 "$PYTHON" -m tools.demo_world --root "$DATA"
-start=$SECONDS
-# Progress: one line per run (elapsed time, trainer, seed, base or new, accuracy); the full
-# logs are in each run's log.txt.
-progress() {
-    local line seed dir phase
-    while IFS= read -r line; do
-        case "$line" in
-            "# skip finished: "*) echo "         skipped, finished: ${line#\# skip finished: }" ;;
-            "Command: "*) ;;  # train.py echoing its own command line
-            *" train.py "*)
-                seed=${line#* --seed } seed=${seed%% *}
-                dir=${line#* --output-dir } dir=${dir%% *}
-                [[ $dir == */test_new/* ]] && phase=new || phase=base
-                printf '[%4d s] %-12s seed %s  %-4s ... ' $((SECONDS - start)) "$1" "$seed" "$phase" ;;
-            "* accuracy: "*) echo "${line#\* accuracy: }" ;;
-            Traceback* | error:* | *Error:*) echo "$line" ;;
-        esac
-    done
-}
-
+specs=()
 for trainer in $TRAINERS; do
-    bash scripts/base2new.sh demo_world "$trainer" "$CONFIG" 2>&1 | progress "$trainer"
+    specs+=("$trainer:$CONFIG")
 done
-echo "Finished in $((SECONDS - start)) s. Table (mean ± std over seeds; runs in $OUTPUT):"
-"$PYTHON" -m tools.results "$OUTPUT" --seeds "$SEEDS" --datasets demo_world
+# One line per finished run (its time, accuracy and folder); the full logs are in each run's
+# log.txt and in $OUTPUT/sweep/logs.
+# shellcheck disable=SC2086 # SEEDS is a list of words
+"$PYTHON" -m tools.sweep --protocol base2new --datasets demo_world --trainers "${specs[@]}" \
+    --seeds $SEEDS --data "$DATA" --output "$OUTPUT" --python "$PYTHON" --gpus cpu --jobs-per-gpu "$JOBS" \
+    --no-report
+echo "Table (mean ± std over seeds; runs in $OUTPUT):"
+# shellcheck disable=SC2086
+"$PYTHON" -m tools.results "$OUTPUT" --seeds $SEEDS --datasets demo_world
 # README's demo table (seeds 1 2 3) against these runs: a difference is reported, not an error
 # (another CPU or PyTorch build can round differently; README says where it was measured).
 if [[ $SEEDS == "1 2 3" ]]; then

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -94,12 +95,26 @@ def _run_from_repository_root():
     os.chdir(previous)
 
 
+def dassl_missing():
+    """Why Dassl cannot be used (`NO_DASSL=1` set-ups have none), or "" when it can."""
+    try:
+        found = importlib.util.find_spec("dassl") is not None
+    except ImportError:
+        found = False
+    return "" if found else "Dassl is not installed (NO_DASSL=1 set-up; see README set-up)"
+
+
 def pytest_collection_modifyitems(items):
     """Tests that use a session's trained runs are end-to-end tests (`-m "not e2e"` skips them):
-    the first of them trains the run with train.py in a subprocess."""
+    the first of them trains the run with train.py in a subprocess. Without Dassl, train.py cannot
+    run: every end-to-end test is skipped, saying so."""
     for item in items:
         if "base_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+    if reason := dassl_missing():
+        for item in items:
+            if item.get_closest_marker("e2e") is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_runtest_setup(item):

@@ -54,10 +54,11 @@ B2N_ARGS = (
 
 
 def make_repo(tmp_path):
-    """The scratch repository: the sweep's code linked, the stand-in train.py, empty configs."""
+    """The scratch repository: the sweep's code (and the library its tables use) linked, the
+    stand-in train.py, empty configs."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("tools", "scripts"):
+    for name in ("tools", "scripts", "clipprompt"):
         (root / name).symlink_to(Path(ROOT) / name)
     (root / "train.py").write_text(FAKE_TRAIN)
     for path in ("datasets/dtd", "datasets/eurosat", "datasets/imagenet", "trainers/CoOp/v"):

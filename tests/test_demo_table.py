@@ -95,3 +95,21 @@ def test_the_repository_readme_has_a_row_for_every_demo_run_the_docs_name():
     ]
     for trainer, config in pairs:
         assert os.path.isfile(os.path.join(ROOT, "configs", "trainers", trainer, f"{config}.yaml"))
+
+
+def test_every_demo_run_is_deterministic():
+    """The table is reproduced digit for digit only if every run repeats bit for bit: the demo
+    configs set DETERMINISTIC (one intra-op thread on a CPU, whatever the core count)."""
+    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+    import trainers
+
+    found = []
+    for trainer in sorted(os.listdir(os.path.join(ROOT, "configs", "trainers"))):
+        folder = os.path.join(ROOT, "configs", "trainers", trainer)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.startswith("demo") and name.endswith(".yaml"):
+                cfg = trainers.make_cfg(
+                    trainer, "configs/datasets/demo_world.yaml", os.path.join(folder, name), []
+                )
+                found.append((trainer, name, cfg.DETERMINISTIC))
+    assert len(found) == 7 and all(deterministic for *_, deterministic in found), found

@@ -30,6 +30,18 @@ def learnable_names(log):
     return re.search(r"Learnable tensors \([\d,]+ values\): (.*)\n", log)[1].split(", ")
 
 
+def coop_parse_test_res(log, end_signal):
+    """The accuracy CoOp's parse_test_res.py reads from a log: the last `* accuracy: X%` line
+    after the line `end_signal` ("Finished training" by default, "=> result" with --test-log),
+    None when it finds none."""
+    found, started = None, False
+    for line in log.splitlines():
+        started = started or line.strip() == end_signal
+        if started and (m := re.search(r"\* accuracy: ([\.\deE+-]+)%", line)):
+            found = float(m[1])
+    return found
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_train_base_then_evaluate_new(name, base_run, pets, dtd, tiny_clip_path, tmp_path):
     case = CASES[name]
@@ -55,6 +67,14 @@ def test_train_base_then_evaluate_new(name, base_run, pets, dtd, tiny_clip_path,
         train_dir,
     )
     evaluated_log(out, 2, 9)  # 3 new classes x 3 test images
+    # CoOp's parse_test_res.py: its default mode reads training logs, --test-log evaluation-only ones.
+    last = float(re.findall(r"\* accuracy: ([\d.]+)%", log)[-1])
+    assert coop_parse_test_res(log, "Finished training") == last
+    new_log = read_log(out)
+    assert coop_parse_test_res(new_log, "Finished training") is None
+    assert coop_parse_test_res(new_log, "=> result") == float(
+        re.findall(r"\* accuracy: ([\d.]+)%", new_log)[-1]
+    )
     if case.trainer in STATS:
         with open(os.path.join(train_dir, STATS[case.trainer])) as f:
             records = json.load(f)["records"]

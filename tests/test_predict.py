@@ -254,3 +254,63 @@ def test_missing_and_unreadable_images_are_listed(coop_run, tmp_path, capsys):
     assert errors[4:] == ["not found", "pattern matches no file"]
     printed = capsys.readouterr().out
     assert "Predicted 2 images" in printed and "Skipped 4 (--skip-bad)" in printed
+
+
+def test_labelled_folder_gives_accuracy_per_class_and_confusion_matrix(base_run, tmp_path):
+    """Class sub-folders named after the run's classes (as ImageFolder, underscores for spaces):
+    the accuracy is the run's own test accuracy; a folder of another class is named and left out;
+    `--output -` writes the predictions alone on stdout."""
+    run = base_run("CoOp")
+    trainer = evaluated_trainer(run)
+    folder = tmp_path / "labelled"
+    for item in trainer.dm.dataset.test:
+        target = folder / item.classname.replace(" ", "_") / os.path.basename(item.impath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(item.impath)
+    (folder / "sphynx").mkdir()
+    (folder / "sphynx" / "x.png").symlink_to(trainer.dm.dataset.test[0].impath)
+    out = tmp_path / "preds.csv"
+    proc = run_predict("--model-dir", run, "--output", out, folder)
+    total, correct = logged_result(run)
+    assert (
+        f"Accuracy on {total} labelled images of 3 classes: {100 * correct / total:.2f} % ({correct} correct)"
+        in (proc.stdout)
+    )
+    assert (
+        f"1 class folder(s) name no class of the run; their images are predicted but left out of the accuracy: {folder / 'sphynx'} (1 images)"
+        in proc.stdout
+    )
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    truth = {r["image"]: r["true_class"] for r in rows}
+    assert truth[str(folder / "sphynx" / "x.png")] == "" and len(rows) == total + 1
+    metrics_dir = tmp_path / "preds_metrics"
+    with open(metrics_dir / "confusion_matrix.csv", newline="", encoding="utf-8") as f:
+        header, *matrix = list(csv.reader(f))
+    assert header[1:] == trainer.classnames and [row[0] for row in matrix] == trainer.classnames
+    counts = [[int(x) for x in row[1:]] for row in matrix]
+    for c, name in enumerate(trainer.classnames):  # each row: the top-1 predictions of that folder
+        predicted = [r["class_1"] for r in rows if r["true_class"] == name]
+        assert counts[c] == [predicted.count(other) for other in trainer.classnames]
+    assert sum(counts[c][c] for c in range(3)) == correct and sum(map(sum, counts)) == total
+    summary = json.loads((metrics_dir / "summary.json").read_text())
+    assert (summary["images"], summary["correct"]) == (total, correct)
+    assert (metrics_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="error: --metrics-dir .* already holds summary.json"):
+        predict.main(
+            [
+                "--model-dir",
+                run,
+                "--output",
+                str(tmp_path / "again.csv"),
+                "--metrics-dir",
+                str(metrics_dir),
+                str(folder),
+            ]
+        )
+
+    proc = run_predict("--model-dir", run, "--output", "-", "--format", "jsonl", folder)
+    records = [json.loads(line) for line in proc.stdout.splitlines()]  # nothing else on stdout
+    assert [r["image"] for r in records] == [r["image"] for r in rows]
+    assert [r.get("true_class", "") for r in records] == [r["true_class"] for r in rows]
+    assert f"({correct} correct)" in proc.stderr and "Predicted" in proc.stderr

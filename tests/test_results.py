@@ -386,6 +386,7 @@ def test_cli_errors(tmp_path):
 @pytest.mark.e2e
 def test_plots(tmp_path):
     from tools.results import plots
+    from tools.results.routing import last_record, read_stats
 
     for seed in (1, 2, 3):
         for k in (1, 2):
@@ -394,25 +395,29 @@ def test_plots(tmp_path):
         stats = write_expert_stats(
             run_dir(tmp_path, "base2new", "train_base", "dtd", seed, "MoCoOp", "c4"), [0.25] * 4
         )
-    # No test record in the last file: its train record is used.
+    # No test record in the last file: its last train record is shown.
     data = json.loads(stats.read_text())
     data["records"] = [r for r in data["records"] if r["split"] == "train"]
     stats.write_text(json.dumps(data))
-    assert plots.read_selection(stats)[2:] == ("train", 2)
+    record = last_record(read_stats(stats).records)
+    assert (record["split"], record["epoch"]) == ("train", 2)
     out = tmp_path / "png"
     plots.main([str(tmp_path), "--out", str(out), "--fewshot-curve", "CoOp=vit_b16+other"])
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "expert_stats_base2new_train_base_shots16_MoCoOp_c4.png",
+        "expert_routing_base2new_train_base_dtd_shots16_MoCoOp_c4.png",
         "fewshot.png",
         "fewshot_average.png",
+        *[f"training_fewshot_dtd_shots{k}_{tc}.png" for k in (1, 2) for tc in ("CoOp_vit_b16", "MoCoOp_c4")],
     ]
     assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
 
     data["records"][-1]["selection_share"] = [1.0]
     stats.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="does not match names"):
-        plots.read_selection(stats)
+        read_stats(stats)
+    with pytest.raises(SystemExit, match=f"error: {stats}: selection_share of epoch 2 does not match names"):
+        plots.main([str(tmp_path), "--out", str(out)])
 
 
 def test_single_dataset_summary_compares_trainers(tmp_path):

@@ -92,7 +92,7 @@ def test_folder_without_checkpoint_or_result_restarts_with_another_config(pets, 
 ACCURACY = re.compile(r"\* accuracy: ([-+.\deE]+)%")
 
 
-def coop_parse_test_res(directory, end_signal="Finish training"):
+def coop_parse_test_res(directory, end_signal="Finished training"):
     """The rule of CoOp's parse_test_res.py, re-implemented: for each seed folder of `directory`,
     read its `log.txt`; from the first line equal to `end_signal` on, the last `* accuracy: X%`
     line is the seed's result; a seed without one is left out of the table."""

@@ -1,8 +1,9 @@
 """README's short path ("Your own images: train, predict, export"), its lines run as written in a
-scratch repository that links this one, on generated folders of images, with the tiny CLIP
-(appended to the train.py line as KEY VALUE options): the run's test accuracy is reproduced by
-predict.py on its test split, and the exported classifier, loaded where Dassl and yacs cannot be
-imported, predicts what predict.py predicts."""
+scratch repository that links this one, on generated folders of images: the CPU path with the
+demo's tiny CLIP exactly as written (it names the class-name words it never saw), the ViT-B/16
+line with the session's tiny CLIP appended as KEY VALUE options (no download). The demo run's
+test accuracy is reproduced by predict.py on its test split, and the exported classifier, loaded
+where Dassl and yacs cannot be imported, predicts what predict.py predicts."""
 
 import ast
 import csv
@@ -52,7 +53,7 @@ def scratch_repo(path):
     """This repository's code and configs, linked, in a folder of its own (the README copies a
     config into configs/datasets/), with `python` on PATH being this interpreter."""
     path.mkdir()
-    for name in ("train.py", "predict.py", "trainers", "datasets", "clipprompt", "tools"):
+    for name in ("train.py", "predict.py", "trainers", "datasets", "clipprompt", "tools", "assets"):
         (path / name).symlink_to(os.path.join(ROOT, name))
     (path / "configs").mkdir()
     (path / "configs" / "trainers").symlink_to(os.path.join(ROOT, "configs", "trainers"))
@@ -93,13 +94,22 @@ def test_readme_short_path(tmp_path, tiny_clip_path):
     commands = readme_commands()
     assert [c.split()[:2] for c in commands] == [
         ["cp", "configs/datasets/image_folder.yaml"], ["sed", "-i"], ["python", "train.py"],
-        ["python", "predict.py"], ["python", "-m"], ["python", "-c"],
+        ["python", "predict.py"], ["python", "-m"], ["python", "-c"], ["python", "train.py"],
     ]  # fmt: skip
+    assert "configs/trainers/CoOp/demo.yaml" in commands[2] and "vit_b16" in commands[-1]
     tiny = shlex.join(["MODEL.BACKBONE.NAME", tiny_clip_path, *TINY_OPTS, "OPTIM.MAX_EPOCH", "1"])
-    printed = [run(repo, f"{c} {tiny}" if c.startswith("python train.py") else c) for c in commands]
+    printed = [run(repo, c) for c in commands[:-1]]
+    # The demo CLIP's start-up warning names the words of the class names it never saw.
+    assert (
+        "3 word(s) that the CLIP of MODEL.BACKBONE.NAME assets/demo_clip_rn_tiny.pt.gz never saw in "
+        in printed[2]
+    )
+    assert "'jay' (blue jay); 'robin' (robin); 'sparrow' (sparrow)" in printed[2]
+    vit = run(repo, f"{commands[-1]} {tiny}")
+    assert "WARNING" not in vit and logged_result(repo / "output" / "my_birds" / "CoOp")[0] == 6
 
     # Trained on the split the first run made: 2 of the 8 images per class are test images.
-    train_dir = repo / "output" / "my_birds" / "CoOp"
+    train_dir = repo / "output" / "my_birds" / "CoOp_demo"
     with open(repo / "data" / "my_birds" / "split_zhou_ImageFolder.json") as f:
         test_split = json.load(f)["test"]
     assert logged_result(train_dir)[0] == len(test_split) == 6
@@ -127,5 +137,5 @@ def test_readme_short_path(tmp_path, tiny_clip_path):
         assert [t["probability"] for t in prediction["top"]] == pytest.approx(expected, abs=1e-6)
         assert {t["class"] for t in prediction["top"]} == {"blue jay", "robin", "sparrow"}
     # The README's one-liner printed the prediction of new_photos/a.jpg.
-    shown = ast.literal_eval(printed[-1].strip())
+    shown = ast.literal_eval(printed[5].strip())
     assert [t["class"] for t in shown[0]["top"]] == [rows[-1][f"class_{j}"] for j in (1, 2, 3)]

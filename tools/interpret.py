@@ -187,7 +187,7 @@ def write_report(report, model_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.interpret", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True, help="a training run (train.py --output-dir)")
     parser.add_argument("--load-epoch", type=int, help="epoch to load (default: the finished run's last)")
     parser.add_argument("--topk", type=int, default=5, help="nearest tokens listed per vector (default 5)")

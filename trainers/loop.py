@@ -5,7 +5,7 @@
     before_train   resume from the run's checkpoint (or --resume), open TensorBoard, start the clock
     epochs         run_epoch (forward_backward per batch, the log line CoOp's tools read), after_epoch
                    (routing record, validation under TEST.FINAL_MODEL best_val, checkpoint)
-    after_train    "Finish training", the final evaluation (the best validated model under
+    after_train    "Finished training" (the end signal of CoOp's parse_test_res.py), the final evaluation (the best validated model under
                    best_val), elapsed time
 
 A model with nothing to learn (zero-shot CLIP) runs no epoch: train.py evaluates it, and its log
@@ -97,7 +97,9 @@ class TrainingLoop:
             self.save_model(self.epoch, self.output_dir)
 
     def after_train(self):
-        print("Finish training")
+        # CoOp's parse_test_res.py reads a training run's log from this line on (Dassl c61a1b5
+        # prints "Finish training", which it does not recognise).
+        print("Finished training")
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val" and self.optim is not None:
                 print("Deploy the model with the best val performance")

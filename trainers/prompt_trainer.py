@@ -37,6 +37,7 @@ from clipprompt.learnable import learnable_parameters
 from clipprompt.methods.coop import ContextPrompt
 from clipprompt.templates import check_template
 from clipprompt.text_encoder import TextEncoder
+from clipprompt.vocabulary import unlearnt_words_warning
 from datasets.loading import build_data_manager
 from trainers.runs.checkpoints import (
     load_for_evaluation,
@@ -170,6 +171,11 @@ class PromptTrainer(TrainingLoop, TrainerX):
             model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
         # Before any CLIP weight is trained (MoCoOp's release preset trains LayerNorms).
         self.backbone_fingerprint = backbone_fingerprint(model)
+        warning = unlearnt_words_warning(
+            model.token_embedding, [*self.classnames, *self.all_classnames], cfg.MODEL.BACKBONE.NAME
+        )
+        if warning:
+            print(warning)
         resolution = model.visual.input_resolution
         if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
             raise ValueError(

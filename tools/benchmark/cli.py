@@ -30,7 +30,10 @@ def parse_args(argv=None):
         prog="python -m tools.benchmark", description=tools.benchmark.__doc__.splitlines()[0]
     )
     p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to measure (default: cuda when available, else cpu)",
     )
     p.add_argument(
         "--suite",
@@ -46,7 +49,14 @@ def parse_args(argv=None):
         help="the table's sizes: default (10 classes), a dataset's (classes, templates, experts, test set, "
         "the configs' batches), or imagenet (MoCoOp's memory at ImageNet scale)",
     )
-    p.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=list(TRAINERS))
+    p.add_argument(
+        "--trainers",
+        nargs="+",
+        default=list(TRAINERS),
+        choices=list(TRAINERS),
+        metavar="TRAINER",
+        help=f"the trainers of the table (default: all: {' '.join(TRAINERS)})",
+    )
     p.add_argument(
         "--dataset",
         help="configs/datasets/<name>.yaml: templates and experts (default: the --size dataset, else oxford_pets)",

@@ -182,9 +182,16 @@ def generate(root, seed=DEFAULT_SEED, split_sizes=None, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=world.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo_world", description=world.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--root", required=True, help="dataset root (DATASET.ROOT)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed of the images (default {DEFAULT_SEED}: the demo's)",
+    )
     args = parser.parse_args(argv)
     try:
         generate(args.root, args.seed)

@@ -265,11 +265,20 @@ def evaluate(model, seed=world.DEFAULT_SEED, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.pretrain_tiny_clip", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", required=True, help="checkpoint path (.pt.gz)")
-    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULTS["steps"], help=f"optimiser steps (default {DEFAULTS['steps']})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches (default 0)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help=f"(image, caption) pairs per step (default {DEFAULTS['batch_size']})",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--no-eval", action="store_true", help="skip the zero-shot evaluation")

@@ -61,10 +61,17 @@ def routing_report(run_dir, root, split):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo_routing", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("run_dir", help="a finished training run on the demo world whose model routes")
     parser.add_argument("--root", default="data", help="DATASET.ROOT holding demo_world/")
-    parser.add_argument("--split", default="base", choices=("base", "new"))
+    parser.add_argument(
+        "--split",
+        default="base",
+        choices=("base", "new"),
+        help="the test images of the base classes (default) or of the new ones",
+    )
     args = parser.parse_args(argv)
     counts, k = routing_report(args.run_dir, args.root, args.split)
     print(

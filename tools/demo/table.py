@@ -17,6 +17,7 @@ import os
 import re
 import sys
 
+from tools.results.args import add_seeds_argument
 from tools.results.cells import cell, fmt, spread
 from tools.results.runlog import RunKey, discover
 from tools.results.stats import harmonic, summarize
@@ -78,8 +79,8 @@ def compare(rows, cells):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.demo.table", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo", help="the demo's output tree (default output/demo)")
-    p.add_argument("--readme", default="README.md")
-    p.add_argument("--seeds", default="1 2 3", help='the seeds of every row (default "1 2 3")')
+    p.add_argument("--readme", default="README.md", help="the file holding the table (default README.md)")
+    add_seeds_argument(p, "the seeds of every row")
     p.add_argument("--write", action="store_true", help="replace the rows' cells with the output's")
     args = p.parse_args(argv)
     if not os.path.isdir(args.output):
@@ -87,11 +88,11 @@ def main(argv=None):
     with open(args.readme, encoding="utf-8") as f:
         text = f.read()
     lines, rows = table_rows(text, args.readme)
-    cells = measured(args.output, [int(s) for s in args.seeds.split()])
+    cells = measured(args.output, args.seeds)
     differences, unchecked = compare(rows, cells)
     if unchecked:
         print(
-            f"Not checked (no complete runs for seeds {args.seeds} in {args.output}): {', '.join(unchecked)}"
+            f"Not checked (no complete runs for seeds {' '.join(map(str, args.seeds))} in {args.output}): {', '.join(unchecked)}"
         )
     if args.write:
         for i, (trainer, config, what, *_) in rows:

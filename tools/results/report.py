@@ -1,6 +1,6 @@
 """Paper-style tables from an output tree written by the protocol scripts.
 
-    python -m tools.results <output_root> [--csv-dir DIR] [--paper] [--seeds "1 2 3"]
+    python -m tools.results <output_root> [--csv-dir DIR] [--paper] [--seeds 1 2 3]
 
 Prints Markdown tables (base-to-new, few-shot, cross-dataset, domain
 generalisation, missing runs) and writes them as CSV files. Conventions
@@ -21,10 +21,12 @@ from tabulate import tabulate
 from clipprompt.atomic import WriteError, atomic_file, write_error_message
 from tools.protocols import BENCHMARK
 from tools.results import paper as published
+from tools.results.args import add_curve_argument, add_datasets_argument, add_seeds_argument
 from tools.results.base2new import base2new_section
 from tools.results.cells import Collector
 from tools.results.fewshot import fewshot_grids, fewshot_section, parse_curve
 from tools.results.runlog import discover
+from tools.results.runreport import runs_section
 from tools.results.xd import xd_sections
 
 
@@ -32,9 +34,13 @@ def build_report(root, declared=(1, 2, 3), paper=None, datasets=BENCHMARK, curve
     """(sections, missing runs) of the output tree at `root`."""
     runs, problems = discover(root)
     if not runs and not problems:
-        raise SystemExit(
-            f"error: no runs under {root} (expected base2new/, fewshot/ or xd/ as the scripts write them)"
-        )
+        section = runs_section(root)
+        if section is None:
+            raise SystemExit(
+                f"error: no runs under {root}: neither an output tree (base2new/, fewshot/ or xd/ as the "
+                "scripts write them) nor run folders (a log.txt or config.yaml as train.py writes them)"
+            )
+        return [section], []
     col = Collector(runs)
     col.missing.extend(problems)
     sections = []
@@ -68,40 +74,29 @@ def write_csv(path, rows, header=None):
         writer.writerows(rows)
 
 
-def add_curve_argument(parser):
-    parser.add_argument(
-        "--fewshot-curve",
-        action="append",
-        default=[],
-        metavar="TRAINER=CFG1+CFG2",
-        help="show the few-shot runs of these configs of TRAINER as one curve, each shot count "
-        "from the config that ran it (repeatable); e.g. CoOp=vit_b16_ep50+vit_b16_ep100+vit_b16_ep200",
-    )
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.results", description=__doc__.split("\n\n")[0])
-    p.add_argument("output_root", type=Path)
+    p.add_argument("output_root", type=Path, help="an output tree, a run's folder, or any folder of runs")
     p.add_argument(
         "--csv-dir", type=Path, help="where to write the CSV files (default: <output_root>/tables)"
     )
     p.add_argument(
         "--paper", action="store_true", help="add the published numbers of tools/paper_results.json"
     )
-    p.add_argument("--seeds", default="1 2 3", help='seeds every group should have (default "1 2 3")')
-    p.add_argument(
-        "--datasets",
-        default=" ".join(BENCHMARK),
-        help="datasets of the base-to-new and few-shot tables and their averages (default: the 11 of the papers)",
+    add_seeds_argument(p)
+    add_datasets_argument(
+        p,
+        BENCHMARK,
+        "datasets of the base-to-new and few-shot tables and their averages (default: the 11 of the papers)",
     )
     add_curve_argument(p)
     args = p.parse_args(argv)
     if not args.output_root.is_dir():
         p.error(f"{args.output_root} is not a directory")
-    declared = [int(s) for s in args.seeds.split()]
+    declared = args.seeds
     paper = published.load() if args.paper else None
     curves = [parse_curve(c) for c in args.fewshot_curve]
-    sections, missing = build_report(args.output_root, declared, paper, args.datasets.split(), curves)
+    sections, missing = build_report(args.output_root, declared, paper, args.datasets, curves)
     sys.stdout.write(render(args.output_root, sections, missing))
     csv_dir = args.csv_dir or args.output_root / "tables"
     try:

@@ -30,7 +30,7 @@ def write_log(run_dir, correct=None, total=1000, name="log.txt", epochs=2):
         acc = 100.0 * correct / total
         lines += [
             f"Checkpoint saved to {run_dir}/prompt_learner/model.pth.tar-{epochs}",
-            "Finish training",
+            "Finished training",
             "Deploy the last-epoch model",
             "Evaluate on the *test* set",
             "=> result",
@@ -82,7 +82,7 @@ _DEMO_CENTRES = {
 }
 _DEMO_DG = {"imagenetv2": 64, "imagenet_sketch": 47, "imagenet_a": 49, "imagenet_r": 76}
 # (trainer, config, accuracy gain, whether its runs write expert statistics)
-_DEMO_METHODS = (("CoOp", "vit_b16_ep10", 0.0, False), ("MoCoOp", "vit_b16_c4_ep10", 1.5, True))
+_DEMO_METHODS = (("CoOp", "vit_b16_ep50", 0.0, False), ("MoCoOp", "paper_vit_b16_ep25", 1.5, True))
 
 
 def write_demo(root, seed=0):
@@ -123,10 +123,10 @@ def write_demo(root, seed=0):
                     run("xd", "test", d, 16, trainer, config, s, _DEMO_DG[d] + gain / 3)
     # An interrupted evaluation (a newer log without a result block) and an absent seed.
     write_log(
-        root / "base2new/test_new/eurosat/shots_16/MoCoOp/vit_b16_c4_ep10/seed3",
+        root / "base2new/test_new/eurosat/shots_16/MoCoOp/paper_vit_b16_ep25/seed3",
         name="log.txt-2024-05-01-12-00-00",
     )
-    for log in (root / "fewshot/dtd/shots_8/CoOp/vit_b16_ep10/seed3").iterdir():
+    for log in (root / "fewshot/dtd/shots_8/CoOp/vit_b16_ep50/seed3").iterdir():
         log.rename(log.with_name(log.name + ".moved"))
 
 

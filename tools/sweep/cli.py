@@ -73,15 +73,35 @@ def slurm_opt(text):
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--protocol", nargs="+", choices=PROTOCOL_NAMES, required=True)
-    p.add_argument("--trainers", nargs="+", type=trainer_spec, required=True, metavar="TRAINER:CONFIG")
+    p.add_argument(
+        "--protocol",
+        nargs="+",
+        choices=PROTOCOL_NAMES,
+        required=True,
+        help="the protocols to run (the scripts' base2new.sh, fewshot.sh, xd.sh), e.g. base2new",
+    )
+    p.add_argument(
+        "--trainers",
+        nargs="+",
+        type=trainer_spec,
+        required=True,
+        metavar="TRAINER:CONFIG",
+        help="trainers with the config to run them with, e.g. MoCoOp:paper_vit_b16_ep25 CoOp:vit_b16_ctxv1",
+    )
     p.add_argument(
         "--datasets", nargs="+", help="base2new and fewshot datasets (default: the 11 of the tables)"
     )
     p.add_argument(
         "--targets", nargs="+", help="xd targets (default: the 10 other datasets and the 4 ImageNet variants)"
     )
-    p.add_argument("--seeds", nargs="+", type=non_negative, default=[1, 2, 3])
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=non_negative,
+        default=[1, 2, 3],
+        metavar="SEED",
+        help="seeds (default: 1 2 3)",
+    )
     p.add_argument(
         "--shots", nargs="+", type=positive, help="shots per class (default: 16; fewshot: 1 2 4 8 16)"
     )
@@ -94,7 +114,12 @@ def parser():
     p.add_argument(
         "--python", default=sys.executable, help="the interpreter that runs train.py (default: this one)"
     )
-    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument(
+        "--backend",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: worker processes on this machine (default); slurm: a job array on a Slurm cluster",
+    )
     p.add_argument("--retries", type=non_negative, default=1, help="attempts after a failure (default: 1)")
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan: runs, dependencies, what is done; run nothing"
@@ -120,15 +145,15 @@ def parser():
         help="jobs at once per GPU, or CPU jobs at once without GPU (default: 1)",
     )
     slurm = p.add_argument_group("slurm backend")
-    slurm.add_argument("--partition")
+    slurm.add_argument("--partition", help="the Slurm partition (default: the cluster's)")
     slurm.add_argument(
         "--time",
         type=time_limit,
         default="4:00:00",
         help="time limit per run, in Slurm's format (default: 4:00:00)",
     )
-    slurm.add_argument("--gpus-per-job", type=non_negative, default=1)
-    slurm.add_argument("--cpus-per-job", type=positive, default=8)
+    slurm.add_argument("--gpus-per-job", type=non_negative, default=1, help="GPUs per run (default: 1)")
+    slurm.add_argument("--cpus-per-job", type=positive, default=8, help="CPU cores per run (default: 8)")
     slurm.add_argument("--mem", type=mem_gb, help="memory per job in GB (default: the partition's)")
     slurm.add_argument(
         "--array-parallelism", type=positive, default=256, help="array tasks running at once (default: 256)"
@@ -195,11 +220,11 @@ def check_setup(p, args):
 
 def report_command(args):
     """tools.results on the output tree (its tables, as CSV in <output>/tables), then tools.plots."""
-    results = [sys.executable, "-m", "tools.results", args.output, "--seeds", " ".join(map(str, args.seeds))]
+    seeds = ["--seeds", *map(str, args.seeds)]
+    results = [sys.executable, "-m", "tools.results", args.output, *seeds]
     if args.datasets:
-        results += ["--datasets", " ".join(args.datasets)]
-    plots = [sys.executable, "-m", "tools.plots", args.output, "--out", f"{args.output}/plots"]
-    plots += ["--seeds", " ".join(map(str, args.seeds))]
+        results += ["--datasets", *args.datasets]
+    plots = [sys.executable, "-m", "tools.plots", args.output, "--out", f"{args.output}/plots", *seeds]
     return results, plots
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tools.results.runlog import read_run
 from tools.sweep.progress import Eta
 from tools.sweep.state import BLOCKED, DONE, FAILED, PENDING, RUNNING, classify, tail
 
@@ -212,6 +213,8 @@ class Pool:
             self.store.write(
                 run, {"status": "succeeded", "attempt": job.attempt, "seconds": round(seconds, 1)}
             )
+            accuracy = read_run(self.store.run_dir(run.path)).accuracy
+            self.progress.event(f"done in {seconds:4.0f} s, accuracy {accuracy:6.2f} %: {run.path}")
             return
         last_lines = tail(log_path, job.offset)
         if code == 0:
