@@ -105,7 +105,7 @@ def bench(tiny_clip_path):
     return Bench(args, torch.device("cpu"), tiny_clip_path)
 
 
-@pytest.mark.parametrize("name", ["CoOp", "KgCoOp", "CoCoOp", "MoCoOp", "MoPD"])
+@pytest.mark.parametrize("name", ["CoOp", "KgCoOp", "CoCoOp", "MoCoOp", "MoPD", "LASP", "ProGrad"])
 def test_counted_positions_are_what_the_encoder_runs(bench, name):
     """The benchmark's token counts against the positions the first residual block sees while
     the trainer encodes the prompts of a training step and of an evaluation, on every path,
