@@ -10,7 +10,7 @@
 #      PYTHON (python3). Re-running skips finished runs.
 # MoCoOp's demo ablations (README's demo table): TRAINERS=MoCoOp CONFIG=demo_moe (experts and
 # router, no L_router, no L_text) and CONFIG=demo_router_tau007 (tau_r 0.07 in W_hard instead
-# of the paper preset's 1).
+# of the paper preset's 1). The other baselines' rows: TRAINERS="LASP ProGrad" (CONFIG demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Threads sleep instead of spinning while they wait: on a busy or small machine spinning
