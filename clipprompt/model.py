@@ -4,8 +4,9 @@ A model is an `nn.Module` over a frozen CLIP. Training, evaluation and predictio
 methods:
 
 - `losses(image, label) -> (terms, logits, routing)`: the already weighted loss terms of one
-  training batch (`{name: scalar}`; the trainer sums them), the classification logits `[B, C]`
-  of that batch, and its routing;
+  training batch (`{name: scalar}`; the trainer sums them, except the terms named in
+  `gradient_guides`, which only shape the update through `shape_gradient`: ProGrad), the
+  classification logits `[B, C]` of that batch, and its routing;
 - `classify(image) -> (logits, routing)`: the logits evaluation and prediction use, by default
   `classify_features(encode_image(image))`.
 
@@ -85,6 +86,10 @@ class PromptedCLIP(nn.Module):
     routing_kind = ""
     # Kind of the exported classifier (a name `clipprompt.exported` knows); "": not exportable.
     export_kind = ""
+    # Names of loss terms that only shape the update (ProGrad's KL to zero-shot CLIP): the
+    # trainer logs them but leaves them out of the loss it minimises, and hands the gradients
+    # with respect to them to `shape_gradient`.
+    gradient_guides = ()
 
     def __init__(self, clip_model, scale=None):
         """`scale`: the multiplier of the classification logits where it is not CLIP's logit
@@ -179,6 +184,14 @@ class PromptedCLIP(nn.Module):
     def interpretation_note(self):
         """A note on what the learned context means beyond its words (or None)."""
         return
+
+    def shape_gradient(self, grad, guides):
+        """The update direction of one learnable tensor from `grad`, its gradient of the
+        minimised loss, and `guides` ({term: gradient}), its gradients of the
+        `gradient_guides` terms. Both may carry the same loss scale (fp16 gradient scaling): a
+        transform must commute with a positive factor on all of them, and a non-finite guide
+        must give a non-finite result, so that the scaler skips the step."""
+        return grad
 
     def training_state(self):
         """State beyond the parameters that a resumed run needs ({name: tensor}); saved in every

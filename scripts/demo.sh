@@ -10,7 +10,7 @@
 #      JOBS (2: runs at once), PYTHON (python3). Re-running skips finished runs.
 # MoCoOp's demo ablations (README's demo table): TRAINERS=MoCoOp CONFIG=demo_moe (experts and
 # router, no L_router, no L_text) and CONFIG=demo_router_tau007 (tau_r 0.07 in W_hard instead
-# of the paper preset's 1).
+# of the paper preset's 1). The other baselines' rows: TRAINERS="LASP ProGrad" (CONFIG demo).
 #
 # The runs are those of scripts/base2new.sh, run by python -m tools.sweep on JOBS CPU workers.
 # The demo configs set DETERMINISTIC True, so each run uses one thread and repeats bit for bit

@@ -74,6 +74,11 @@ CASES = {
         ("OPTIM.WARMUP_EPOCH", "1"),
     ),
     "MoPD": Case("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", "pets", PETS),
+    "LASP": Case(
+        "LASP", "configs/trainers/LASP/release_vit_b16.yaml", "pets", PETS, ("OPTIM.WARMUP_EPOCH", "1")
+    ),
+    # Pets: ProGrad's template leaves a fixed word between the context and the class name.
+    "ProGrad": Case("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", "pets", PETS),
 }
 
 

@@ -68,6 +68,19 @@ CASES = {
         frozenset({"prompt_learner.ctx", "gate.linear.weight"}), frozenset({"loss_ce", "loss_mpd", "loss_mps"}),
         routes=True,
     ),
+    "LASP-release": Case(
+        "LASP", "configs/trainers/LASP/release_vit_b16.yaml",
+        frozenset({"prompt_learner.ctx", "text_bias"} | IMAGE_NORMS), frozenset({"loss_ce", "loss_text"}),
+    ),
+    "LASP-paper": Case(
+        "LASP", "configs/trainers/LASP/paper_vit_b16_ep10_batch1.yaml",
+        frozenset({"prompt_learner.ctx", "text_bias"} | IMAGE_NORMS), frozenset({"loss_ce", "loss_text"}),
+    ),
+    # The KL term only shapes the update (gradient_guides): logged, and reaching no other tensor.
+    "ProGrad": Case(
+        "ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", frozenset({"prompt_learner.ctx"}),
+        frozenset({"loss_ce", "loss_kl"}),
+    ),
 }  # fmt: skip
 
 

@@ -47,6 +47,8 @@ CASES = {
     ),
     "MoCoOp-release": ("MoCoOp", "configs/trainers/MoCoOp/release_vit_b16_ep25.yaml", ()),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128.yaml", ()),
+    "LASP-paper": ("LASP", "configs/trainers/LASP/paper_vit_b16_ep10_batch1.yaml", ()),
+    "ProGrad": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", ()),
 }
 KINDS = {"CoCoOp": "conditional", "MoCoOp-paper": "experts", "MoCoOp-release": "experts"}
 

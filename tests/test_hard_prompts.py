@@ -31,7 +31,14 @@ DATASETS = {
     "ucf101": ("a photo of a person doing {}.", 6),
     "imagenet": ("a photo of a {}.", 20),
 }
-PROMPT_KEYS = {"TEMPLATE", "KNOWLEDGE_TEMPLATE", "EXPERT_GROUPS", "EXPERT_TEMPLATES", "TEACHER_TEMPLATES"}
+PROMPT_KEYS = {
+    "TEMPLATE",
+    "KNOWLEDGE_TEMPLATE",
+    "PROGRAD_TEMPLATE",
+    "EXPERT_GROUPS",
+    "EXPERT_TEMPLATES",
+    "TEACHER_TEMPLATES",
+}
 
 
 def load(stem):
@@ -116,7 +123,7 @@ def test_dataset_prompt_keys(stem):
     assert cfg["DATASET"]["NAME"] == REGISTERED[stem]
     p = cfg["DATASET"]["PROMPTS"]
     assert set(p) <= PROMPT_KEYS
-    assert PROMPT_KEYS - set(p) <= {"KNOWLEDGE_TEMPLATE"}
+    assert PROMPT_KEYS - set(p) <= {"KNOWLEDGE_TEMPLATE", "PROGRAD_TEMPLATE"}
 
 
 @pytest.mark.parametrize("stem", sorted(DATASETS))

@@ -495,3 +495,46 @@ def test_fewshot_intro_counts_the_datasets_averaged(tmp_path):
     sections, _ = report.build_report(tmp_path, declared=[1], datasets=["dtd"])
     intro = next(s for s in sections if s.heading.startswith("Few-shot")).intro
     assert "mean over the 1 datasets, with (k/1)" in intro
+
+
+def test_the_mocoop_papers_tables_from_one_output_tree(tmp_path):
+    """Table 1's methods (base-to-new) and Table 3's (domain generalisation, ProGrad included),
+    each trainer's published numbers beside its own row of the all-trainers table."""
+    table1 = ("ZeroshotCLIP", "CoOp", "CoCoOp", "LASP", "KgCoOp", "MoCoOp")
+    for trainer in table1:
+        for d in BENCHMARK:
+            finished(tmp_path, "base2new", "train_base", d, 1, 80, trainer=trainer)
+            finished(tmp_path, "base2new", "test_new", d, 1, 70, trainer=trainer)
+    for trainer in (*table1, "ProGrad"):
+        finished(tmp_path, "xd", "train", "imagenet", 1, 70, trainer=trainer)
+        finished(tmp_path, "xd", "test", "imagenet_r", 1, 75, trainer=trainer)
+    sections, _ = report.build_report(tmp_path, declared=[1], paper=paper.load())
+
+    summary = tables(sections, "Base-to-new")[0]
+    assert summary.headers[-3:] == ["Paper Base", "Paper New", "Paper H"]
+    by_trainer = {row[0].split(" /")[0]: row for row in summary.rows}
+    assert sorted(by_trainer) == sorted(table1)
+    # LASP's column of Table 1 is LASP-V; its Average is the mean of the 11 printed rows (Base
+    # 83.10, printed 83.18: marked †).
+    lasp = [v["LASP-V"] for k, v in paper.load()["mocoop_table1_base_to_new"].items() if k != "Average"]
+    mean_base, mean_new = (statistics.fmean(r[k] for r in lasp) for k in ("base", "new"))
+    assert by_trainer["LASP"][2:5] == ["80.00", "70.00", "74.67"]
+    assert by_trainer["LASP"][5:7] == [f"{mean_base:.2f}†", f"{mean_new:.2f}"]
+    lasp_table = next(t for t in tables(sections, "Base-to-new") if t.title.startswith("LASP /"))
+    source = "(`base_to_new_average_anchors`): Base / New / H"
+    assert lasp_table.notes[1:3] == [
+        f"Average reported by the LASP-V paper or its README {source} 83.18 / 76.11 / 79.48.",
+        f"Average reported by LASP release README {source} 82.96 / 76.64 / 79.67.",
+    ]
+
+    (dg,) = tables(sections, "Domain generalisation")
+    published = {row[0]: row[2] for row in dg.rows if row[0].endswith("(paper)")}
+    assert published == {
+        "CLIP (paper)": "66.73",
+        "CoOp (paper)": "71.51",
+        "CoCoOp (paper)": "71.02",
+        "LASP (re-run by MoCoOp authors) (paper)": "69.49",
+        "KgCoOp (paper)": "71.20",
+        "MoCoOp (paper)": "70.08",
+        "ProGrad (paper)": "72.24",
+    }

@@ -9,7 +9,8 @@ for given class names from a config made by `trainers.make_cfg`, on the tiny CLI
 are the model's own `losses`, the evaluation logits the trainer's `model_inference`. The
 prompts put their context before, after and around the class name (CoOp's three class-token
 positions and class-specific context, MoCoOp templates such as "{} texture." and
-"a photo of a {}, a type of flower."), with class names of different BPE lengths.
+"a photo of a {}, a type of flower.", ProGrad's fixed word between the context and the class
+name), with class names of different BPE lengths.
 """
 
 import pytest
@@ -53,6 +54,14 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
         ],
     ),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", []),
+    # Noise off: every run's L_TT sees the same hand-crafted features.
+    "LASP-release": (
+        "LASP",
+        "configs/trainers/LASP/release_vit_b16.yaml",
+        ["TRAINER.LASP.NOISE_PROB", "0.0"],
+    ),
+    "LASP-paper": ("LASP", "configs/trainers/LASP/paper_vit_b16_ep10_batch1.yaml", []),
+    "ProGrad": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", []),
 }
 # Names of different BPE lengths, so truncation and chunks cut at different positions.
 CLASSES = ["abyssinian", "Annual Crop Land", "globe_thistle", "dog", "school bus"]

@@ -136,6 +136,9 @@ def prompt_defaults():
     prompts.EXPERT_TEMPLATES = ()
     # MoPD's `task` teacher pool.
     prompts.TEACHER_TEMPLATES = ()
+    # ProGrad's own template of the dataset (its zero-shot teacher and initial context) where
+    # it differs from TEMPLATE ("" = TEMPLATE).
+    prompts.PROGRAD_TEMPLATE = ""
     return prompts
 
 

@@ -10,7 +10,7 @@ release are config presets (docs/MOCOOP.md).
 from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 
-from clipprompt.methods.mocoop import CHOICES, MixtureCLIP, MixtureOptions, validate_groups
+from clipprompt.methods.mocoop import CHOICES, MixtureCLIP, MixtureOptions, text_classnames, validate_groups
 from clipprompt.templates import check_template
 
 from .config import model_prompts
@@ -111,22 +111,13 @@ class MoCoOp(PromptTrainer):
                 f"TRAINER.MOCOOP.TOPK must be between 1 and the number of experts ({len(groups)}), not {opts.TOPK}"
             )
 
-    def text_classnames(self):
-        """This run's classes first (labels index them directly), then, with virtual classes,
-        the dataset's other class names in label order."""
-        names = list(self.classnames)
-        if self.cfg.TRAINER.MOCOOP.VIRTUAL_CLASSES:
-            own = set(names)
-            names += [c for c in self.all_classnames if c not in own]
-        return names
-
     def trains_clip_weights(self):
         return self.cfg.TRAINER.MOCOOP.FINETUNE_IMAGE_LN
 
     def make_model(self, clip_model):
         cfg = self.cfg
         groups, templates = expert_groups(cfg)
-        text_names = self.text_classnames()
+        text_names = text_classnames(self.classnames, self.all_classnames, cfg.TRAINER.MOCOOP.VIRTUAL_CLASSES)
         print(
             f"MoCoOp: {len(groups)} experts, top-{cfg.TRAINER.MOCOOP.TOPK}, {len(text_names)} text classes "
             f"({len(text_names) - len(self.classnames)} virtual)"

@@ -286,18 +286,25 @@ class PromptTrainer(TrainingLoop, TrainerX):
         """Backward the sum of the weighted loss terms, update, and return the log summary.
 
         `losses` maps names to already weighted scalar terms; all of them are summed in every
-        precision mode. The learning rate advances after the last batch of an epoch.
+        precision mode, except the model's `gradient_guides`, whose gradients only shape the
+        update (`shape_gradient`, on the gradients as scaled for backward, before they are
+        unscaled and clipped). The learning rate advances after the last batch of an epoch.
         """
-        loss = sum(term.float() for term in losses.values())
-        self.detect_anomaly(loss)
+        guides = {name: losses[name].float() for name in self.model.gradient_guides}
+        loss = sum(term.float() for name, term in losses.items() if name not in guides)
+        for term in (loss, *guides.values()):
+            self.detect_anomaly(term)
         self.model_zero_grad()
+        params = [p for group in self.optim.param_groups for p in group["params"]]
+        guide_grads = self.guide_gradients(guides, params)
+        self.scaled(loss).backward()
+        if guide_grads:
+            for i, p in enumerate(params):
+                if p.grad is not None:
+                    p.grad = self.model.shape_gradient(p.grad, {n: g[i] for n, g in guide_grads.items()})
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optim)
-        else:
-            loss.backward()
         if self.cfg.TRAINER.GRAD_CLIP_NORM > 0:
-            params = [p for group in self.optim.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.TRAINER.GRAD_CLIP_NORM)
         summary = {"loss": loss.item()}
         if self.scaler is not None:
@@ -315,6 +322,20 @@ class PromptTrainer(TrainingLoop, TrainerX):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def scaled(self, loss):
+        """`loss` as backward sees it: times the gradient scale with fp16 gradient scaling."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def guide_gradients(self, guides, params):
+        """{term: [gradient of each of `params`]} of the guide terms, scaled as the loss is;
+        computed before the loss's backward frees the graph they share (zeros for a tensor a
+        term does not reach)."""
+        grads = {}
+        for name, term in guides.items():
+            found = torch.autograd.grad(self.scaled(term), params, retain_graph=True, allow_unused=True)
+            grads[name] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
+        return grads
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

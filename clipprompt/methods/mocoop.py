@@ -144,14 +144,24 @@ class MixtureOptions:
     finetune_image_ln: bool
 
 
-def resblock_norms(image_encoder):
+def text_classnames(classnames, all_classnames, virtual=True):
+    """The text classes of a run: its own classes first (labels index them directly), then, with
+    virtual classes, the dataset's other class names in label order (LASP-V)."""
+    names = list(classnames)
+    if virtual:
+        own = set(names)
+        names += [c for c in all_classnames if c not in own]
+    return names
+
+
+def resblock_norms(image_encoder, key="TRAINER.MOCOOP.FINETUNE_IMAGE_LN"):
     """Weights and biases of the LayerNorms inside the image transformer's residual blocks
-    (ln_1, ln_2), which the release trains; ln_pre and ln_post stay frozen, as there."""
+    (ln_1, ln_2), which the release trains; ln_pre and ln_post stay frozen, as there. `key`: the
+    config key that asked for them, for the error."""
     blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
     if blocks is None:
         raise ValueError(
-            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
-            "set it to False for a ResNet CLIP"
+            f"{key} needs a ViT image tower (residual blocks with ln_1/ln_2); set it to False for a ResNet CLIP"
         )
     # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
     return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]

@@ -83,12 +83,14 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
         summary += summary_rows
     if len(summary) > 1:
         where = display_name(datasets[0]) if len(datasets) == 1 else "average over the datasets"
+        # With published numbers, each trainer's beside its row: the paper's table, row by row.
+        paper_headers = ["Paper Base", "Paper New", "Paper H"] if paper is not None else []
         tables.insert(
             0,
             Table(
                 f"All trainers ({where}; mean ± std over seeds)",
-                ["Trainer / config", "Seeds", "Base", "New", "H"],
-                summary,
+                ["Trainer / config", "Seeds", "Base", "New", "H", *paper_headers],
+                [row + (published_cells if paper is not None else []) for row, published_cells in summary],
             ),
         )
     return Section(
@@ -106,7 +108,8 @@ def _paper_reference(paper, trainer, shots):
 
 
 def _group_rows(runs, col, group, datasets):
-    """(table rows, CSV rows, rows of the all-trainers summary) of one group."""
+    """(table rows, CSV rows, rows of the all-trainers summary with their published cells) of
+    one group."""
     rows, records, summary, averaged, shots = [], [], [], [], {}
     for d in ordered(datasets, set(datasets) | {k.dataset for k in group.keys}):
         result = _dataset_result(runs, col, group, d)
@@ -120,21 +123,16 @@ def _group_rows(runs, col, group, datasets):
         if result.base and result.new:
             averaged.append((d, result.base.mean, result.new.mean, result.flagged))
         if len(datasets) == 1:
-            summary.append(
-                [
-                    group.title,
-                    result.seeds,
-                    cell(result.base),
-                    cell(result.new),
-                    fmt(result.h) + spread(result.h_seeds),
-                ]
-            )
+            cells = [cell(result.base), cell(result.new), fmt(result.h) + spread(result.h_seeds)]
+            pub = _paper_row(group.pub.get(display_name(d), {}), {})
+            summary.append(([group.title, result.seeds, *cells], pub))
     if averaged:
         row, record = _average_row(group, averaged, datasets)
         rows.append(row)
         records.append(record)
         if len(datasets) > 1:
-            summary.append([group.title, f"{len(averaged)} datasets", *row[2:5]])
+            pub = _paper_row(group.pub.get("Average", {}), {})
+            summary.append(([group.title, f"{len(averaged)} datasets", *row[2:5]], pub))
     return rows, records, summary, shots
 
 

@@ -27,8 +27,11 @@ def load(path=PAPER_FILE):
 
 
 def paper_name(paper, trainer, where="tables"):
-    """How the papers name `trainer` in their tables ("tables") or average anchors ("anchors")."""
-    return paper.get("trainer_names", {}).get(trainer, {}).get(where, trainer)
+    """How the papers name `trainer` in their tables ("tables", or a table's own key where that
+    table names it otherwise) or average anchors ("anchors": a name or a list of names)."""
+    names = paper.get("trainer_names", {}).get(trainer, {})
+    fallback = trainer if where == "anchors" else names.get("tables", trainer)
+    return names.get(where, fallback)
 
 
 def base2new_reference(paper, trainer):
@@ -69,12 +72,15 @@ def base2new_reference(paper, trainer):
             "the printed Base and New, and Paper Average is the mean of the 11 printed dataset rows."
             + (" † differs from the printed value, which is: " + "; ".join(differs) + "." if differs else "")
         )
-    anchor = paper["base_to_new_average_anchors"].get(paper_name(paper, trainer, "anchors"))
-    if anchor:
-        notes.append(
-            f"Average reported by the {method} paper or its README (`base_to_new_average_anchors`): "
-            "Base / New / H " + " / ".join(f"{x:.2f}" for x in anchor) + "."
-        )
+    anchors = paper_name(paper, trainer, "anchors")
+    for i, name in enumerate([anchors] if isinstance(anchors, str) else anchors):
+        anchor = paper["base_to_new_average_anchors"].get(name)
+        if anchor:
+            source = f"the {method} paper or its README" if i == 0 else name
+            notes.append(
+                f"Average reported by {source} (`base_to_new_average_anchors`): "
+                "Base / New / H " + " / ".join(f"{x:.2f}" for x in anchor) + "."
+            )
     if trainer == paper["mopd"]["trainer"]:
         out["Average"] = {"H": (paper["mopd"]["base_to_new_average_H"], None)}
         notes.append(
@@ -92,7 +98,7 @@ def _key(name):
 def dg_reference(paper, trainer):
     """{dataset config name: accuracy} of MoCoOp's Table 3 for `trainer`, or None."""
     table = paper["mocoop_table3_domain_generalisation"]
-    row = table.get(paper_name(paper, trainer))
+    row = table.get(paper_name(paper, trainer, "mocoop_table3_domain_generalisation"))
     if row is None:
         return None
     by_key = {_key(d): d for d in DISPLAY}

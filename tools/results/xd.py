@@ -136,7 +136,7 @@ def _paper_dg_rows(paper, results):
         ref = published.dg_reference(paper, trainer)
         if ref is None:
             continue
-        name = f"{published.paper_name(paper, trainer)} (paper)"
+        name = f"{published.paper_name(paper, trainer, 'mocoop_table3_domain_generalisation')} (paper)"
         mean = statistics.fmean(ref[d] for d in DG_TARGETS)
         rows.append(
             [name, str(published.SHOTS)] + [fmt(ref[d]) for d in [XD_SOURCE] + DG_TARGETS] + [fmt(mean)]
