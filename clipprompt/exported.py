@@ -157,21 +157,25 @@ def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch
     return ExportedClassifier(clip_model, tensors, metadata).to(device).eval()
 
 
-def backbone_record(name, fingerprint):
+def backbone_record(name, fingerprint, exported_to=None):
     """The exported file's record of the CLIP `name` (MODEL.BACKBONE.NAME: an OpenAI model name or
-    a checkpoint path): the OpenAI name, or the file's name without its folders, so that the file
-    loads on another machine (`find_backbone`)."""
-    return {
-        "name": name if name in clip.available_models() else os.path.basename(name),
-        "fingerprint": fingerprint,
-    }
+    a checkpoint path): the OpenAI name, or the file's name without its folders and, when the
+    export's destination `exported_to` is known, the file's path relative to that folder, so that
+    the file loads on another machine or from another folder (`find_backbone`)."""
+    if name in clip.available_models():
+        return {"name": name, "fingerprint": fingerprint}
+    record = {"name": os.path.basename(name), "fingerprint": fingerprint}
+    if exported_to is not None and os.path.isfile(name):
+        folder = os.path.dirname(os.path.abspath(exported_to))
+        record["relative_path"] = os.path.relpath(os.path.abspath(name), folder)
+    return record
 
 
 def find_backbone(recorded, path, download_root=""):
     """What `load_clip` loads for the recorded backbone: an OpenAI model name as it is, a
-    checkpoint file found next to the exported file `path`, in the current folder or in CLIP's
-    cache folder, by its recorded relative path or its name (ExportError naming where it looked
-    otherwise)."""
+    checkpoint file at its recorded path relative to the exported file `path`, or by its name next
+    to that file, in the current folder or in CLIP's cache folder (ExportError naming where it
+    looked otherwise)."""
     name = recorded.get("name")
     if not isinstance(name, str) or not name:
         raise ExportError(
@@ -179,18 +183,17 @@ def find_backbone(recorded, path, download_root=""):
         )
     if name in clip.available_models():
         return name
-    folders = [
-        os.path.dirname(os.path.abspath(path)),
-        os.getcwd(),
-        download_root or os.path.expanduser("~/.cache/clip"),
-    ]
-    for folder in dict.fromkeys(folders):
-        candidate = os.path.join(folder, os.path.basename(name))
+    here = os.path.dirname(os.path.abspath(path))
+    relative = recorded.get("relative_path")
+    candidates = [os.path.normpath(os.path.join(here, relative))] if isinstance(relative, str) else []
+    folders = [here, os.getcwd(), download_root or os.path.expanduser("~/.cache/clip")]
+    candidates += [os.path.join(folder, os.path.basename(name)) for folder in dict.fromkeys(folders)]
+    for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
     raise ExportError(
         f"{path} was trained on the CLIP file {name!r} (fingerprint {recorded.get('fingerprint')}), which "
-        f"is not in {', '.join(dict.fromkeys(folders))}: pass backbone='<path of that file>' to "
+        f"is not at {', '.join(dict.fromkeys(candidates))}: pass backbone='<path of that file>' to "
         "load_exported, or put the file next to the exported one"
     )
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,7 @@ def test_exported_logits_equal_the_trainers(name, exports):
     assert metadata["backbone"] == {
         "name": os.path.basename(trainer.cfg.MODEL.BACKBONE.NAME),
         "fingerprint": trainer.backbone_fingerprint,
+        "relative_path": os.path.relpath(trainer.cfg.MODEL.BACKBONE.NAME, os.path.dirname(path)),
     }
     # CLIP's scale (the tiny CLIP's is its initial 1 / 0.07), or MoCoOp's 1 / CLS_TEMPERATURE, set to 0.1.
     scale = 10.0 if name == "MoCoOp-paper" else trainer.model.logit_scale.exp().item()
@@ -243,6 +245,30 @@ def test_another_clip_is_refused_and_a_moved_one_is_not(exports, tiny_clip_path,
         load_exported(path, backbone=other)
     moved = shutil.copy(tiny_clip_path, tmp_path / "moved.pt")
     assert load_exported(path, backbone=str(moved)).classnames == CLASSES
+
+
+def test_the_clip_file_is_found_by_its_path_relative_to_the_export(
+    exports, tiny_clip_path, tmp_path, monkeypatch
+):
+    """An export in another folder than its CLIP file (as README's `my_birds.safetensors` beside
+    `assets/`) finds the file through the path recorded relative to it, from any current folder;
+    copied where that path leads nowhere, the error names every place it looked."""
+    _, _, run = exports["CoOp"]
+    out = tmp_path / "exports" / "coop.safetensors"
+    out.parent.mkdir()
+    export_main(["--model-dir", run, "--out", str(out)])
+    recorded = read_exported(str(out))[1]["backbone"]
+    assert not os.path.isabs(recorded["relative_path"])
+    assert (out.parent / recorded["relative_path"]).resolve() == Path(tiny_clip_path).resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_exported(str(out), download_root=str(elsewhere)).classnames == CLASSES
+    deeper = elsewhere / "a" / "b"
+    deeper.mkdir(parents=True)
+    copied = shutil.copy(out, deeper / "coop.safetensors")
+    with pytest.raises(ExportError, match="which is not at .*a/b/.*, .*elsewhere/tiny"):
+        load_exported(str(copied), download_root=str(elsewhere))
 
 
 def test_files_that_are_not_exported_classifiers(tmp_path, monkeypatch):

@@ -105,6 +105,9 @@ def main(argv=None):
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     tensors, metadata = exported(trainer, args.model_dir, where)
+    # The CLIP file's path relative to the destination, so that it is found from any folder.
+    backbone = trainer.cfg.MODEL.BACKBONE.NAME
+    metadata["backbone"] = backbone_record(backbone, trainer.backbone_fingerprint, args.out)
     try:
         save_exported(args.out, tensors, metadata)
     except WriteError as err:  # disk full, read-only folder
