@@ -50,17 +50,20 @@ def bpe(text):
 
 @dataclass(frozen=True)
 class PromptForm:
-    """Layout of one soft prompt: `[SOS] before CLASS after suffix [EOS]`.
+    """Layout of one soft prompt: `[SOS] before fixed CLASS after suffix [EOS]`.
 
     `n_before`/`n_after` are the numbers of learnable context vectors on each side of the class
     name; `init_ids` are the BPE ids whose token embeddings initialise them, in order (None:
-    random initialisation). `suffix` stays fixed (the final "." of a template).
+    random initialisation). `suffix` stays fixed (the final "." of a template), and so do the
+    tokens `fixed_ids` between the context before the class name and the name (IVLP and MaPLe
+    learn the first 2 tokens of "a photo of a" and keep "of a" as text).
     """
 
     n_before: int
     n_after: int
     suffix: str = "."
     init_ids: tuple = None
+    fixed_ids: tuple = ()
 
     @property
     def n_ctx(self):
@@ -107,6 +110,7 @@ class PromptForm:
         """
         name_ids = bpe(clean_classname(classname))
         suffix_ids = bpe(self.suffix) if self.suffix else []
+        name_ids = list(self.fixed_ids) + name_ids
         ids = [SOT_ID] + [0] * self.n_before + name_ids + [0] * self.n_after + suffix_ids + [EOT_ID]
         is_ctx = [False] + [True] * self.n_before + [False] * len(name_ids)
         is_ctx += [True] * self.n_after + [False] * (len(suffix_ids) + 1)

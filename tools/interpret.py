@@ -65,9 +65,14 @@ def build_run_model(model_dir, epoch=None, root=""):
 
 
 def layout(form):
-    """The prompt with its context slots numbered: "V1 V2 {class} V3 ."."""
+    """The prompt with its context slots numbered: "V1 V2 {class} V3 ." ("V1 V2 of a {class} ."
+    with fixed words before the class name)."""
+    from clipprompt.templates import _TOKENIZER
+
     slots = [f"V{i + 1}" for i in range(form.n_ctx)]
-    return " ".join(slots[: form.n_before] + ["{class}"] + slots[form.n_before :] + [form.suffix]).strip()
+    fixed = [_TOKENIZER.decode(list(form.fixed_ids)).strip()] if form.fixed_ids else []
+    words = slots[: form.n_before] + fixed + ["{class}"] + slots[form.n_before :] + [form.suffix]
+    return " ".join(words).strip()
 
 
 def decode(token_id):
