@@ -53,6 +53,23 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
         ],
     ),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", []),
+    # Deep text tokens in both blocks of the tiny CLIP; MaPLe's 2 tokens leave "of a" as text
+    # after them, PromptSRC's frozen features use 60 templates through the same encoder.
+    "IVLP": (
+        "IVLP",
+        "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "2"],
+    ),
+    "MaPLe": (
+        "MaPLe",
+        "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        ["TRAINER.MAPLE.PROMPT_DEPTH", "2"],
+    ),
+    "PromptSRC": (
+        "PromptSRC",
+        "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
+    ),
 }
 # Names of different BPE lengths, so truncation and chunks cut at different positions.
 CLASSES = ["abyssinian", "Annual Crop Land", "globe_thistle", "dog", "school bus"]
