@@ -71,8 +71,8 @@ def gaussian_weights(mean, std, epochs):
     total = sum(density)
     if not total > 0:
         raise ValueError(
-            f"GPA_MEAN {mean} and GPA_STD {std} give every epoch 1..{epochs} zero weight: choose a mean "
-            "within the epochs or a wider std"
+            f"TRAINER.PROMPTSRC.GPA_MEAN {mean} and GPA_STD {std} give every epoch 1..{epochs} zero weight: "
+            "choose a mean within the epochs or a wider std"
         )
     return [d / total for d in density]
 
