@@ -163,7 +163,8 @@ def test_suites_targets_precision_gpu(tmp_path):
     stdout, result = benchmark(tmp_path, "--suite", "targets", "--toy")
     assert "### Targets" in stdout
     goals = result["targets"]
-    steps = ["T3 CoCoOp", "T3 CoOp", "T3 KgCoOp", "T3 MoCoOp", "T3 MoCoOp-release", "T3 MoPD"]
+    steps = ["T3 CoCoOp", "T3 CoOp", "T3 IVLP", "T3 KgCoOp", "T3 MaPLe", "T3 MoCoOp", "T3 MoCoOp-release"]
+    steps += ["T3 MoPD", "T3 PromptSRC"]
     assert list(goals) == ["T1", "T2 MoCoOp", *steps, "T4", "M1", "M2", "M3"]
     assert all(g["met"] in (True, False) and g["value"] > 0 for g in goals.values())
     assert goals["T1"]["token_bound"] > 1 and goals["T4"]["test_batches"] == 19850
