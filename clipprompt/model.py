@@ -19,7 +19,7 @@ method: what its exported classifier holds (`export_kind`, `export_tensors`, `ex
 `clipprompt.exported` finds the kind's loader by name), which prompts a training step or an
 evaluation encodes (`prompt_work`, for the benchmark), which learned vectors sit at which prompt
 positions (`context_slots`, for `tools.interpret`), and state beyond its parameters that a
-resumed run needs (`training_state`).
+resumed run needs (`training_state`) and what it does when a training epoch ends (`end_epoch`).
 """
 
 from collections.abc import Callable
@@ -200,6 +200,10 @@ class PromptedCLIP(nn.Module):
 
     def load_training_state(self, state):
         """Restore what `training_state` returned (same names and shapes, checked by the caller)."""
+
+    def end_epoch(self, epoch, epochs):
+        """Called after the last step of training epoch `epoch` (1-based) of `epochs`, before
+        that epoch's validation and checkpoint (PromptSRC aggregates its prompts here)."""
 
 
 class ClassFeaturesCLIP(PromptedCLIP):

@@ -50,20 +50,21 @@ def bpe(text):
 
 @dataclass(frozen=True)
 class PromptForm:
-    """Layout of one soft prompt: `[SOS] before infix CLASS after suffix [EOS]`.
+    """Layout of one soft prompt: `[SOS] before fixed CLASS after suffix [EOS]`.
 
     `n_before`/`n_after` are the numbers of learnable context vectors on each side of the class
     name; `init_ids` are the BPE ids whose token embeddings initialise them, in order (None:
     random initialisation). `suffix` stays fixed (the final "." of a template), and so do the
-    BPE ids `infix_ids` between the context and the class name (ProGrad's initialisation leaves
-    the tokens of its phrase beyond the phrase's word count there).
+    tokens `fixed_ids` between the context before the class name and the name (IVLP and MaPLe
+    learn the first 2 tokens of "a photo of a" and keep "of a" as text; ProGrad's initialisation
+    leaves the tokens of its phrase beyond the phrase's word count there).
     """
 
     n_before: int
     n_after: int
     suffix: str = "."
     init_ids: tuple = None
-    infix_ids: tuple = ()
+    fixed_ids: tuple = ()
 
     @property
     def n_ctx(self):
@@ -108,7 +109,7 @@ class PromptForm:
 
         Context positions hold id 0 as a placeholder; their embeddings are replaced.
         """
-        name_ids = list(self.infix_ids) + bpe(clean_classname(classname))
+        name_ids = list(self.fixed_ids) + bpe(clean_classname(classname))
         suffix_ids = bpe(self.suffix) if self.suffix else []
         ids = [SOT_ID] + [0] * self.n_before + name_ids + [0] * self.n_after + suffix_ids + [EOT_ID]
         is_ctx = [False] + [True] * self.n_before + [False] * len(name_ids)

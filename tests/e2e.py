@@ -79,6 +79,28 @@ CASES = {
     ),
     # Pets: ProGrad's template leaves a fixed word between the context and the class name.
     "ProGrad": Case("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", "pets", PETS),
+    # Deep prompts in both blocks of each tower of the tiny CLIP.
+    "IVLP": Case(
+        "IVLP",
+        "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        "dtd",
+        DTD,
+        ("TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "2"),
+    ),
+    "MaPLe": Case(
+        "MaPLe",
+        "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        "pets",
+        PETS,
+        ("TRAINER.MAPLE.PROMPT_DEPTH", "2"),
+    ),
+    "PromptSRC": Case(
+        "PromptSRC",
+        "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        "pets",
+        PETS,
+        ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"),
+    ),
 }
 
 

@@ -167,7 +167,7 @@ def test_suites_targets_precision_gpu(tmp_path):
     from tools.benchmark.build import TRAINERS
 
     steps = [f"T3 {name}" for name in TRAINERS if name != "ZeroshotCLIP"]
-    assert {"T3 CoOp", "T3 MoCoOp", "T3 MoCoOp-release", "T3 MoPD"} <= set(steps)
+    assert {"T3 CoOp", "T3 MoCoOp", "T3 MoCoOp-release", "T3 MoPD", "T3 MaPLe"} <= set(steps)
     assert list(goals) == ["T1", "T2 MoCoOp", *steps, "T4", "M1", "M2", "M3"]
     assert all(g["met"] in (True, False) and g["value"] > 0 for g in goals.values())
     assert goals["T1"]["token_bound"] > 1 and goals["T4"]["test_batches"] == 19850

@@ -123,7 +123,7 @@ def test_configs_named_in_the_docs_exist():
 
     names = "|".join(sorted(os.listdir(Path(ROOT) / "configs" / "trainers"), key=len, reverse=True))
     # A Slurm job name (`base2new:CoOp+MoCoOp:train`) joins trainers with "+": not a config.
-    pattern = re.compile(rf"(?<![+\w])({names})(?: / |:)([A-Za-z0-9_]+)")
+    pattern = re.compile(rf"(?<![+\w])({names})(?: / |:)([A-Za-z0-9_+]+)")
     missing = []
     for doc in [Path(ROOT) / "README.md", *sorted((Path(ROOT) / "docs").glob("*.md"))]:
         for trainer, config in pattern.findall(doc.read_text(encoding="utf-8")):

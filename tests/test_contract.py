@@ -35,6 +35,7 @@ class Case(NamedTuple):
     loss_terms: frozenset
     routes: bool = False
     cached: bool = True
+    opts: tuple = ()  # KEY VALUE overrides, e.g. prompt depths that fit the tiny CLIP's 2 blocks
 
 
 CASES = {
@@ -81,6 +82,22 @@ CASES = {
         "ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", frozenset({"prompt_learner.ctx"}),
         frozenset({"loss_ce", "loss_kl"}),
     ),
+    "IVLP": Case(
+        "IVLP", "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        frozenset({"prompt_learner.ctx", "prompt_learner.deep_text", "prompt_learner.image"}), frozenset({"loss_ce"}),
+        opts=("TRAINER.IVLP.PROMPT_DEPTH_TEXT", 2, "TRAINER.IVLP.PROMPT_DEPTH_VISION", 2),
+    ),
+    "MaPLe": Case(
+        "MaPLe", "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        frozenset({"prompt_learner.ctx", "prompt_learner.deep_text"} | {f"prompt_learner.couplings.{j}.{p}" for j in (0, 1) for p in ("weight", "bias")}),
+        frozenset({"loss_ce"}), opts=("TRAINER.MAPLE.PROMPT_DEPTH", 2),
+    ),
+    "PromptSRC": Case(
+        "PromptSRC", "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        frozenset({"prompt_learner.ctx", "prompt_learner.deep_text", "prompt_learner.image"}),
+        frozenset({"loss_ce", "loss_scl_text", "loss_scl_image", "loss_scl_logits"}),
+        opts=("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 2, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 2),
+    ),
 }  # fmt: skip
 
 
@@ -100,6 +117,7 @@ def build(name, tiny_clip, tiny_clip_path, output_dir):
         "fp32",
         "OPTIM.WARMUP_EPOCH",
         "0",
+        *case.opts,
     ]
     cfg = make_cfg(case.trainer, PETS, case.config, opts, output_dir=str(output_dir))
     torch.manual_seed(0)  # the same initial learnable tensors for every build of a case

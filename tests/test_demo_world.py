@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from clipprompt.clip_loading import build_model, clip, load_clip
+from clipprompt.towers import is_vit
 from tests.conftest import ROOT
 from tools.demo import dataset, pretrain, world
 from tools.demo.captions import pretraining_batch
 from tools.demo.render import hue_rotation, render, to_tensor
 
 TINY_SPLITS = {"train": 2, "val": 1, "test": 2}
-CHECKPOINT = os.path.join(ROOT, "assets", "demo_clip_rn_tiny.pt.gz")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,8 +175,8 @@ def test_truncated_text_encoder_matches_clip():
         torch.testing.assert_close(pretrain.encode_text(model, tokens), model.encode_text(tokens))
 
 
-def _tiny_pretrain():
-    return pretrain.pretrain(steps=2, seed=0, batch_size=8, warmup=1, log=lambda *_: None)
+def _tiny_pretrain(arch="rn"):
+    return pretrain.pretrain(steps=2, seed=0, batch_size=8, warmup=1, log=lambda *_: None, arch=arch)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,18 @@ def test_pretraining_is_deterministic(tiny_run):
     again, used_again = _tiny_pretrain()
     assert torch.equal(used, used_again)
     assert pretrain.compressed_state_dict(model, used) == pretrain.compressed_state_dict(again, used_again)
+
+
+def test_the_vit_variant_pretrains_deterministically_and_rebuilds(tmp_path):
+    model, used = _tiny_pretrain("vit")
+    again, used_again = _tiny_pretrain("vit")
+    assert pretrain.compressed_state_dict(model, used) == pretrain.compressed_state_dict(again, used_again)
+    path = str(tmp_path / "vit.pt.gz")
+    pretrain.save_checkpoint(model, used, path)
+    rebuilt = load_clip(path)
+    assert is_vit(rebuilt.visual) and rebuilt.visual.input_resolution == 64
+    assert (len(rebuilt.visual.transformer.resblocks), rebuilt.visual.conv1.weight.shape[0]) == (4, 128)
+    assert len(rebuilt.transformer.resblocks) == 3  # the ResNet variant's text tower
 
 
 def test_checkpoint_round_trips_through_build_model(tiny_run):
@@ -232,12 +244,15 @@ def test_pretraining_cli_refuses_to_overwrite(tmp_path, capsys):
     assert pretrain.main(["--out", str(tmp_path / "missing.pt.gz"), "--eval-only"]) == 1
 
 
-def test_committed_checkpoint_recognises_the_world():
-    assert os.path.isfile(CHECKPOINT), (
-        "run python -m tools.pretrain_tiny_clip --out assets/demo_clip_rn_tiny.pt.gz"
+@pytest.mark.parametrize("arch", ["rn", "vit"])
+def test_committed_checkpoint_recognises_the_world(arch):
+    checkpoint = os.path.join(ROOT, "assets", f"demo_clip_{arch}_tiny.pt.gz")
+    assert os.path.isfile(checkpoint), (
+        f"run python -m tools.pretrain_tiny_clip --arch {arch} --out assets/demo_clip_{arch}_tiny.pt.gz"
     )
-    assert os.path.getsize(CHECKPOINT) < 20 * 2**20
-    model = load_clip(CHECKPOINT)
+    assert os.path.getsize(checkpoint) < 20 * 2**20
+    model = load_clip(checkpoint)
+    assert is_vit(model.visual) == (arch == "vit")
     images, labels, styles = dataset.render_split(0, "test", n_per_class=2)
     feats = pretrain.image_features(model, images)
     acc = pretrain.zero_shot_accuracies(model, feats, labels, styles, world.CLASSNAMES)

@@ -50,8 +50,24 @@ CASES = {
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128.yaml", ()),
     "LASP-paper": ("LASP", "configs/trainers/LASP/paper_vit_b16_ep10_batch1.yaml", ()),
     "ProGrad": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", ()),
+    "IVLP": (
+        "IVLP",
+        "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        ("TRAINER.IVLP.PROMPT_DEPTH_TEXT", 2, "TRAINER.IVLP.PROMPT_DEPTH_VISION", 2),
+    ),
+    "MaPLe": (
+        "MaPLe",
+        "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        ("TRAINER.MAPLE.PROMPT_DEPTH", 2),
+    ),
+    "PromptSRC": (
+        "PromptSRC",
+        "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 2, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 2),
+    ),
 }
 KINDS = {"CoCoOp": "conditional", "MoCoOp-paper": "experts", "MoCoOp-release": "experts"}
+KINDS |= {name: "prompted_image" for name in ("IVLP", "MaPLe", "PromptSRC")}
 
 # Loads every exported file where Dassl, yacs and the repository's Dassl packages cannot be
 # imported, and saves the logits and routing of the given images.

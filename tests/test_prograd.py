@@ -105,7 +105,7 @@ def test_word_count_initialisation_is_the_releases(tiny_clip):
     row = assembler.token_ids[0]
     assert torch.equal(row[17:], ids[17 : len(row)])  # "a abyssinian . EOT", cut after the EOT
     assert torch.equal(model.prompt_learner.ctx.detach(), table)
-    assert form.infix_ids == tuple(ids[17:18].tolist())
+    assert form.fixed_ids == tuple(ids[17:18].tolist())
     with pytest.raises(TemplateError, match="has 8 words but TRAINER.PROGRAD.N_CTX is 4"):
         word_count_context(template, 4, tiny_clip.token_embedding)
 

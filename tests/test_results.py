@@ -538,3 +538,37 @@ def test_the_mocoop_papers_tables_from_one_output_tree(tmp_path):
         "MoCoOp (paper)": "70.08",
         "ProGrad (paper)": "72.24",
     }
+
+
+def test_paper_columns_of_methods_outside_mocoops_tables(tmp_path):
+    """MaPLe and PromptSRC: their own papers' Table 1 and DG rows; IVLP: the README average of the
+    recipe the table is of."""
+    for seed in (1, 2, 3):
+        for trainer, config in (
+            ("MaPLe", "vit_b16"),
+            ("IVLP", "vit_b16_c2_ep20_batch4_4+4ctx"),
+            ("IVLP", "demo"),
+        ):
+            finished(tmp_path, "base2new", "train_base", "dtd", seed, 80, trainer=trainer, config=config)
+            finished(tmp_path, "base2new", "test_new", "dtd", seed, 60, trainer=trainer, config=config)
+    finished(tmp_path, "xd", "train", "imagenet", 1, 71, trainer="PromptSRC")
+    finished(tmp_path, "xd", "test", "imagenet_r", 1, 77, trainer="PromptSRC")
+    sections, _ = report.build_report(tmp_path, declared=[1, 2, 3], paper=paper.load())
+    by_title = {t.title: t for t in tables(sections, "Base-to-new")}
+
+    maple = by_title["MaPLe / vit_b16 (16 shots)"]
+    assert maple.rows[0][0] == "DTD" and maple.rows[0][5:8] == ["80.36", "59.18", "68.16"]
+    assert maple.rows[-1][0] == "Average" and maple.rows[-1][5:8] == ["82.28", "75.14", "78.55"]
+    assert "MaPLe paper (Khattak et al., CVPR 2023), Table 1" in maple.notes[0]
+    ivlp = by_title["IVLP / vit_b16_c2_ep20_batch4_4+4ctx (16 shots)"]
+    assert ivlp.rows[0][5:8] == ["—", "—", "—"] and ivlp.rows[-1][5:8] == ["84.21", "71.79", "77.51"]
+    assert "Paper Base" not in by_title["IVLP / demo (16 shots)"].headers
+
+    (dg,) = tables(sections, "Domain generalisation")
+    assert dg.rows[1] == ["PromptSRC (paper)", "16", "71.27", "64.35", "49.55", "50.90", "77.80", "60.65"]
+    data = paper.load()
+    for method in ("MaPLe", "PromptSRC"):  # the 11 rows average to the README's numbers
+        rows = data["base_to_new_method_papers"][method]["rows"]
+        assert list(rows) == [DISPLAY[d] for d in BENCHMARK]
+        means = [statistics.fmean(r[k] for r in rows.values()) for k in ("base", "new")]
+        assert [round(m, 2) for m in means] == data["base_to_new_average_anchors"][method][:2]

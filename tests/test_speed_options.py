@@ -62,6 +62,23 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
     ),
     "LASP-paper": ("LASP", "configs/trainers/LASP/paper_vit_b16_ep10_batch1.yaml", []),
     "ProGrad": ("ProGrad", "configs/trainers/ProGrad/vit_b16_ep50.yaml", []),
+    # Deep text tokens in both blocks of the tiny CLIP; MaPLe's 2 tokens leave "of a" as text
+    # after them, PromptSRC's frozen features use 60 templates through the same encoder.
+    "IVLP": (
+        "IVLP",
+        "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "2"],
+    ),
+    "MaPLe": (
+        "MaPLe",
+        "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        ["TRAINER.MAPLE.PROMPT_DEPTH", "2"],
+    ),
+    "PromptSRC": (
+        "PromptSRC",
+        "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
+    ),
 }
 # Names of different BPE lengths, so truncation and chunks cut at different positions.
 CLASSES = ["abyssinian", "Annual Crop Land", "globe_thistle", "dog", "school bus"]

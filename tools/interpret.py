@@ -65,13 +65,13 @@ def build_run_model(model_dir, epoch=None, root=""):
 
 
 def layout(form):
-    """The prompt with its context slots numbered: "V1 V2 {class} V3 ." (fixed words between
-    the context and the class name as they are: "V1 .. V16 a {class} .")."""
+    """The prompt with its context slots numbered: "V1 V2 {class} V3 ." (fixed words between the
+    context and the class name as they are: "V1 V2 of a {class} .")."""
     from clipprompt.templates import _TOKENIZER
 
     slots = [f"V{i + 1}" for i in range(form.n_ctx)]
-    infix = [_TOKENIZER.decode(list(form.infix_ids)).strip()] if form.infix_ids else []
-    words = slots[: form.n_before] + infix + ["{class}"] + slots[form.n_before :] + [form.suffix]
+    fixed = [_TOKENIZER.decode(list(form.fixed_ids)).strip()] if form.fixed_ids else []
+    words = slots[: form.n_before] + fixed + ["{class}"] + slots[form.n_before :] + [form.suffix]
     return " ".join(words).strip()
 
 

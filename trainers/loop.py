@@ -4,8 +4,10 @@
 
     before_train   resume from the run's checkpoint (or --resume), open TensorBoard, start the clock
     epochs         run_epoch (forward_backward per batch, the log line CoOp's tools read), after_epoch
-                   (routing record, validation under TEST.FINAL_MODEL best_val, checkpoint)
-    after_train    "Finished training" (the end signal of CoOp's parse_test_res.py), the final evaluation (the best validated model under
+                   (the model's `end_epoch`, routing record, validation under TEST.FINAL_MODEL
+                   best_val, checkpoint)
+    after_train    "Finished training" (the end signal of CoOp's parse_test_res.py), the final
+                   evaluation (the best validated model under
                    best_val), elapsed time
 
 A model with nothing to learn (zero-shot CLIP) runs no epoch: train.py evaluates it, and its log
@@ -83,6 +85,7 @@ class TrainingLoop:
 
     def after_epoch(self):
         self.finished_epochs = self.epoch + 1
+        self.model.end_epoch(self.finished_epochs, self.max_epoch)
         self.close_routing_stats("train")
         last = self.finished_epochs == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ

@@ -126,8 +126,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--toy",
         action="store_true",
-        help="a tiny random CLIP instead of ViT-B/16's architecture, and for the targets and gpu "
-        "suites toy sizes (a few classes, batch 1): to test the script, the numbers mean nothing",
+        help="a tiny random CLIP (width 64, ViT-B/16's 12 layers) instead of ViT-B/16, and for the "
+        "targets and gpu suites toy sizes (a few classes, batch 1): to test the script, the numbers "
+        "mean nothing",
     )
     p.add_argument("--json", help="result file (default: output/benchmark/<suite or size>_<device>.json)")
     args = p.parse_args(argv)
@@ -178,6 +179,11 @@ def apply_defaults(args):
         args.eval_batch = args.batch
 
 
+# --toy's CLIP: build_tiny_clip's widths with ViT-B/16's depth, so that every trainer config
+# builds (deep prompts sit in up to 12 layers of each tower).
+TOY_CLIP = {"vision_layers": 12, "transformer_layers": 12}
+
+
 def machine(device):
     cpu = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -213,7 +219,7 @@ def main(argv=None):
         flush=True,
     )
 
-    architecture = {} if args.toy else VIT_B16
+    architecture = TOY_CLIP if args.toy else VIT_B16
     clip_model = build_tiny_clip(**{**architecture, "image_resolution": args.image_size})
     weight_bytes = {"fp32": sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,13 +1,15 @@
 """Pretrain a tiny CLIP on the demo world (tools/demo/) and save it compressed.
 
-The model is `clip.model.CLIP` with the ModifiedResNet image tower, so that
-`clip.model.build_model` (and the repository's CLIP loader) rebuild it from the state dict.
+The model is `clip.model.CLIP` with a ModifiedResNet image tower (`--arch rn`, the demo's CLIP)
+or a ViT image tower (`--arch vit`, for the methods that prompt the image tower's layers), and
+the same text tower, so that `clip.model.build_model` (and the repository's CLIP loader) rebuild
+it from the state dict.
 The checkpoint is the fp16 state dict, with the token-embedding rows that no pretraining
 caption used set to zero (they would be untrained noise), gzip-compressed.
 
 After training the script prints zero-shot accuracies on the demo world's test split.
 
-Usage: python -m tools.pretrain_tiny_clip --out assets/demo_clip_rn_tiny.pt.gz [--steps N --seed N]
+Usage: python -m tools.pretrain_tiny_clip --out assets/demo_clip_rn_tiny.pt.gz [--arch rn|vit --steps N --seed N]
 """
 
 import argparse
@@ -41,24 +43,26 @@ with warnings.catch_warnings():
     import clip
 
 # Arguments of clipprompt.clip_loading.build_tiny_clip, which sets CLIP's vocabulary (49408)
-# and one attention head per 64 dims (2 here), as build_model infers them from a state dict.
-ARCH = {
-    "embed_dim": 128,
-    "image_resolution": world.IMAGE_SIZE,
-    "vision_layers": (1, 1, 1, 1),
-    "vision_width": 16,
-    "context_length": 77,
-    "transformer_width": 128,
-    "transformer_layers": 3,
+# and one attention head per 64 dims (2 here), as build_model infers them from a state dict. The
+# two image towers share everything else. The ViT's 16 px patches cut a 64 px image into a 4x4
+# grid (ViT-B/16's patch size; 17 tokens, so a step costs about what the ResNet's does).
+_TEXT = {"embed_dim": 128, "image_resolution": world.IMAGE_SIZE, "context_length": 77}
+_TEXT |= {"transformer_width": 128, "transformer_layers": 3}
+ARCHS = {
+    "rn": {**_TEXT, "vision_layers": (1, 1, 1, 1), "vision_width": 16},
+    "vit": {**_TEXT, "vision_layers": 4, "vision_width": 128, "vision_patch_size": 16},
 }
 DEFAULTS = {"steps": 2000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 75}
 SOT_ID = clip.clip._tokenizer.encoder["<|startoftext|>"]
 EOT_ID = clip.clip._tokenizer.encoder["<|endoftext|>"]
 
 
-def build_demo_clip(seed, **overrides):
-    """The randomly initialised tiny CLIP of ARCH (with `overrides`) that pretraining starts from."""
-    return build_tiny_clip(**{**ARCH, **overrides}, seed=seed)
+def build_demo_clip(seed, arch="rn", **overrides):
+    """The randomly initialised tiny CLIP of ARCHS[arch] (with `overrides`) that pretraining
+    starts from."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown tiny-CLIP architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    return build_tiny_clip(**{**ARCHS[arch], **overrides}, seed=seed)
 
 
 def encode_text(model, tokens):
@@ -120,14 +124,15 @@ def pretrain(
     warmup=DEFAULTS["warmup"],
     log_every=50,
     log=print,
-    **arch,
+    arch="rn",
+    **overrides,
 ):
     """Train a tiny CLIP on demo-world (image, caption) pairs.
 
     Returns (model in eval mode, bool mask over the vocabulary of the token ids that occurred
     in a caption).
     """
-    model = build_demo_clip(seed, **arch)
+    model = build_demo_clip(seed, arch, **overrides)
     model.train()
     rng = np.random.default_rng([seed, 1000])  # a stream of its own: never the dataset's images
     optimizers = _optimizers(model, lr, weight_decay)
@@ -274,6 +279,9 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches (default 0)")
     parser.add_argument(
+        "--arch", choices=list(ARCHS), default="rn", help="image tower: rn (ModifiedResNet) or vit"
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=DEFAULTS["batch_size"],
@@ -297,7 +305,9 @@ def main(argv=None):
             )
             return 1
         start = time.time()
-        model, used = pretrain(steps=args.steps, seed=args.seed, batch_size=args.batch_size, log=log)
+        model, used = pretrain(
+            steps=args.steps, seed=args.seed, batch_size=args.batch_size, log=log, arch=args.arch
+        )
         size = save_checkpoint(model, used, args.out)
         log(
             f"saved {args.out} ({size / 2**20:.2f} MiB, {int(used.sum())} token rows kept) "

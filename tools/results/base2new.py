@@ -70,7 +70,7 @@ class DatasetResult:
 def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
     tables, csv_rows, summary = [], [], []
     for (trainer, config, shots), keys in groups(runs, "base2new", ("trainer", "config", "shots")).items():
-        pub, notes = _paper_reference(paper, trainer, shots)
+        pub, notes = _paper_reference(paper, trainer, config, shots)
         group = Group(trainer, config, shots, keys, expected_seeds(runs, keys, declared), pub)
         rows, records, summary_rows, training_shots = _group_rows(runs, col, group, datasets)
         notes = notes + shots_notes(training_shots)
@@ -98,12 +98,12 @@ def base2new_section(runs, declared, paper, col, datasets=BENCHMARK):
     )
 
 
-def _paper_reference(paper, trainer, shots):
+def _paper_reference(paper, trainer, config, shots):
     """(published cells, notes) of a table: the cells only where the paper's shot count is."""
     if paper is None:
         return {}, []
     if shots == published.SHOTS:
-        return published.base2new_reference(paper, trainer)
+        return published.base2new_reference(paper, trainer, config)
     return {}, [f"Paper: the published numbers are for {published.SHOTS} shots; none are shown here."]
 
 

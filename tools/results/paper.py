@@ -1,5 +1,6 @@
-"""Published numbers from tools/paper_results.json, a verbatim copy of the
-project's reference data (numbers as printed in the papers).
+"""Published numbers from tools/paper_results.json: the project's reference data (numbers as
+printed in the papers), and the tables of methods' own papers and READMEs where MoCoOp's tables
+do not have the method (MaPLe, PromptSRC, IVLP's recipes).
 
 Some printed cells of MoCoOp's Table 1 are garbled (the file's `_about`): for a
 comparison H is recomputed as 2BN/(B+N) from the printed Base and New, and the
@@ -34,10 +35,22 @@ def paper_name(paper, trainer, where="tables"):
     return names.get(where, fallback)
 
 
-def base2new_reference(paper, trainer):
-    """(cells, notes) for `trainer`'s base-to-new table. cells:
+def base2new_reference(paper, trainer, config=""):
+    """(cells, notes) for `trainer`'s base-to-new table (of its `config`). cells:
     {display name | "Average": {"base"|"new"|"H": (value, printed or None)}} with
-    `printed` set where the printed value differs from the one shown."""
+    `printed` set where the printed value differs from the one shown: from the method's own
+    paper where the file has it (`base_to_new_method_papers`), else from a README's average of
+    the recipe (`base_to_new_recipe_anchors`), else from MoCoOp's Table 1."""
+    own = paper.get("base_to_new_method_papers", {}).get(trainer)
+    if own is not None:
+        return _method_paper_reference(paper, trainer, own)
+    recipe = paper.get("base_to_new_recipe_anchors", {}).get(trainer, {}).get(config)
+    if recipe is not None:
+        b, n, h = recipe["values"]
+        cells = {"Average": {"base": (b, None), "new": (n, None), "H": (harmonic(b, n), _printed(h, b, n))}}
+        return cells, [
+            f"Paper: {recipe['source']}, this recipe's average over the 11 datasets (no per-dataset numbers)."
+        ]
     method = paper_name(paper, trainer)
     table = paper["mocoop_table1_base_to_new"]
 
@@ -91,14 +104,48 @@ def base2new_reference(paper, trainer):
     return out, notes
 
 
+def _printed(h, b, n):
+    """The printed H where it is not the harmonic mean of the printed Base and New, else None."""
+    return h if abs(harmonic(b, n) - h) > TOLERANCE else None
+
+
+def _method_paper_reference(paper, trainer, own):
+    """(cells, notes) from a method's own paper: its rows, H recomputed (and flagged where the
+    printed one differs), and the mean of the 11 rows."""
+    out = {}
+    for name, row in own["rows"].items():
+        b, n = row["base"], row["new"]
+        out[name] = {"base": (b, None), "new": (n, None), "H": (harmonic(b, n), _printed(row["H"], b, n))}
+    b = statistics.fmean(r["base"][0] for r in out.values())
+    n = statistics.fmean(r["new"][0] for r in out.values())
+    out["Average"] = {"base": (b, None), "new": (n, None), "H": (harmonic(b, n), None)}
+    note = (
+        f"Paper: {own['source']} (tools/paper_results.json); Paper H is 2BN/(B+N) of the printed Base and "
+        "New († where it differs from the printed H), Paper Average the mean of the 11 rows."
+    )
+    notes = [note]
+    anchor = paper["base_to_new_average_anchors"].get(paper_name(paper, trainer, "anchors"))
+    if anchor:
+        notes.append(
+            f"Average reported by the {trainer} README (`base_to_new_average_anchors`): "
+            "Base / New / H " + " / ".join(f"{x:.2f}" for x in anchor) + "."
+        )
+    return out, notes
+
+
 def _key(name):
     return name.lower().replace("-", "").replace("_", "")
 
 
 def dg_reference(paper, trainer):
-    """{dataset config name: accuracy} of MoCoOp's Table 3 for `trainer`, or None."""
-    table = paper["mocoop_table3_domain_generalisation"]
-    row = table.get(paper_name(paper, trainer, "mocoop_table3_domain_generalisation"))
+    """{dataset config name: accuracy} of MoCoOp's Table 3 for `trainer`, else of the method's own
+    paper (`domain_generalisation_method_papers`), or None."""
+    row = table = None
+    for key in ("mocoop_table3_domain_generalisation", "domain_generalisation_method_papers"):
+        table = paper.get(key, {})
+        row = table.get(paper_name(paper, trainer, key))
+        if row is not None:
+            break
     if row is None:
         return None
     by_key = {_key(d): d for d in DISPLAY}

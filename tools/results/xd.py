@@ -44,8 +44,9 @@ def xd_sections(runs, declared, paper, col):
         dg_rows += rows
         csv_rows += records
         dg_notes.append(
-            "Rows (paper): MoCoOp paper Table 3 as printed (tools/paper_results.json), trained on 16 shots "
-            "of ImageNet; their Average is computed here over the four targets."
+            "Rows (paper): MoCoOp paper Table 3 as printed (tools/paper_results.json), or the method's own "
+            "paper for methods that table lacks (MaPLe, PromptSRC), trained on 16 shots of ImageNet; their "
+            "Average is computed here over the four targets."
         )
     return [
         Section(
