@@ -34,7 +34,6 @@ unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one
 import json
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -168,8 +167,9 @@ class ExportedClassifier(nn.Module):
         return self.model.route(image_features.to(self.device).float())
 
     def logits(self, image_features):
-        """Classification logits `[B, C]` (fp32) of image features `[B, D]` (normalised here)."""
-        v = F.normalize(image_features.to(self.device).float(), dim=-1)
+        """Classification logits `[B, C]` (fp32) of image features `[B, D]` (prepared here as the
+        model takes them: normalised, except for models that classify their length too)."""
+        v = self.model.prepare_image_features(image_features.to(self.device))
         return self.model.classify_features(v)[0].float()
 
     def image_batch(self, images):
