@@ -74,6 +74,8 @@ CASES = {
         ("OPTIM.WARMUP_EPOCH", "1"),
     ),
     "MoPD": Case("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", "pets", PETS),
+    # The tiny CLIP's ViT replaces RN50: its patch tokens are the local features.
+    "PLOT": Case("PLOT", "configs/trainers/PLOT/rn50.yaml", "pets", PETS),
 }
 
 

@@ -45,8 +45,16 @@ CASES = {
     ),
     "MoCoOp-release": ("MoCoOp", "configs/trainers/MoCoOp/release_vit_b16_ep25.yaml", ()),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128.yaml", ()),
+    "PLOT": ("PLOT", "configs/trainers/PLOT/rn50.yaml", ("TRAINER.PLOT.GLOBAL_LOGITS", True)),
+    "LinearProbeCLIP": ("LinearProbeCLIP", "configs/trainers/LinearProbeCLIP/rn50.yaml", ()),
 }
-KINDS = {"CoCoOp": "conditional", "MoCoOp-paper": "experts", "MoCoOp-release": "experts"}
+KINDS = {
+    "CoCoOp": "conditional",
+    "MoCoOp-paper": "experts",
+    "MoCoOp-release": "experts",
+    "PLOT": "optimal_transport",
+    "LinearProbeCLIP": "linear_head",
+}
 
 # Loads every exported file where Dassl, yacs and the repository's Dassl packages cannot be
 # imported, and saves the logits and routing of the given images.

@@ -53,6 +53,21 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
         ],
     ),
     "MoPD": ("MoPD", "configs/trainers/MoPD/vit_b16_c4_bs128/oxford_pets.yaml", []),
+    # N = 3 prompts of 4 vectors around the class name, the global logit on.
+    "PLOT": (
+        "PLOT",
+        "configs/trainers/PLOT/rn50.yaml",
+        [
+            "TRAINER.PLOT.N",
+            "3",
+            "TRAINER.PLOT.N_CTX",
+            "4",
+            "TRAINER.PLOT.CLASS_TOKEN_POSITION",
+            "middle",
+            "TRAINER.PLOT.GLOBAL_LOGITS",
+            "True",
+        ],
+    ),
 }
 # Names of different BPE lengths, so truncation and chunks cut at different positions.
 CLASSES = ["abyssinian", "Annual Crop Land", "globe_thistle", "dog", "school bus"]

@@ -110,9 +110,12 @@ class LinearProbeCLIP(PromptTrainer):
         print(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - self.time_start))}")
 
     def fit(self):
+        self.fit_head(self.features(self.dm.dataset.train_x), self.features(self.validation_images()))
+
+    def fit_head(self, train, val):
+        """Search C and set the head, from training and validation (features, labels) arrays;
+        returns the `Search`."""
         opts = self.cfg.TRAINER.LINEAR_PROBE
-        train = self.features(self.dm.dataset.train_x)
-        val = self.features(self.validation_images())
         print(
             f"Linear probe: {len(train[1]):,} training and {len(val[1]):,} validation features "
             f"({train[0].shape[1]}-d) of {self.num_classes} classes"
@@ -132,6 +135,7 @@ class LinearProbeCLIP(PromptTrainer):
             )
         print(f"Chosen C: {float(search.c)!r}")
         self.model.set_head(*method.head_of(search.classifier, self.num_classes))
+        return search
 
     def validation_images(self):
         """The validation images of the search: the dataset's few-shot val sample (min(K, 4) per
