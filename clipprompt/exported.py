@@ -16,7 +16,8 @@ experts, MoPD's teachers: reported per image), and what the model's kind keeps
 (`PromptedCLIP.export_tensors`), e.g. the class features `text_features` [C, D] of kind
 `text_features` (zero-shot CLIP, CoOp, KgCoOp, MoPD), the expert features and router of kind
 `experts` (MoCoOp), the context, meta-net and prompt layout of kind `conditional` (CoCoOp, whose
-class features depend on the image). CLIP weights the run trained (MoCoOp's release preset:
+class features depend on the image), the N prompt features per class of kind `optimal_transport`
+(PLOT) and the head of kind `linear_head` (the linear probe, on unnormalised features). CLIP weights the run trained (MoCoOp's release preset:
 image LayerNorms, `learned.image_encoder.*`) are put into the loaded CLIP. The JSON metadata
 (safetensors header, key "clipprompt") names the kind, the trainer, the backbone and its
 fingerprint, the classes, the templates, the routing, the preprocessing (the run's test

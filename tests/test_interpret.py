@@ -175,7 +175,9 @@ def test_class_specific_context_is_listed_per_class(pets, tiny_clip, tiny_clip_p
             assert_known_word(vector, next(words))
 
 
-@pytest.mark.parametrize("name", ["CoOp", "CoCoOp", "KgCoOp", "MoCoOp-paper", "MoCoOp-release", "MoPD"])
+@pytest.mark.parametrize(
+    "name", ["CoOp", "CoCoOp", "KgCoOp", "MoCoOp-paper", "MoCoOp-release", "MoPD", "PLOT"]
+)
 def test_every_trainer_with_a_learned_context(name, base_run, tiny_clip, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base_run(name), run)
