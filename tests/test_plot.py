@@ -167,3 +167,12 @@ def test_gradient_reaches_the_prompts_through_the_similarity_only(tiny_clip):
 def test_plot_needs_a_prompt(tiny_clip):
     with pytest.raises(ValueError, match="TRAINER.PLOT.N must be at least 1"):
         PromptSet(CLASSES, tiny_clip.token_embedding, 0, 4)
+
+
+def test_prompt_work_is_the_n_by_c_prompts_in_one_call(tiny_clip):
+    model = plot_model(tiny_clip)
+    work = model.prompt_work(batch=8)
+    assert work.assembler.num_rows == 3 * len(CLASSES) and work.rows is None and work.sets == 1
+    expected = model.compute_text_features()
+    for got, want in zip(work.encode(None), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
