@@ -17,7 +17,9 @@ experts, MoPD's teachers: reported per image), and what the model's kind keeps
 `text_features` (zero-shot CLIP, CoOp, KgCoOp, MoPD), the expert features and router of kind
 `experts` (MoCoOp), the context, meta-net and prompt layout of kind `conditional` (CoCoOp, whose
 class features depend on the image), the class features and the image tower's per-layer prompts
-`image_prompts` [J, n, w] of kind `prompted_image` (IVLP, MaPLe, PromptSRC). CLIP weights the run trained (MoCoOp's release preset:
+`image_prompts` [J, n, w] of kind `prompted_image` (IVLP, MaPLe, PromptSRC), the N prompt
+features per class of kind `optimal_transport` (PLOT) and the head of kind `linear_head` (the
+linear probe, on unnormalised features). CLIP weights the run trained (MoCoOp's release preset:
 image LayerNorms, `learned.image_encoder.*`) are put into the loaded CLIP. The JSON metadata
 (safetensors header, key "clipprompt") names the kind, the trainer, the backbone and its
 fingerprint, the classes, the templates, the routing, the preprocessing (the run's test
@@ -39,7 +41,6 @@ import json
 import os
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -264,8 +265,9 @@ class ExportedClassifier(nn.Module):
         return self.model.route(image_features.to(self.device).float())
 
     def logits(self, image_features):
-        """Classification logits `[B, C]` (fp32) of image features `[B, D]` (normalised here)."""
-        v = F.normalize(image_features.to(self.device).float(), dim=-1)
+        """Classification logits `[B, C]` (fp32) of image features `[B, D]` (prepared here as the
+        model takes them: normalised, except for models that classify their length too)."""
+        v = self.model.prepare_image_features(image_features.to(self.device))
         return self.model.classify_features(v)[0].float()
 
     def image_batch(self, images):

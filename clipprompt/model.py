@@ -114,7 +114,13 @@ class PromptedCLIP(nn.Module):
 
     def encode_image(self, image):
         """Normalised fp32 image features `[B, D]`."""
-        return F.normalize(self.image_encoder(image.to(self.dtype)).float(), dim=-1)
+        return self.prepare_image_features(self.image_encoder(image.to(self.dtype)))
+
+    def prepare_image_features(self, features):
+        """The image features `classify_features` takes, from the image tower's output (or from
+        features a user gives an exported classifier): normalised fp32 by default; a model that
+        classifies unnormalised features (the linear probe) keeps their length."""
+        return F.normalize(features.float(), dim=-1)
 
     def scale(self):
         """The multiplier s of the classification logits (CLIP's logit scale by default)."""

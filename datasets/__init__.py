@@ -10,6 +10,10 @@ def add_config(cfg):
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     # Explicit opt-in to create a missing split_zhou_*.json at random (not comparable to papers).
     cfg.DATASET.CREATE_SPLIT = False
+    # How NUM_SHOTS images per class are drawn: "dassl" (Python's random seeded with SEED, saved
+    # in split_fewshot/shot_<K>-seed_<S>.json, the prompt methods' samples) or "lpclip" (CoOp's
+    # linear-probe scripts: numpy seeded with SEED, train then val, nothing saved).
+    cfg.DATASET.FEWSHOT_SAMPLING = "dassl"
     # Readers with keys of their own (ImageFolder's folder) declare them in their module.
     for module in _MODULES:
         if hasattr(module, "add_config"):

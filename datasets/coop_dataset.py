@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from typing import NamedTuple
 
+import numpy as np
 from dassl.data.datasets import DatasetBase, Datum
 
 from clipprompt.atomic import naming_write_errors
@@ -20,6 +21,7 @@ from clipprompt.atomic import naming_write_errors
 from .image_check import check_images
 
 SUBSAMPLE_MODES = ("all", "base", "new")
+FEWSHOT_SAMPLINGS = ("dassl", "lpclip")
 # Few-shot validation sets stay small: CoOp takes at most 4 images per class from val.
 MAX_VAL_SHOTS = 4
 SPLIT_NAMES = ("train", "val", "test")
@@ -116,6 +118,11 @@ class CoOpDataset(DatasetBase):
 
     def __init__(self, cfg):
         self.create_split_if_missing = bool(dataset_key(cfg, "CREATE_SPLIT"))
+        self.fewshot_sampling = dataset_key(cfg, "FEWSHOT_SAMPLING")
+        if self.fewshot_sampling not in FEWSHOT_SAMPLINGS:
+            raise ValueError(
+                f"DATASET.FEWSHOT_SAMPLING must be one of {FEWSHOT_SAMPLINGS}, got {self.fewshot_sampling!r}."
+            )
         self.subsample = dataset_key(cfg, "SUBSAMPLE_CLASSES")
         if self.subsample not in SUBSAMPLE_MODES:
             raise ValueError(
@@ -136,6 +143,8 @@ class CoOpDataset(DatasetBase):
 
         self.all_classnames = list(self.read_classnames())
         test = self.read_split("test")
+        # ImageNet validates on its test set, except where lpclip's sampling draws from it.
+        self.val_is_test_split = self.val_is_test
         if self.test_only:
             train, val = test, None
         else:
@@ -150,7 +159,7 @@ class CoOpDataset(DatasetBase):
         test = self._to_datums(test)
         # Shared lists, not copies: ImageNet's test set has 50,000 images.
         train = test if self.test_only else self._to_datums(train)
-        val = test if self.val_is_test else self._to_datums(val)
+        val = test if self.val_is_test_split else self._to_datums(val)
         super().__init__(train_x=train, val=val, test=test)
         # Dassl derives class names from train_x, which can lack a class (few images);
         # the class list is known, so state it.
@@ -184,6 +193,7 @@ class CoOpDataset(DatasetBase):
             "dataset": type(self).__name__,
             "subsample_classes": self.subsample,
             "num_shots": self.num_shots,
+            "fewshot_sampling": self.fewshot_sampling,
             "effective_shots": min(self.train_counts) if self.num_shots > 0 else None,
             "short_classes": self.short_classes(),
             "train_images_per_class": dict(zip(self._classnames, self.train_counts)),
@@ -290,6 +300,8 @@ class CoOpDataset(DatasetBase):
             train = self.read_split("train")
             return train, test if self.val_is_test else self.read_split("val")
         seed = cfg.SEED
+        if self.fewshot_sampling == "lpclip":
+            return self._lpclip_sample(num_shots, seed, test)
         splits = ("train",) if self.val_is_test else ("train", "val")
         if seed < 0:
             print(
@@ -328,6 +340,39 @@ class CoOpDataset(DatasetBase):
                 # CoOp keeps every image of a class that has fewer than K.
                 sample[name] += rng.sample(items, shots) if len(items) > shots else items
         return sample
+
+    def _lpclip_sample(self, num_shots, seed, test):
+        """(train, val) as CoOp's lpclip/linear_probe.py draws them: numpy seeded with SEED, for
+        each label in order NUM_SHOTS training images without replacement, then min(NUM_SHOTS, 4)
+        validation images per label (ImageNet: from its test set, which is its val set). A class
+        with fewer images keeps all of them (lpclip stops with an error there)."""
+        if seed < 0:
+            raise ValueError(
+                "DATASET.FEWSHOT_SAMPLING lpclip seeds numpy with SEED, which is negative: pass --seed"
+            )
+        rng = np.random.RandomState(seed)
+        train = self._lpclip_draw(rng, self.read_split("train"), num_shots)
+        self.val_is_test_split = False
+        val_pool = test if self.val_is_test else self.read_split("val")
+        return train, self._lpclip_draw(rng, val_pool, min(num_shots, MAX_VAL_SHOTS))
+
+    @staticmethod
+    def _lpclip_draw(rng, samples, shots):
+        by_label = defaultdict(list)
+        for s in samples:
+            by_label[s.label].append(s)
+        drawn = []
+        for label in sorted(by_label):
+            items = by_label[label]
+            # np.random.choice over the class's positions in split order, as lpclip draws from
+            # its feature array; with exactly `shots` images it still draws (a permutation).
+            picked = (
+                rng.choice(len(items), size=shots, replace=False)
+                if len(items) >= shots
+                else range(len(items))
+            )
+            drawn += [items[i] for i in picked]
+        return drawn
 
     def _write_cache(self, cache, sample):
         # Relative paths, so that moving DATASET.ROOT keeps the cache valid.

@@ -101,6 +101,8 @@ CASES = {
         PETS,
         ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"),
     ),
+    # The tiny CLIP's ViT replaces RN50: its patch tokens are the local features.
+    "PLOT": Case("PLOT", "configs/trainers/PLOT/rn50.yaml", "pets", PETS),
 }
 
 

@@ -23,6 +23,6 @@ def saved_run(cfg, run, classnames=None, seed=0):
         for p in learnable:
             p.add_(0.05 * torch.randn(p.shape, generator=generator).to(p))
     if learnable:
-        trainer.save_model(cfg.OPTIM.MAX_EPOCH - 1, str(run))
+        trainer.save_model(trainer.max_epoch - 1, str(run))  # the last epoch: a finished run
     trainer.set_model_mode("eval")
     return trainer

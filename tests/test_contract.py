@@ -36,6 +36,9 @@ class Case(NamedTuple):
     routes: bool = False
     cached: bool = True
     opts: tuple = ()  # KEY VALUE overrides, e.g. prompt depths that fit the tiny CLIP's 2 blocks
+    # Fitted in closed form from features (the linear probe), not by gradient steps: no optimiser,
+    # and its training is `fit_head` on features of the batch.
+    fitted: bool = False
 
 
 CASES = {
@@ -98,6 +101,12 @@ CASES = {
         frozenset({"loss_ce", "loss_scl_text", "loss_scl_image", "loss_scl_logits"}),
         opts=("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 2, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 2),
     ),
+    "PLOT": Case("PLOT", "configs/trainers/PLOT/rn50.yaml", frozenset({"prompt_learner.ctx"}), frozenset({"loss_ce"})),
+    # Its class weights are the head: nothing to cache.
+    "LinearProbeCLIP": Case(
+        "LinearProbeCLIP", "configs/trainers/LinearProbeCLIP/rn50.yaml", frozenset({"head.weight", "head.bias"}),
+        frozenset({"loss_ce"}), cached=False, fitted=True,
+    ),
 }  # fmt: skip
 
 
@@ -150,7 +159,7 @@ def case(request, tiny_clip, tiny_clip_path, tmp_path):
 def test_learnable_tensors_are_exactly_the_declared_ones(case):
     expected, trainer = case
     assert set(learnable(trainer)) == expected.learnable
-    assert (trainer.optim is None) == (not expected.learnable)
+    assert (trainer.optim is None) == (not expected.learnable or expected.fitted)
 
 
 def test_training_step_changes_exactly_the_learnable_tensors(case):
@@ -159,17 +168,37 @@ def test_training_step_changes_exactly_the_learnable_tensors(case):
         trainer.before_train()  # a model with nothing to learn runs no epoch: train.py evaluates it
         assert trainer.start_epoch == trainer.max_epoch
         return
-    trainer.set_model_mode("train")
-    trainer.batch_idx, trainer.num_batches = 0, 2  # not an epoch's last batch: no LR step
     before = {n: t.detach().clone() for n, t in trainer.model.state_dict(keep_vars=True).items()}
-    summary = trainer.forward_backward(batch())
-    assert set(summary) == {"loss", "acc"} | (expected.loss_terms if len(expected.loss_terms) > 1 else set())
+    if expected.fitted:
+        fit_on_the_batch(trainer)
+    else:
+        trainer.set_model_mode("train")
+        trainer.batch_idx, trainer.num_batches = 0, 2  # not an epoch's last batch: no LR step
+        summary = trainer.forward_backward(batch())
+        assert set(summary) == {"loss", "acc"} | (
+            expected.loss_terms if len(expected.loss_terms) > 1 else set()
+        )
     for name, tensor in trainer.model.state_dict(keep_vars=True).items():
         if name in expected.learnable:
-            assert tensor.grad is not None and tensor.grad.abs().sum() > 0, f"{name} gets no gradient"
+            if not expected.fitted:
+                assert tensor.grad is not None and tensor.grad.abs().sum() > 0, f"{name} gets no gradient"
             assert not torch.equal(tensor.detach(), before[name]), f"{name} was not updated"
         else:
             assert tensor.grad is None and torch.equal(tensor.detach(), before[name]), f"{name} changed"
+
+
+def fit_on_the_batch(trainer):
+    """Fit a closed-form model on the batch's features (training and validation alike) and check
+    that it then classifies the batch as scikit-learn's fit does."""
+    data = batch()
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        features = trainer.model.encode_image(data["img"]).double().numpy()
+    labels = data["label"].numpy()
+    search = trainer.fit_head((features, labels), (features, labels))
+    with torch.no_grad():
+        predicted = trainer.model_inference(data["img"]).argmax(dim=1).numpy()
+    assert (predicted == search.classifier.predict(features)).all()
 
 
 def test_inference_gives_the_logits_of_the_training_path(case):

@@ -6,6 +6,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
@@ -18,7 +19,7 @@ from tests import dataset_layouts as layouts
 from tools.protocols import REGISTERED
 
 
-def make_cfg(root, name, shots=-1, seed=-1, subsample="all", create_split=False):
+def make_cfg(root, name, shots=-1, seed=-1, subsample="all", create_split=False, sampling="dassl"):
     cfg = get_cfg_default()
     datasets.add_config(cfg)
     cfg.DATASET.ROOT = str(root)
@@ -26,6 +27,7 @@ def make_cfg(root, name, shots=-1, seed=-1, subsample="all", create_split=False)
     cfg.DATASET.NUM_SHOTS = shots
     cfg.DATASET.SUBSAMPLE_CLASSES = subsample
     cfg.DATASET.CREATE_SPLIT = create_split
+    cfg.DATASET.FEWSHOT_SAMPLING = sampling
     cfg.SEED = seed
     return cfg
 
@@ -108,6 +110,7 @@ def test_add_config_declares_defaults():
     datasets.add_config(cfg)
     assert cfg.DATASET.SUBSAMPLE_CLASSES == "all"
     assert cfg.DATASET.CREATE_SPLIT is False
+    assert cfg.DATASET.FEWSHOT_SAMPLING == "dassl"
 
 
 # ---- few-shot sampling and its cache -------------------------------------------------------
@@ -187,6 +190,44 @@ def test_negative_seed_samples_without_caching(tmp_path, capsys):
     assert len(ds.train_x) == 2 * 3
     assert not os.path.exists(os.path.join(generated.dataset_dir, "split_fewshot"))
     assert "neither seeded nor cached" in capsys.readouterr().out
+
+
+def lpclip_draws(samples, shots, rng):
+    """lpclip/linear_probe.py's draws written out: per label in sorted order, np.random.choice of
+    `shots` of the label's positions (in split order) without replacement."""
+    labels = np.array([s[1] for s in samples])
+    picked = []
+    for label in np.unique(labels):
+        picked.extend(rng.choice(np.where(labels == label)[0], size=shots, replace=False))
+    return [samples[i] for i in picked]
+
+
+@pytest.mark.parametrize("name", ["DescribableTextures", "ImageNet"])
+def test_lpclip_sampling_draws_what_lpclip_draws(tmp_path, name):
+    if name == "ImageNet":
+        generated = layouts.make_imagenet(tmp_path, per_class=(9, 6))
+    else:
+        generated = layouts.make_dtd(tmp_path, per_class=(9, 4, 3))  # val: exactly min(K, 4), still drawn
+    full = build(tmp_path, name)
+    ds = build(tmp_path, name, shots=5, seed=3, sampling="lpclip")
+    np.random.seed(3)  # lpclip seeds numpy's global generator with the run index
+    train = lpclip_draws(rows(full.train_x, generated.dataset_dir), 5, np.random)
+    val = lpclip_draws(rows(full.val, generated.dataset_dir), 4, np.random)  # ImageNet: its test set
+    assert rows(ds.train_x, generated.dataset_dir) == train
+    assert rows(ds.val, generated.dataset_dir) == val
+    assert ds.test is not ds.val and len(ds.test) == len(full.test)
+    assert not os.path.exists(os.path.join(generated.dataset_dir, "split_fewshot"))
+    assert ds.summary()["fewshot_sampling"] == "lpclip"
+    dassl = build(tmp_path, name, shots=5, seed=3)
+    assert rows(dassl.train_x, generated.dataset_dir) != train  # another sample than Dassl's
+
+
+def test_lpclip_sampling_needs_a_seed_and_sampling_a_known_name(tmp_path):
+    layouts.make_dtd(tmp_path, per_class=(4, 2, 2))
+    with pytest.raises(ValueError, match="lpclip seeds numpy with SEED, which is negative: pass --seed"):
+        build(tmp_path, "DescribableTextures", shots=2, sampling="lpclip")
+    with pytest.raises(ValueError, match="DATASET.FEWSHOT_SAMPLING must be one of"):
+        build(tmp_path, "DescribableTextures", shots=2, seed=1, sampling="numpy")
 
 
 def test_cache_referencing_a_missing_image_is_an_error(tmp_path):
@@ -408,6 +449,7 @@ def test_classes_with_fewer_images_than_num_shots_are_reported(tmp_path, capsys)
         "dataset": "OxfordPets",
         "subsample_classes": "all",
         "num_shots": 3,
+        "fewshot_sampling": "dassl",
         "effective_shots": 2,
         "short_classes": {"cat_breed_01": 2},
         "train_images_per_class": {"dog_breed_00": 3, "cat_breed_01": 2, "dog_breed_02": 3},

@@ -65,8 +65,16 @@ CASES = {
         "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
         ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 2, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 2),
     ),
+    "PLOT": ("PLOT", "configs/trainers/PLOT/rn50.yaml", ("TRAINER.PLOT.GLOBAL_LOGITS", True)),
+    "LinearProbeCLIP": ("LinearProbeCLIP", "configs/trainers/LinearProbeCLIP/rn50.yaml", ()),
 }
-KINDS = {"CoCoOp": "conditional", "MoCoOp-paper": "experts", "MoCoOp-release": "experts"}
+KINDS = {
+    "CoCoOp": "conditional",
+    "MoCoOp-paper": "experts",
+    "MoCoOp-release": "experts",
+    "PLOT": "optimal_transport",
+    "LinearProbeCLIP": "linear_head",
+}
 KINDS |= {name: "prompted_image" for name in ("IVLP", "MaPLe", "PromptSRC")}
 
 # Loads every exported file where Dassl, yacs and the repository's Dassl packages cannot be

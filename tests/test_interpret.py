@@ -178,7 +178,8 @@ def test_class_specific_context_is_listed_per_class(pets, tiny_clip, tiny_clip_p
 
 
 @pytest.mark.parametrize(
-    "name", ["CoOp", "CoCoOp", "KgCoOp", "MoCoOp-paper", "MoCoOp-release", "MoPD", "LASP", "ProGrad"]
+    "name",
+    ["CoOp", "CoCoOp", "KgCoOp", "MoCoOp-paper", "MoCoOp-release", "MoPD", "LASP", "ProGrad", "PLOT"],
 )
 def test_every_trainer_with_a_learned_context(name, base_run, tiny_clip, tmp_path):
     run = tmp_path / "run"

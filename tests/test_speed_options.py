@@ -79,6 +79,21 @@ CONFIGS = {  # name -> (trainer, trainer config, opts)
         "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
         ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
     ),
+    # N = 3 prompts of 4 vectors around the class name, the global logit on.
+    "PLOT": (
+        "PLOT",
+        "configs/trainers/PLOT/rn50.yaml",
+        [
+            "TRAINER.PLOT.N",
+            "3",
+            "TRAINER.PLOT.N_CTX",
+            "4",
+            "TRAINER.PLOT.CLASS_TOKEN_POSITION",
+            "middle",
+            "TRAINER.PLOT.GLOBAL_LOGITS",
+            "True",
+        ],
+    ),
 }
 # Names of different BPE lengths, so truncation and chunks cut at different positions.
 CLASSES = ["abyssinian", "Annual Crop Land", "globe_thistle", "dog", "school bus"]
