@@ -144,6 +144,13 @@ class LinearProbeCLIP(PromptedCLIP):
             self.head.bias.copy_(bias)
 
     @classmethod
+    def export_shapes(cls, metadata, width):
+        from ..exported import LEARNED
+
+        classes = len(metadata["classnames"])
+        return {LEARNED + "head.weight": (classes, width), LEARNED + "head.bias": (classes,)}
+
+    @classmethod
     def from_export(cls, clip_model, tensors, metadata, router):
         """The classifier of an exported file of kind "linear_head": its head loaded."""
         from ..exported import LEARNED

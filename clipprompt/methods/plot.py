@@ -141,6 +141,11 @@ class FixedTransportCLIP(TransportCLIP):
         return self.fixed_prompts, self.fixed_pooled
 
     @classmethod
+    def export_shapes(cls, metadata, width):
+        classes = len(metadata["classnames"])  # any number N of prompts per class
+        return {"prompt_features": (None, classes, width), "pooled_features": (classes, width)}
+
+    @classmethod
     def from_export(cls, clip_model, tensors, metadata, router):
         """The classifier of an exported file of kind "optimal_transport"."""
         opts = TransportOptions(**metadata["transport"])
