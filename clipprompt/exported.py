@@ -27,8 +27,11 @@ Loading is the same for every kind: the file's kind names the model class that l
 that model's own `encode_image`, `classify_features` and `route`: the code a trained run
 evaluates with, not a second copy.
 
-The CLIP is loaded from the recorded backbone name (or `backbone=`, e.g. a moved file) and refused
-unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one.
+The metadata's "backbone" is the run's `clip_loading.backbone_record` (library, name, weights,
+model config file, fingerprint), with open_clip's model config itself ("architecture"). The
+CLIP is loaded from the recorded name and weights (or `backbone=` / `weights=`, e.g. a moved file)
+and refused unless its fingerprint (`clip_loading.backbone_fingerprint`) is the recorded one.
+The logit bias of a SigLIP backbone comes with its weights ("logit_bias" in the metadata too).
 """
 
 import json
@@ -43,7 +46,7 @@ from torch import nn
 from torchvision import transforms
 
 from .atomic import atomic_file
-from .clip_loading import backbone_fingerprint, load_clip
+from .clip_loading import backbone_fingerprint, describe_backbone, load_clip
 from .model import EXPORT_KINDS
 from .routing import Router
 
@@ -119,19 +122,25 @@ def _instance_norm(image, eps=1e-8):
     return (image - flat.mean(1)[:, None, None]) / (flat.std(1)[:, None, None] + eps)
 
 
-def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32):
+def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32, weights=""):
     """The classifier in `path` on `device`, over the CLIP it was trained on (`backbone`: another
-    name or path of that CLIP, e.g. a moved file), in fp32 or OpenAI's fp16 layout (`dtype`)."""
+    name or path of that CLIP, e.g. a moved file; `weights`: an open_clip backbone's weights, e.g.
+    a moved file), in fp32 or OpenAI's fp16 layout (`dtype`)."""
     tensors, metadata = read_exported(path)
     recorded = metadata["backbone"]
+    name = backbone or recorded["name"]
+    open_clip = str(name).startswith("open_clip:")
+    weights = (weights or recorded.get("weights", "")) if open_clip else ""
+    architecture = (recorded.get("architecture") or "") if open_clip else ""
     # On the device before the prompts are built: they keep CLIP's token embedding outside their modules.
-    clip_model = load_clip(backbone or recorded["name"], download_root, dtype).to(device)
+    clip_model = load_clip(name, download_root, dtype, weights, architecture).to(device)
     fingerprint = backbone_fingerprint(clip_model)
     if fingerprint != recorded["fingerprint"]:
+        loaded = describe_backbone({"name": name, "weights": weights})
         raise ExportError(
-            f"{path} was exported for backbone {recorded['name']!r} with fingerprint "
-            f"{recorded['fingerprint']}, but {backbone or recorded['name']!r} has fingerprint {fingerprint}: "
-            "load it with the CLIP the run was trained on (backbone=<its name or file>)"
+            f"{path} was exported for backbone {describe_backbone(recorded)!r} with fingerprint "
+            f"{recorded['fingerprint']}, but {loaded!r} has fingerprint {fingerprint}: load it with the "
+            "CLIP the run was trained on (backbone=<its name or file>, weights=<open_clip weights>)"
         )
     return ExportedClassifier(clip_model, tensors, metadata).to(device).eval()
 

@@ -31,6 +31,14 @@ def preprocessing(cfg):
     }
 
 
+def backbone_metadata(trainer):
+    """The run's backbone as its checkpoints record it, and an open_clip model's config itself
+    ("architecture"), so that the file loads where the config file is not."""
+    record = trainer.checkpoint_identity()["backbone"]
+    architecture = trainer.backbone_architecture
+    return record | ({"architecture": architecture} if architecture is not None else {})
+
+
 @torch.no_grad()
 def exported(trainer, model_dir, classes_from):
     """(tensors, metadata) of the exported classifier of a loaded trainer: what its model says
@@ -50,12 +58,13 @@ def exported(trainer, model_dir, classes_from):
     metadata = {
         "kind": model.export_kind,
         "trainer": cfg.TRAINER.NAME,
-        "backbone": {"name": cfg.MODEL.BACKBONE.NAME, "fingerprint": trainer.backbone_fingerprint},
+        "backbone": backbone_metadata(trainer),
         "classnames": list(trainer.classnames),
         "templates": model.templates(),
         "routing": None,
         "preprocessing": preprocessing(cfg),
         "logit_scale": tensors["logit_scale"].item(),
+        "logit_bias": None if model.logit_bias is None else model.logit_bias.item(),
         "run": {
             "model_dir": os.path.abspath(model_dir),
             "epoch": trainer.finished_epochs,

@@ -1,0 +1,384 @@
+"""open_clip backbones: `MODEL.BACKBONE.NAME "open_clip:<model>"` (docs/BACKBONES.md).
+
+The architecture is open_clip's model config of that name, or the JSON file
+`MODEL.BACKBONE.MODEL_CONFIG` (open_clip's format: `embed_dim`, `vision_cfg`, `text_cfg`, ...;
+also an `open_clip_config.json` with its `model_cfg`). The weights (`MODEL.BACKBONE.WEIGHTS`) are
+an open_clip pretrained tag of that model (`laion2b_s34b_b88k`), a Hugging Face hub repository
+(`hf-hub:org/repo`, or `hf-hub:org/repo/<file>`) or a checkpoint file. Tags and hub weights are
+read from a cache folder (`MODEL.BACKBONE.DOWNLOAD_ROOT`, default ~/.cache/open_clip), one
+folder per repository (`org--repo/<file>`) and URL downloads by their file name, and downloaded
+there when missing; offline, a missing file is one `CheckpointError` saying what to download and
+where to put it.
+
+The model is open_clip's own `CLIP` or `CustomTextCLIP`, frozen, in fp32 or with OpenAI's fp16
+layout, carrying a `Backbone` (its name, source, tokenizer, preprocessing) that
+`clipprompt.towers` reads.
+"""
+
+import copy
+import json
+import os
+import pickle
+from typing import NamedTuple
+
+import torch
+from safetensors import SafetensorError
+
+from .clip_loading import CheckpointError
+
+PREFIX = "open_clip:"
+ATTRIBUTE = "clipprompt_backbone"
+DEFAULT_ROOT = "~/.cache/open_clip"
+HUB_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip's default file of a hub repository
+
+
+def is_open_clip_name(name):
+    return str(name).startswith(PREFIX)
+
+
+class OpenCLIPSource(NamedTuple):
+    """Where an open_clip backbone comes from (the MODEL.BACKBONE keys)."""
+
+    model: str  # open_clip's model name, e.g. "ViT-B-16" (the NAME after "open_clip:")
+    weights: str = ""  # pretrained tag, "hf-hub:org/repo[/file]" or a checkpoint file
+    model_config: str | dict = ""  # a JSON model config file or its dict ("" = open_clip's own of `model`)
+    download_root: str = ""
+
+    @property
+    def name(self):
+        return PREFIX + self.model
+
+    @classmethod
+    def parse(cls, name, weights="", model_config="", download_root=""):
+        model = name[len(PREFIX) :].strip().replace("/", "-")
+        if not model:
+            raise CheckpointError(
+                f"MODEL.BACKBONE.NAME {name!r} names no model: write open_clip:<model>, e.g. open_clip:ViT-B-16"
+            )
+        return cls(model, weights, model_config, download_root)
+
+
+class Backbone:
+    """What this repository keeps of a loaded open_clip model: its name and source, its model config
+    (`config`, recorded in exported files), its tokenizer (open_clip's, adapted per pooling by
+    `tokenizer`) and its preprocessing (mean, std) where its pretrained tag says it."""
+
+    def __init__(self, source, config, own_tokenizer, preprocess=None):
+        self.source = source
+        self.name = source.name
+        self.config = config
+        self.own_tokenizer = own_tokenizer
+        self.preprocess = preprocess
+        self._adapters = {}
+
+    def tokenizer(self, context_length, pool, eos_id):
+        """The `clipprompt.tokenization.Tokenizer` of the model, for its text tower's pooling."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        from .tokenization import BPETokenizer, HFTokenizer, TokenizerError
+
+        key = (context_length, pool, eos_id)
+        if key not in self._adapters:
+            own = self.own_tokenizer
+            if isinstance(own, SimpleTokenizer):
+                if own.reduction_fn is not None:
+                    raise TokenizerError(
+                        f"{self.name}: its tokenizer drops tokens at random (reduction_mask)"
+                    )
+                self._adapters[key] = BPETokenizer(own, context_length, pool, eos_id)
+            else:
+                label = getattr(own.tokenizer, "name_or_path", type(own).__name__)
+                self._adapters[key] = HFTokenizer(own, label, context_length, pool, eos_id)
+        return self._adapters[key]
+
+
+def backbone_of(model):
+    """The `Backbone` of an open_clip model loaded here (`load_open_clip`, `build_open_clip`)."""
+    backbone = getattr(model, ATTRIBUTE, None)
+    if backbone is None:
+        from .towers import UnsupportedTower
+
+        raise UnsupportedTower(
+            f"this open_clip {type(model).__name__} was not built by clipprompt.open_clip_backbone: its "
+            "tokenizer is unknown. Load it with clipprompt.clip_loading.load_clip('open_clip:<model>', ...) "
+            "or build it with clipprompt.open_clip_backbone.build_open_clip"
+        )
+    return backbone
+
+
+def architecture(model):
+    """The open_clip model config of a model loaded here, else None."""
+    backbone = getattr(model, ATTRIBUTE, None)
+    return None if backbone is None else backbone.config
+
+
+def pretrained_normalization(model):
+    """{"mean", "std"} the model's weights were trained with where its pretrained tag says, else
+    None (OpenAI's CLIP and checkpoint files: the configs' CLIP normalisation is not checked)."""
+    backbone = getattr(model, ATTRIBUTE, None)
+    return None if backbone is None else backbone.preprocess
+
+
+def model_config(source):
+    """open_clip's model config (a dict) of the source: its JSON file, else open_clip's own."""
+    import open_clip
+
+    if isinstance(source.model_config, dict):
+        return copy.deepcopy(source.model_config)
+    if source.model_config:
+        path = os.path.expanduser(source.model_config)
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(
+                f"MODEL.BACKBONE.MODEL_CONFIG {path} cannot be read as JSON ({err})"
+            ) from None
+        config = config.get("model_cfg", config) if isinstance(config, dict) else {}  # open_clip_config.json
+        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+        if missing:
+            raise CheckpointError(
+                f"MODEL.BACKBONE.MODEL_CONFIG {path} lacks {', '.join(missing)}: give a model config in "
+                "open_clip's format (as open_clip/model_configs/*.json)"
+            )
+        return config
+    config = open_clip.get_model_config(source.model)
+    if config is None:
+        raise CheckpointError(
+            f"MODEL.BACKBONE.NAME {source.name}: open_clip has no model {source.model!r} (open_clip."
+            "list_models() lists them, e.g. ViT-B-16, EVA02-B-16, ViT-B-16-SigLIP); for another "
+            "architecture set MODEL.BACKBONE.MODEL_CONFIG to its JSON model config"
+        )
+    return config
+
+
+def pretrained_tags(model):
+    import open_clip
+
+    return open_clip.list_pretrained_tags_by_model(model)
+
+
+def resolve_weights(source, config):
+    """(checkpoint file, the tag's open_clip config or {}) of `source.weights`."""
+    import open_clip
+
+    weights, root = source.weights, os.path.expanduser(source.download_root or DEFAULT_ROOT)
+    tags = pretrained_tags(source.model)
+    if not weights:
+        raise CheckpointError(
+            f"MODEL.BACKBONE.WEIGHTS is empty for {source.name}: set it to a pretrained tag "
+            f"({', '.join(tags) or 'open_clip has none for this model'}), hf-hub:<org>/<repo> or a checkpoint file"
+        )
+    if weights.startswith("hf-hub:"):
+        return hub_file(*_split_hub(weights[len("hf-hub:") :]), root, source), {}
+    path = os.path.expanduser(weights)
+    if os.path.isfile(path):
+        return path, {}
+    tag = open_clip.get_pretrained_cfg(source.model, weights)
+    if not tag or source.model_config:
+        raise CheckpointError(
+            f"MODEL.BACKBONE.WEIGHTS {weights!r} is not an existing file, an hf-hub: name or a pretrained "
+            f"tag of {source.name} ({', '.join(tags) or 'open_clip has none for this model'})"
+        )
+    _check_activation(source, config, tag)
+    if tag.get("hf_hub"):  # open_clip prefers the hub where a tag has both
+        return hub_file(*_split_hub(tag["hf_hub"]), root, source), tag
+    return url_file(tag["url"], root, source), tag
+
+
+def _split_hub(spec):
+    """(repository, file) of "org/repo" or "org/repo/" (open_clip's default file) or "org/repo/<file>"."""
+    parts = spec.strip("/").split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or HUB_WEIGHTS
+
+
+def _check_activation(source, config, tag):
+    """open_clip only warns when a tag trained with QuickGELU is loaded into GELU (or back)."""
+    trained, built = bool(tag.get("quick_gelu")), bool(config.get("quick_gelu"))
+    if trained != built:
+        other = source.model + "-quickgelu" if trained else source.model.removesuffix("-quickgelu")
+        raise CheckpointError(
+            f"the weights {source.weights} of {source.name} were trained with "
+            f"{'QuickGELU' if trained else 'GELU'} activations, but {source.name} uses "
+            f"{'QuickGELU' if built else 'GELU'}: set MODEL.BACKBONE.NAME open_clip:{other}"
+        )
+
+
+def _safetensors_name(filename):
+    if filename == HUB_WEIGHTS:
+        return "open_clip_model.safetensors"
+    if filename.endswith((".bin", ".pth")):
+        return filename[:-4] + ".safetensors"
+    return None
+
+
+def hub_file(repo, filename, root, source):
+    """A file of a Hugging Face hub repository in the cache folder `root/<org>--<repo>/`, read
+    from there or downloaded there (the safetensors version first, as open_clip prefers it)."""
+    folder = os.path.join(root, repo.replace("/", "--"))
+    names = [n for n in (_safetensors_name(filename), filename) if n]
+    for name in names:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    errors = []
+    for name in names:
+        try:
+            return download_hub_file(repo, name, folder)
+        except hub_errors() as err:  # the message says what to do
+            errors.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    raise _unavailable(source, os.path.join(folder, filename), url, "; ".join(errors))
+
+
+def url_file(url, root, source):
+    """A file downloaded from `url` into `root` under its own name (open_clip's downloader, which
+    checks the SHA256 that open_clip's release URLs carry)."""
+    target = os.path.join(root, os.path.basename(url))
+    try:
+        return download_url_file(url, root)
+    except (OSError, RuntimeError) as err:  # no network, unwritable folder, SHA256 mismatch
+        raise _unavailable(source, target, url, f"{type(err).__name__}: {err}") from None
+
+
+# What torch.load, safetensors and open_clip's load_checkpoint raise for a file that is not a
+# checkpoint of the model (unreadable, another format, other tensors).
+CHECKPOINT_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
+
+
+def hub_errors():
+    """huggingface_hub's OSErrors (no network, offline mode, no such repository or file) and its
+    EntryNotFoundError, which is not one (ImportError: huggingface_hub is missing)."""
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        return (OSError, ImportError)
+    return (OSError, ImportError, EntryNotFoundError)
+
+
+def download_hub_file(repo, filename, folder):
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo, filename=filename, local_dir=folder)
+
+
+def download_url_file(url, root):
+    from open_clip.pretrained import download_pretrained_from_url
+
+    return download_pretrained_from_url(url, cache_dir=root)
+
+
+def _unavailable(source, target, url, why):
+    return CheckpointError(
+        f"The weights {source.weights!r} of {source.name} are not in the cache and cannot be downloaded "
+        f"({why}). Download {url} where there is network access and put it at {target} (the cache "
+        "folder is MODEL.BACKBONE.DOWNLOAD_ROOT, default ~/.cache/open_clip), or set "
+        "MODEL.BACKBONE.WEIGHTS to the downloaded file."
+    )
+
+
+def _refuse_unsupported(config, name):
+    text = config.get("text_cfg", {})
+    if "multimodal_cfg" in config:
+        raise CheckpointError(f"{name} is a CoCa model (captioning decoder): not supported, use a CLIP model")
+    if text.get("hf_model_name"):
+        raise CheckpointError(
+            f"{name}'s text tower is the Hugging Face model {text['hf_model_name']}: prompts need a CLIP "
+            "text transformer (docs/BACKBONES.md lists what runs)"
+        )
+
+
+def own_tokenizer(config, name):
+    """open_clip's tokenizer of a model config, as `open_clip.get_tokenizer` chooses it."""
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer
+
+    text = config["text_cfg"]
+    length = text.get("context_length", DEFAULT_CONTEXT_LENGTH)
+    kwargs = dict(text.get("tokenizer_kwargs", {}))
+    hf_name = text.get("hf_tokenizer_name")
+    if not hf_name:
+        return SimpleTokenizer(context_length=length, **kwargs)
+    from open_clip.tokenizer import HFTokenizer
+
+    try:
+        return HFTokenizer(
+            hf_name, context_length=length, tokenizer_mode=text.get("tokenizer_mode"), **kwargs
+        )
+    except ImportError as err:
+        raise CheckpointError(
+            f"{name} tokenizes with the Hugging Face tokenizer {hf_name}, which needs the transformers "
+            f"package ({err}): pip install transformers sentencepiece"
+        ) from None
+    except OSError as err:
+        raise CheckpointError(
+            f"The tokenizer {hf_name} of {name} is not in the Hugging Face cache and cannot be downloaded "
+            f"({str(err).splitlines()[0]}). Run once where there is network access (it is cached in "
+            "HF_HOME), or set hf_tokenizer_name in a MODEL.BACKBONE.MODEL_CONFIG to a folder holding "
+            "its files (tokenizer.json ...)."
+        ) from None
+
+
+def build_open_clip(config, source, checkpoint=None, dtype=torch.float32, preprocess=None, seed=0):
+    """open_clip's model of `config`, frozen and in eval mode, with `checkpoint`'s weights (None:
+    random weights drawn with `seed`), in fp32 or OpenAI's fp16 layout, carrying its `Backbone`."""
+    from open_clip.factory import load_checkpoint
+    from open_clip.model import CLIP, CustomTextCLIP, convert_weights_to_lp
+    from open_clip.transformer import LayerNormFp32
+
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"open_clip weights can be float32 or float16, not {dtype}")
+    _refuse_unsupported(config, source.name)
+    recorded, config = copy.deepcopy(config), copy.deepcopy(config)
+    custom_text = config.pop("custom_text", False)
+    timm = bool(config["vision_cfg"].get("timm_model_name"))
+    if timm:
+        config["vision_cfg"]["timm_model_pretrained"] = False  # the checkpoint has the weights
+    cast = torch.float16 if dtype == torch.float16 else None  # fp16 builds fp32 LayerNorms
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = (CustomTextCLIP if custom_text else CLIP)(**config, cast_dtype=cast)
+    if checkpoint is not None:
+        try:
+            load_checkpoint(model, checkpoint, strict=True)
+        except CHECKPOINT_ERRORS as err:  # unreadable file or other weights: say which and what to do
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            raise CheckpointError(
+                f"{checkpoint} does not hold the weights of {source.name} ({type(err).__name__}: {first}). "
+                "Check MODEL.BACKBONE.WEIGHTS (the checkpoint of this architecture) and MODEL.BACKBONE.NAME "
+                "/ MODEL_CONFIG (the architecture of the checkpoint)."
+            ) from None
+    if dtype == torch.float16:
+        if timm:  # open_clip's way: everything in fp16, its fp32 LayerNorms back to fp32
+            model.half()
+            for module in model.modules():
+                if isinstance(module, LayerNormFp32):
+                    module.float()
+        else:
+            convert_weights_to_lp(model, dtype=torch.float16)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    setattr(model, ATTRIBUTE, Backbone(source, recorded, own_tokenizer(config, source.name), preprocess))
+    return model
+
+
+def load_open_clip(source, dtype=torch.float32):
+    """The frozen open_clip model of `source` (module docstring)."""
+    try:
+        import open_clip  # noqa: F401
+    except ImportError as err:
+        raise CheckpointError(
+            f"{source.name} needs open_clip ({err}): pip install open-clip-torch (requirements.txt)"
+        ) from None
+    config = model_config(source)
+    _refuse_unsupported(config, source.name)
+    path, tag = resolve_weights(source, config)
+    preprocess = {"mean": tuple(tag["mean"]), "std": tuple(tag["std"])} if tag.get("mean") else None
+    return build_open_clip(config, source, path, dtype, preprocess)
