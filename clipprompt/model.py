@@ -95,9 +95,11 @@ class PromptedCLIP(nn.Module):
         self.logit_scale = clip_model.logit_scale
         self.logit_bias = logit_bias(clip_model)
         self.dtype = clip_dtype(clip_model)
+        tower = text_tower(clip_model)
         # CLIP's token embedding (its vocabulary), held outside the module tree as the prompt
         # assemblers hold it: it belongs to the frozen CLIP, not to the model's state.
-        self._token_embedding = [text_tower(clip_model).token_embedding]
+        self._token_embedding = [tower.token_embedding]
+        self.tokenizer = tower.tokenizer  # the model's (`clipprompt.tokenization`)
         self.register_buffer(
             "fixed_scale", None if scale is None else torch.as_tensor(float(scale)), persistent=False
         )

@@ -329,8 +329,7 @@ def build_open_clip(config, source, checkpoint=None, dtype=torch.float32, prepro
     """open_clip's model of `config`, frozen and in eval mode, with `checkpoint`'s weights (None:
     random weights drawn with `seed`), in fp32 or OpenAI's fp16 layout, carrying its `Backbone`."""
     from open_clip.factory import load_checkpoint
-    from open_clip.model import CLIP, CustomTextCLIP, convert_weights_to_lp
-    from open_clip.transformer import LayerNormFp32
+    from open_clip.model import CLIP, CustomTextCLIP
 
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"open_clip weights can be float32 or float16, not {dtype}")
@@ -355,18 +354,27 @@ def build_open_clip(config, source, checkpoint=None, dtype=torch.float32, prepro
                 "/ MODEL_CONFIG (the architecture of the checkpoint)."
             ) from None
     if dtype == torch.float16:
-        if timm:  # open_clip's way: everything in fp16, its fp32 LayerNorms back to fp32
-            model.half()
-            for module in model.modules():
-                if isinstance(module, LayerNormFp32):
-                    module.float()
-        else:
-            convert_weights_to_lp(model, dtype=torch.float16)
+        convert_weights_to_lp(model)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
     setattr(model, ATTRIBUTE, Backbone(source, recorded, own_tokenizer(config, source.name), preprocess))
     return model
+
+
+def convert_weights_to_lp(model):
+    """open_clip's fp16 layout (its `create_model(precision="fp16")`): matmul weights in fp16,
+    LayerNorms in fp32; a timm image tower entirely in fp16 but for open_clip's fp32 LayerNorms."""
+    from open_clip.model import convert_weights_to_lp as convert
+    from open_clip.transformer import LayerNormFp32
+
+    if getattr(model.visual, "trunk", None) is None:
+        convert(model, dtype=torch.float16)
+        return
+    model.half()
+    for module in model.modules():
+        if isinstance(module, LayerNormFp32):
+            module.float()
 
 
 def load_open_clip(source, dtype=torch.float32):
