@@ -74,15 +74,16 @@ class TinyOpenCLIP(NamedTuple):
 
 def vocabulary():
     """The word-level vocabulary of the SigLIP-style tokenizer: the words of the repository's
-    template pools and of the Oxford Pets and DTD configs (other words become <unk>)."""
+    template pools and of the Oxford Pets and DTD configs, and those of the generated datasets'
+    class names (tests/dataset_layouts.py: "dog breed 00"); other words become <unk>."""
     from clipprompt.hard_prompts import POOLS
 
     text = " ".join(t for pool in POOLS.values() for t in pool)
     for name in ("oxford_pets", "dtd"):
         with open(os.path.join("configs", "datasets", f"{name}.yaml"), encoding="utf-8") as f:
             text += " " + f.read()
-    words = sorted(set(re.findall(r"[a-z]+", text.lower())))
-    return SPECIALS + words
+    words = set(re.findall(r"[a-z]+", text.lower())) | {"breed", "texture"} | {f"{i:02d}" for i in range(100)}
+    return SPECIALS + sorted(words)
 
 
 def write_tokenizer(folder):
