@@ -119,9 +119,12 @@ def write_model(kind, folder, seed=0):
     model = build_open_clip(config, OpenCLIPSource.parse(name, model_config=config_path), seed=seed)
     state = model.state_dict()
     generator = torch.Generator().manual_seed(seed + 1)
-    for key, value in state.items():  # LayerScale's constant initial gammas would hide a missing one
+    # LayerScale's constant initial gammas and the projection's zero bias would hide a missing one.
+    for key, value in state.items():
         if key.endswith(".gamma"):
             state[key] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif key == "text.text_projection.bias":
+            state[key] = 0.1 * torch.randn(value.shape, generator=generator)
     weights = os.path.join(folder, f"tiny-{kind}.pt")
     torch.save(state, weights)
     return TinyOpenCLIP(name, config_path, weights, kind)
