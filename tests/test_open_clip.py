@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from clipprompt.clip_loading import CheckpointError, backbone_fingerprint, load_clip
-from clipprompt.open_clip_backbone import OpenCLIPSource, build_open_clip, resolve_weights
+from clipprompt.open_clip_backbone import OpenCLIPSource, build_open_clip
+from clipprompt.open_clip_weights import resolve_weights
 from clipprompt.prompts import PromptAssembler
 from clipprompt.templates import PromptForm
 from clipprompt.text_encoder import TextEncoder, UnsupportedSpeedOption, encode_texts
@@ -293,13 +294,13 @@ def test_missing_and_wrong_weights_files_are_clear_errors(tiny_open_clip, tmp_pa
 
 
 def refuse_downloads(monkeypatch):
-    import clipprompt.open_clip_backbone as backbone
+    import clipprompt.open_clip_weights as weights
 
     def offline(*args):
         raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(backbone, "download_hub_file", offline)
-    monkeypatch.setattr(backbone, "download_url_file", offline)
+    monkeypatch.setattr(weights, "download_hub_file", offline)
+    monkeypatch.setattr(weights, "download_url_file", offline)
 
 
 def test_tags_resolve_from_the_cache_or_say_what_to_download(tmp_path, monkeypatch):
