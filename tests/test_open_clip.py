@@ -388,3 +388,58 @@ def test_zero_shot_logits_carry_the_logit_bias(tiny_open_clip):
             dim=-1,
         )
         assert_relative(logits, model.logit_scale.exp() * v @ t.t() + model.logit_bias, "zero-shot logits")
+
+
+EXAMPLES = {  # example trainer config -> (trainer, its recipe, backbone, weights)
+    "CoOp/laion2b_vit_b16_ep50_ctxv1": (
+        "CoOp",
+        "vit_b16_ep50_ctxv1",
+        "open_clip:ViT-B-16",
+        "laion2b_s34b_b88k",
+    ),
+    "CoOp/eva02_b16_ep50_ctxv1": ("CoOp", "vit_b16_ep50_ctxv1", "open_clip:EVA02-B-16", "merged2b_s8b_b131k"),
+    "MoCoOp/laion2b_vit_b16_paper_ep25": (
+        "MoCoOp",
+        "paper_vit_b16_ep25",
+        "open_clip:ViT-B-16",
+        "laion2b_s34b_b88k",
+    ),
+    "MoCoOp/eva02_b16_paper_ep25": (
+        "MoCoOp",
+        "paper_vit_b16_ep25",
+        "open_clip:EVA02-B-16",
+        "merged2b_s8b_b131k",
+    ),
+    "ZeroshotCLIP/siglip_vit_b16": ("ZeroshotCLIP", "vit_b16", "open_clip:ViT-B-16-SigLIP", "webli"),
+}
+SIGLIP = {
+    "INPUT.PIXEL_MEAN": [0.5] * 3,
+    "INPUT.PIXEL_STD": [0.5] * 3,
+    "TRAINER.TEXT_ENCODER.TRUNCATE": False,
+    "TRAINER.TEXT_ENCODER.SHARE_PREFIX": False,
+}
+
+
+def flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+@pytest.mark.parametrize("config", list(EXAMPLES))
+def test_example_configs_are_the_trainers_recipe_on_another_backbone(config):
+    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+    from trainers import make_cfg
+
+    trainer, recipe, name, weights = EXAMPLES[config]
+    folder = config.split("/")[0]
+    ours, theirs = (
+        flat(make_cfg(trainer, "configs/datasets/oxford_pets.yaml", f"configs/trainers/{path}.yaml"))
+        for path in (config, f"{folder}/{recipe}")
+    )
+    changed = {k: v for k, v in ours.items() if v != theirs[k]}
+    expected = {"MODEL.BACKBONE.NAME": name, "MODEL.BACKBONE.WEIGHTS": weights} | (
+        SIGLIP if "SigLIP" in name else {}
+    )
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()} == expected

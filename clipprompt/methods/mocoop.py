@@ -151,8 +151,8 @@ def resblock_norms(image_encoder):
     blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
     if blocks is None:
         raise ValueError(
-            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
-            "set it to False for a ResNet CLIP"
+            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a CLIP ViT image tower (residual blocks with ln_1/ln_2); "
+            f"this image tower is {type(image_encoder).__name__}: set it to False"
         )
     # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
     return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]
