@@ -54,6 +54,7 @@ def installed(tmp_path_factory):
 def test_install_declares_the_runtime_dependencies(installed):
     (info,) = installed.glob("clipprompt-*.dist-info")
     metadata = Parser().parsestr((info / "METADATA").read_text())
+
     def name(line):
         return line.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
 
