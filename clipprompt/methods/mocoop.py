@@ -151,7 +151,7 @@ def resblock_norms(image_encoder):
     blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
     if blocks is None:
         raise ValueError(
-            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a CLIP ViT image tower (residual blocks with ln_1/ln_2); "
+            "TRAINER.MOCOOP.FINETUNE_IMAGE_LN needs a ViT image tower (residual blocks with ln_1/ln_2); "
             f"this image tower is {type(image_encoder).__name__}: set it to False"
         )
     # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
