@@ -46,6 +46,8 @@ CONFIGS = {
     },
 }
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 (T5's order of pad and EOS)
+# Words of the tests' class names and texts (the generated datasets' "dog breed 00", ...).
+TEST_WORDS = "dog cat breed texture great pyrenees mountain school bus yellow boxer bengal chihuahua x"
 
 
 class TinyOpenCLIP(NamedTuple):
@@ -74,15 +76,15 @@ class TinyOpenCLIP(NamedTuple):
 
 def vocabulary():
     """The word-level vocabulary of the SigLIP-style tokenizer: the words of the repository's
-    template pools and of the Oxford Pets and DTD configs, and those of the generated datasets'
-    class names (tests/dataset_layouts.py: "dog breed 00"); other words become <unk>."""
+    template pools, of the Oxford Pets and DTD configs and of the tests (`TEST_WORDS`, numbers
+    "00" to "99"); other words become <unk>."""
     from clipprompt.hard_prompts import POOLS
 
     text = " ".join(t for pool in POOLS.values() for t in pool)
     for name in ("oxford_pets", "dtd"):
         with open(os.path.join("configs", "datasets", f"{name}.yaml"), encoding="utf-8") as f:
             text += " " + f.read()
-    words = set(re.findall(r"[a-z]+", text.lower())) | {"breed", "texture"} | {f"{i:02d}" for i in range(100)}
+    words = set(re.findall(r"[a-z]+", text.lower() + " " + TEST_WORDS)) | {f"{i:02d}" for i in range(100)}
     return SPECIALS + sorted(words)
 
 

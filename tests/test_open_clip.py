@@ -113,6 +113,15 @@ def test_prompts_are_assembled_in_the_models_tokenizer(kind, tiny_open_clip):
         assert_relative(feats, model.encode_text(theirs), "prompt features")
 
 
+def test_interpretation_decodes_in_the_models_vocabulary(tiny_open_clip):
+    from tools.interpret import decode
+
+    tokenizer = text_tower(tiny_open_clip("siglip")[1]).tokenizer
+    (dog,) = tokenizer.encode("dog")
+    assert decode(dog, tokenizer) == ("dog", "dog") and decode(1, tokenizer) == ("</s>", "</s>")
+    assert decode(1929) == ("dog</w>", "dog")  # CLIP's BPE by default
+
+
 def test_context_length_is_counted_in_the_models_tokens(tiny_open_clip):
     _, model = tiny_open_clip("siglip")
     tower = text_tower(model)

@@ -6,8 +6,9 @@ from JSON configs, tests/open_clip_models.py):
   scale and bias) on the same images, whose logits the run's model gives image by image (fp32,
   1e-5 of their scale), for a causal model with LayerScale and a SigLIP-style one;
 - a CoOp run trained by train.py on the LayerScale model: predict.py reproduces its evaluation
-  image by image, and its exported classifier (`python -m tools.export`) gives the trainer's
-  logits and records the backbone (library, model, weights, fingerprint, architecture).
+  image by image, tools.interpret reads its context in the model's vocabulary, and its exported
+  classifier (`python -m tools.export`) gives the trainer's logits and records the backbone
+  (library, model, weights, fingerprint, architecture).
 """
 
 import json
@@ -31,6 +32,7 @@ from tests.test_predict import (
     run_predict,
 )
 from tools.export.write import main as export_main
+from tools.interpret import build_run_model, interpret
 
 pytestmark = pytest.mark.e2e
 ZEROSHOT = "configs/trainers/ZeroshotCLIP/vit_b16.yaml"
@@ -118,6 +120,10 @@ def test_a_trained_run_predicts_and_exports_as_it_evaluates(tiny_open_clip, pets
     }
     with open(spec.config, encoding="utf-8") as f:
         assert backbone["architecture"] == json.load(f)
+    trainer_for_words, _ = build_run_model(run)  # tools.interpret: words of the model's vocabulary
+    report = interpret(trainer_for_words, 2)
+    assert report["tokenizer"] == "CLIP BPE" and report["vocabulary_size"] == 49408
+    assert all(len(v["cosine"]) == 2 for p in report["prompts"] for v in p["vectors"])
     classifier = load_exported(exported)
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
