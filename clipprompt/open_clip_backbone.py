@@ -243,15 +243,23 @@ def build_open_clip(
 
 
 def convert_weights_to_lp(model):
-    """open_clip's fp16 layout (its `create_model(precision="fp16")`): matmul weights in fp16,
-    LayerNorms in fp32; a timm image tower entirely in fp16 but for open_clip's fp32 LayerNorms."""
-    from open_clip.model import convert_weights_to_lp as convert
-    from open_clip.transformer import LayerNormFp32
+    """open_clip's fp16 layout (its `create_model(precision="fp16")`): matmul weights, attention
+    projections and the towers' projections in fp16, LayerNorms in fp32; a timm image tower
+    entirely in fp16 but for open_clip's fp32 LayerNorms. Done here rather than by open_clip's
+    `convert_weights_to_lp`, which fails on a projection with a bias (an `nn.Linear`) and leaves
+    LayerScale's gammas in fp32, so that the residual stream turns fp32 and the next block's fp16
+    weights refuse it."""
+    from open_clip.transformer import LayerNormFp32, LayerScale
 
-    if getattr(model.visual, "trunk", None) is None:
-        convert(model, dtype=torch.float16)
-        return
-    model.half()
+    if getattr(model.visual, "trunk", None) is not None:
+        model.half()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear, LayerScale)):
+            module.half()
+        for name in ("in_proj_weight", "in_proj_bias", "text_projection", "proj"):
+            param = getattr(module, name, None)
+            if isinstance(param, torch.nn.Parameter):
+                param.data = param.data.half()
     for module in model.modules():
         if isinstance(module, LayerNormFp32):
             module.float()

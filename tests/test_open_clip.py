@@ -262,11 +262,26 @@ def test_a_timm_image_tower_runs_only_as_open_clip_runs_it():
 # ---------------------------------------------------------------- weights
 
 
-def test_loading_records_the_weights_and_fp16_keeps_the_fingerprint(tiny_open_clip):
-    spec, model = tiny_open_clip("layerscale")
+@pytest.mark.parametrize("kind", ["layerscale", "siglip"])
+def test_fp16_weights_keep_the_fingerprint_and_the_features(kind, tiny_open_clip):
+    """OpenAI's fp16 layout (LayerNorms fp32, LayerScale and a biased projection fp16, which
+    open_clip's own conversion leaves or fails on): features within fp16 rounding of fp32's."""
+    spec, model = tiny_open_clip(kind)
     half = load_clip(spec.name, dtype=torch.float16, weights=spec.weights, model_config=spec.config)
     assert backbone_fingerprint(half) == backbone_fingerprint(model)
-    assert text_tower(half).dtype == torch.float16 and half.ln_final.weight.dtype == torch.float32
+    tower = text_tower(half)
+    assert tower.dtype == torch.float16 and tower.ln_final.weight.dtype == torch.float32
+    with torch.no_grad():
+        ours = encode_texts(exact_encoder(half), tower.token_embedding, TEXTS, normalize=False)
+        reference = model.encode_text(own_tokens(model, TEXTS))
+        assert (ours - reference).abs().max() <= 1e-2 * reference.abs().max()
+        x = images()
+        image = encode_image(half.visual, x.half(), local=True).features.float()
+        assert (image - model.encode_image(x)).abs().max() <= 1e-2 * model.encode_image(x).abs().max()
+
+
+def test_other_weights_have_another_fingerprint(tiny_open_clip):
+    spec, model = tiny_open_clip("layerscale")
     other = load_clip(
         spec.name,
         weights=tiny_open_clip("causal")[0].weights,
