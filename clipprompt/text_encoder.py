@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .prefix_sharing import SharedPrefix, pack, prefix_calls, shared_prefix
 from .templates import fill
-from .tokenization import CLIP_BPE
+from .tokenization import CLIP_BPE, TokenizerError
 from .towers import UnsupportedTower, replace_packed, replace_positions, text_tower
 
 
@@ -102,6 +102,7 @@ class TextEncoder(nn.Module):
         self.text_projection = tower.projection
         self.dtype = tower.dtype
         self.causal = tower.causal
+        self.prefix_exact = tower.prefix_exact  # hard prompts are truncated where this holds
         self.tokenizer = tower.tokenizer
         # Held outside the module tree: the embedding belongs to the frozen CLIP.
         self._token_embedding = [tower.token_embedding]
@@ -220,11 +221,14 @@ def _layer_scale(block, name, x):
 
 def tokenize(texts, truncate=True, tokenizer=None):
     """Token ids `[N, L]` of full texts by `tokenizer` (default CLIP's BPE, 77 positions):
-    L = the longest pooled (EOT) position + 1 when truncating (only a tokenizer that pools at
-    CLIP's BPE EOT may), else the context length. A text too long for the context is refused."""
+    L = the longest EOT position + 1 when truncating (a tokenizer that pools at CLIP's BPE EOT;
+    exact for a causal tower only), else the context length. A text too long for the context is
+    refused."""
     tokenizer = tokenizer or CLIP_BPE
+    if truncate and not (tokenizer.is_clip_bpe and tokenizer.pool == "argmax"):
+        raise TokenizerError(f"texts cannot be truncated for {tokenizer}: tokenize them with truncate=False")
     ids = tokenizer(texts)
-    if truncate and tokenizer.is_clip_bpe and tokenizer.pool == "argmax":
+    if truncate:
         ids = ids[:, : int(tokenizer.pool_positions(ids).max()) + 1]
     return ids
 
@@ -232,7 +236,7 @@ def tokenize(texts, truncate=True, tokenizer=None):
 @torch.no_grad()
 def encode_texts(encoder, token_embedding, texts, batch_size=1024, normalize=True, groups=None):
     """Frozen text features of hard prompts (computed once and cached by the callers), tokenized
-    by the encoder's tokenizer (the model's own).
+    by the encoder's tokenizer (the model's own), cut after the longest EOT where that is exact.
 
     `groups` (one id per text, e.g. its template; default: all one group) says which texts the
     encoder may treat as one prefix group: those share their longest common token prefix.
@@ -240,9 +244,10 @@ def encode_texts(encoder, token_embedding, texts, batch_size=1024, normalize=Tru
     feats = []
     device = token_embedding.weight.device
     tokenizer = getattr(encoder, "tokenizer", CLIP_BPE)
+    truncate = getattr(encoder, "prefix_exact", True)  # a bidirectional tower sees its padding
     groups = torch.tensor(groups if groups is not None else [0] * len(texts), dtype=torch.long)
     for start in range(0, len(texts), batch_size):
-        ids = tokenize(texts[start : start + batch_size], tokenizer=tokenizer).to(device)
+        ids = tokenize(texts[start : start + batch_size], truncate, tokenizer).to(device)
         eot = tokenizer.pool_positions(ids)
         prefix = shared_prefix(ids, groups[start : start + batch_size].to(device), eot)
         feats.append(encoder(token_embedding(ids), eot, prefix).float())

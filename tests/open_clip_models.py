@@ -4,6 +4,7 @@ downloaded), as `MODEL.BACKBONE.NAME open_clip:<name>` loads them: a config file
 
 - "causal": CLIP's architecture (open_clip `CLIP`, QuickGELU, BPE, causal, EOT pooling);
 - "layerscale": the same with LayerScale (`ls_1`, `ls_2`, random gammas) in both towers;
+- "bidirectional": MobileCLIP's text side, CLIP's BPE and EOT pooling without the causal mask;
 - "siglip": SigLIP's text side (`CustomTextCLIP`, bidirectional attention, pooling at the last
   of 32 positions, a projection with a bias, a logit bias) with a Hugging Face word-level
   tokenizer of its own (EOS after the text, padded with 0), written to a local folder.
@@ -24,6 +25,12 @@ CONFIGS = {
         "embed_dim": 32,
         "vision_cfg": {**VISION, "ls_init_value": 0.1},
         "text_cfg": {**TEXT, "ls_init_value": 0.1},
+    },
+    "bidirectional": {  # MobileCLIP's text side: CLIP's BPE and EOT pooling without the causal mask
+        "embed_dim": 32,
+        "custom_text": True,
+        "vision_cfg": VISION,
+        "text_cfg": {**TEXT, "no_causal_mask": True},
     },
     "siglip": {
         "embed_dim": 32,
