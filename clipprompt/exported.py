@@ -1,7 +1,7 @@
 """Exported classifiers: a trained run as one safetensors file that needs neither Dassl nor yacs.
 
 `python -m tools.export --model-dir RUN --out model.safetensors` writes it; this module reads it
-with torch, safetensors and clip only:
+with torch, safetensors and clip only (and open_clip for a run on an open_clip backbone):
 
     from clipprompt.exported import load_exported
 

@@ -467,3 +467,27 @@ def test_example_configs_are_the_trainers_recipe_on_another_backbone(config):
         SIGLIP if "SigLIP" in name else {}
     )
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()} == expected
+
+
+def test_trainers_refuse_inexact_speed_options_and_other_normalisation(tiny_open_clip):
+    pytest.importorskip("dassl", reason="Dassl is not installed (see README set-up)")
+    from trainers import build_trainer, make_cfg
+
+    pets, coop = "configs/datasets/oxford_pets.yaml", "configs/trainers/CoOp/vit_b16_ep50.yaml"
+    spec, model = tiny_open_clip("siglip")
+    cfg = make_cfg("CoOp", pets, coop, [*spec.opts(), "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32"])
+    with pytest.raises(UnsupportedSpeedOption, match=(
+        "TRAINER.TEXT_ENCODER.TRUNCATE and TRAINER.TEXT_ENCODER.SHARE_PREFIX would change the text features "
+        "of open_clip:tiny-siglip: .* Set TRAINER.TEXT_ENCODER.TRUNCATE False and TRAINER.TEXT_ENCODER.SHARE_PREFIX False"
+    )):  # fmt: skip
+        build_trainer(cfg, CLASSES, clip_model=model)
+    spec, model = tiny_open_clip("causal")
+    tagged = copy.deepcopy(model)  # as if its weights were a pretrained tag trained on SigLIP's normalisation
+    tagged.clipprompt_backbone.preprocess = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    cfg = make_cfg("CoOp", pets, coop, [*spec.opts(), "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32"])
+    with pytest.raises(
+        ValueError,
+        match=r"INPUT.PIXEL_MEAN \[0.48145466, .*\] is not the normalisation "
+        r"open_clip:tiny-causal .* was trained with: set INPUT.PIXEL_MEAN \[0.5, 0.5, 0.5\]",
+    ):
+        build_trainer(cfg, CLASSES, clip_model=tagged)
