@@ -125,7 +125,7 @@ def parse_args(argv=None):
         "--backbone",
         default="",
         help="open_clip:<model> (e.g. open_clip:ViT-B-16): that open_clip model's architecture with random "
-        "weights instead of CLIP ViT-B/16's (its image size; docs/BACKBONES.md)",
+        "weights instead of CLIP ViT-B/16's (its image size; the trainer tables only; docs/BACKBONES.md)",
     )
     p.add_argument(
         "--backbone-config",
@@ -138,6 +138,10 @@ def parse_args(argv=None):
         p.error("--device cuda: torch sees no CUDA device")
     if args.backbone and (not args.backbone.startswith("open_clip:") or args.toy):
         p.error("--backbone takes open_clip:<model> (without --toy, which is a tiny OpenAI CLIP)")
+    if args.backbone and (args.suite != "table" or args.size == "imagenet"):
+        p.error(
+            "--backbone measures the trainer tables (--suite table; the ImageNet memory model is ViT-B/16's)"
+        )
     if args.backbone_config and not args.backbone:
         p.error("--backbone-config needs --backbone open_clip:<model>")
     apply_defaults(args)
