@@ -12,9 +12,9 @@
 Every model is a real trainer: the config comes from `trainers.make_cfg` (the dataset config and
 the trainer config the protocol scripts use, per-dataset files included) and the model from
 the trainer's own `build_model`, with CLIP ViT-B/16's architecture and random weights loaded
-through `MODEL.BACKBONE.NAME` (`--backbone open_clip:<model>`: that open_clip model's
-architecture, with random weights, at its image size; a model whose text tower has only its
-reference path is refused, docs/BACKBONES.md). Only Dassl's data loaders are left out: the trainer is given
+through `MODEL.BACKBONE.NAME` (`--backbone open_clip:<model>`, for the trainer tables: that
+open_clip model's architecture, with random weights, at its image size; a model whose text tower
+has only its reference path is refused, docs/BACKBONES.md). Only Dassl's data loaders are left out: the trainer is given
 the class names directly and fed random images. Class names are the dataset's where the
 repository knows them (EuroSAT), else generated (1-3 words, rare words split into several BPE
 tokens; `--classnames-file` takes a real list); the templates are the dataset config's.
