@@ -48,7 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from")
     parser.add_argument("--seed", type=int, default=-1, help="random seed; >= 0 fixes it (0 included)")
     parser.add_argument("--trainer", type=str, default="", help="trainer name, e.g. CoOp or MoCoOp")
-    parser.add_argument("--backbone", type=str, default="", help="CLIP model name or checkpoint path")
+    parser.add_argument(
+        "--backbone",
+        type=str,
+        default="",
+        help="MODEL.BACKBONE.NAME: an OpenAI CLIP name, a checkpoint path, or open_clip:<model>",
+    )
     parser.add_argument("--dataset-config-file", type=str, default="", help="configs/datasets/<name>.yaml")
     parser.add_argument(
         "--config-file", type=str, default="", help="configs/trainers/<Trainer>/<config>.yaml"

@@ -1,4 +1,5 @@
-"""Load a frozen CLIP model from an OpenAI model name or a local checkpoint.
+"""Load a frozen CLIP model from an OpenAI model name or a local checkpoint, or an open_clip model
+(`open_clip:<model>`, `clipprompt.open_clip_backbone`).
 
 `clip.load` cannot be used for local state dicts on today's torch: after its TorchScript
 attempt it does not rewind the file, so `torch.load` hits EOF. We therefore read the file
@@ -90,8 +91,23 @@ def read_state_dict(path):
     return obj
 
 
-def load_clip(name, download_root="", dtype=torch.float32):
-    """Build a frozen, eval-mode CLIP from `name`, in fp32 or in OpenAI's fp16 layout."""
+def load_clip(name, download_root="", dtype=torch.float32, weights="", model_config=""):
+    """Build a frozen, eval-mode CLIP from `name`, in fp32 or in OpenAI's fp16 layout.
+
+    `name` "open_clip:<model>" loads open_clip's model with `weights` (a pretrained tag, an
+    hf-hub: name or a file) and optionally the architecture of `model_config` (a JSON file, or
+    the dict itself); other names are OpenAI's (a model name or a checkpoint file), which take
+    neither."""
+    if str(name).startswith("open_clip:"):
+        from .open_clip_backbone import OpenCLIPSource, load_open_clip
+
+        return load_open_clip(OpenCLIPSource.parse(name, weights, model_config, download_root), dtype)
+    if weights or model_config:
+        key = "WEIGHTS" if weights else "MODEL_CONFIG"
+        raise CheckpointError(
+            f"MODEL.BACKBONE.{key} is set, but MODEL.BACKBONE.NAME {name!r} is an OpenAI CLIP, whose "
+            f"weights NAME itself names: clear MODEL.BACKBONE.{key}, or set NAME to open_clip:<model>"
+        )
     path = resolve_checkpoint(name, download_root)
     state_dict = read_state_dict(path)
     try:
@@ -111,6 +127,26 @@ def load_clip(name, download_root="", dtype=torch.float32):
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def backbone_record(name, fingerprint, weights="", model_config=""):
+    """What a checkpoint or an exported file records of its backbone: the library, the model
+    name, the weights (open_clip: tag, hf-hub: name or file; OpenAI: NAME is the model or file),
+    the model config file, and the weights' fingerprint (the only part compared: names and
+    paths may move)."""
+    library = "open_clip" if str(name).startswith("open_clip:") else "openai"
+    return {
+        "library": library,
+        "name": name,
+        "weights": weights,
+        "model_config": model_config if isinstance(model_config, str) else "(recorded architecture)",
+        "fingerprint": fingerprint,
+    }
+
+
+def describe_backbone(record):
+    """ "open_clip:ViT-B-16 (laion2b_s34b_b88k)" or "ViT-B/16" of a `backbone_record`."""
+    return record["name"] + (f" ({record['weights']})" if record.get("weights") else "")
 
 
 def backbone_fingerprint(model):

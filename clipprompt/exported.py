@@ -1,7 +1,7 @@
 """Exported classifiers: a trained run as one safetensors file that needs neither Dassl nor yacs.
 
 `python -m tools.export --model-dir RUN --out model.safetensors` writes it; this module reads it
-with torch, safetensors and clip only:
+with torch, safetensors and clip only (and open_clip for a run on an open_clip backbone):
 
     from clipprompt.exported import load_exported
 
@@ -30,11 +30,15 @@ Loading is the same for every kind: the file's kind names the model class that l
 that model's own `encode_image`, `classify_features` and `route`: the code a trained run
 evaluates with, not a second copy.
 
-The CLIP is recorded by its OpenAI name or its checkpoint file's name (no folders) with its
-fingerprint (`clip_loading.backbone_fingerprint`); `load_exported` finds it (`find_backbone`: CLIP's
-cache, or the file next to the exported one, in the current folder or in that cache), or takes
-`backbone=`, and refuses a CLIP of another fingerprint. `read_exported(path)` returns the file's
-tensors and metadata.
+The metadata's "backbone" is the run's `clip_loading.backbone_record` (library, name, weights,
+model config file, fingerprint), with open_clip's model config itself ("architecture"), made
+portable (`portable_backbone`): no folder of the machine it was made on, the CLIP's file (an
+OpenAI checkpoint, an open_clip weights file) by its file name and its path relative to the
+exported file. `load_exported` finds it (`find_backbone`: at that relative path, or by its name
+next to the exported file, in the current folder or CLIP's cache folder), or takes `backbone=` /
+`weights=`, and refuses a CLIP whose fingerprint (`clip_loading.backbone_fingerprint`) is not the
+recorded one. The logit bias of a SigLIP backbone comes with its weights ("logit_bias" in the
+metadata too). `read_exported(path)` returns the file's tensors and metadata.
 """
 
 import json
@@ -49,10 +53,11 @@ from torch import nn
 from torchvision import transforms
 
 from .atomic import atomic_file
-from .clip_loading import CheckpointError, backbone_fingerprint, clip, load_clip
+from .clip_loading import CheckpointError, backbone_fingerprint, clip, describe_backbone, load_clip
 from .images import open_rgb, to_rgb
 from .model import EXPORT_KINDS
 from .routing import Router
+from .towers import embed_dim
 
 FORMAT = "clipprompt.exported"
 VERSION = 1
@@ -126,77 +131,93 @@ def _instance_norm(image, eps=1e-8):
     return (image - flat.mean(1)[:, None, None]) / (flat.std(1)[:, None, None] + eps)
 
 
-def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32):
+def load_exported(path, backbone="", download_root="", device="cpu", dtype=torch.float32, weights=""):
     """The classifier in `path` on `device`, over the CLIP it was trained on, in fp32 or OpenAI's
     fp16 layout (`dtype`).
 
     The CLIP is the recorded one: an OpenAI model name is loaded from CLIP's cache folder
-    (`download_root`, default ~/.cache/clip; downloaded where there is network), a checkpoint
-    file is looked for by its name next to `path`, in the current folder and in that cache
-    folder; `backbone` gives its name or path instead (e.g. a file kept elsewhere). It is refused
-    unless its fingerprint is the recorded one. Tensors that contradict the metadata (a missing
-    tensor, a shape that does not fit the classes, candidates or the CLIP) are an ExportError."""
+    (`download_root`, default ~/.cache/clip; downloaded where there is network), an open_clip
+    model with its recorded weights (a pretrained tag, an hf-hub name), and a checkpoint or
+    weights file is looked for (`find_backbone`). `backbone` gives the CLIP's name or path instead
+    (e.g. a file kept elsewhere), `weights` an open_clip backbone's weights. It is refused unless
+    its fingerprint is the recorded one. Tensors that contradict the metadata (a missing tensor, a
+    shape that does not fit the classes, candidates or the CLIP) are an ExportError."""
     tensors, metadata = read_exported(path)
     recorded = _field(metadata, "backbone", path)
-    source = backbone or find_backbone(recorded, path, download_root)
+    if recorded.get("library") == "open_clip":
+        name = backbone or recorded.get("name")
+        weights = weights or find_backbone(recorded, path, download_root)[1]
+    else:
+        name = backbone or find_backbone(recorded, path, download_root)[0]
+    architecture = (recorded.get("architecture") or "") if str(name).startswith("open_clip:") else ""
     try:
-        clip_model = load_clip(source, download_root, dtype)
+        clip_model = load_clip(name, download_root, dtype, weights, architecture)
     except CheckpointError as err:
         raise ExportError(
-            f"{path} needs the CLIP {recorded.get('name')!r} it was trained on, which cannot be loaded "
-            f"from {source!r} ({err}). Pass backbone='<name or path of that CLIP>' to load_exported."
+            f"{path} needs the CLIP {describe_backbone(recorded)!r} it was trained on, which cannot be "
+            f"loaded from {name!r} ({err}). Pass backbone='<name or path of that CLIP>' (open_clip: "
+            "weights='<its weights>') to load_exported."
         ) from None
     # On the device before the prompts are built: they keep CLIP's token embedding outside their modules.
     clip_model = clip_model.to(device)
     fingerprint = backbone_fingerprint(clip_model)
     if fingerprint != recorded.get("fingerprint"):
+        loaded = describe_backbone({"name": str(name), "weights": weights})
         raise ExportError(
-            f"{path} was exported for backbone {recorded.get('name')!r} with fingerprint "
-            f"{recorded.get('fingerprint')}, but {source!r} has fingerprint {fingerprint}: load it with "
-            "the CLIP the run was trained on (backbone='<its name or file>')"
+            f"{path} was exported for backbone {describe_backbone(recorded)!r} with fingerprint "
+            f"{recorded.get('fingerprint')}, but {loaded!r} has fingerprint {fingerprint}: load it with the "
+            "CLIP the run was trained on (backbone='<its name or file>', weights='<open_clip weights>')"
         )
-    check_tensors(path, tensors, metadata, clip_model.text_projection.shape[1])
+    check_tensors(path, tensors, metadata, embed_dim(clip_model))
     return ExportedClassifier(clip_model, tensors, metadata).to(device).eval()
 
 
-def backbone_record(name, fingerprint, exported_to=None):
-    """The exported file's record of the CLIP `name` (MODEL.BACKBONE.NAME: an OpenAI model name or
-    a checkpoint path): the OpenAI name, or the file's name without its folders and, when the
-    export's destination `exported_to` is known, the file's path relative to that folder, so that
-    the file loads on another machine or from another folder (`find_backbone`)."""
-    if name in clip.available_models():
-        return {"name": name, "fingerprint": fingerprint}
-    record = {"name": os.path.basename(name), "fingerprint": fingerprint}
-    if exported_to is not None and os.path.isfile(name):
+def portable_backbone(record, exported_to):
+    """The exported file's record of the run's backbone (`record`: `clip_loading.backbone_record`
+    and open_clip's "architecture") without the folders of the machine it was made on: the file
+    it names (an OpenAI checkpoint in "name", an open_clip weights file in "weights") by its file
+    name, with "relative_path" from the folder of `exported_to` to it; a model config file by its
+    name (the architecture itself is recorded)."""
+    record = dict(record)
+    key = "weights" if record.get("library") == "open_clip" else "name"
+    path = record.get(key) or ""
+    if os.path.isfile(path) and not (key == "name" and path in clip.available_models()):
         folder = os.path.dirname(os.path.abspath(exported_to))
-        record["relative_path"] = os.path.relpath(os.path.abspath(name), folder)
+        record["relative_path"] = os.path.relpath(os.path.abspath(path), folder)
+        record[key] = os.path.basename(path)
+    if record.get("model_config"):
+        record["model_config"] = os.path.basename(record["model_config"])
     return record
 
 
 def find_backbone(recorded, path, download_root=""):
-    """What `load_clip` loads for the recorded backbone: an OpenAI model name as it is, a
-    checkpoint file at its recorded path relative to the exported file `path`, or by its name next
-    to that file, in the current folder or in CLIP's cache folder (ExportError naming where it
-    looked otherwise)."""
+    """(name, weights) that `load_clip` loads for the recorded backbone of the exported file
+    `path`: an OpenAI model name, an open_clip tag or hf-hub name as they are; a checkpoint or
+    weights file at its recorded path relative to `path`, or by its name next to `path`, in the
+    current folder or in CLIP's cache folder (ExportError naming where it looked otherwise)."""
     name = recorded.get("name")
     if not isinstance(name, str) or not name:
         raise ExportError(
             f"{path}: its metadata names no backbone: pass backbone='<name or path of the CLIP>'"
         )
-    if name in clip.available_models():
-        return name
+    open_clip = recorded.get("library") == "open_clip"
+    file = recorded.get("weights", "") if open_clip else name
+    if "relative_path" not in recorded and (open_clip or name in clip.available_models()):
+        return name, file if open_clip else ""
     here = os.path.dirname(os.path.abspath(path))
     relative = recorded.get("relative_path")
     candidates = [os.path.normpath(os.path.join(here, relative))] if isinstance(relative, str) else []
     folders = [here, os.getcwd(), download_root or os.path.expanduser("~/.cache/clip")]
-    candidates += [os.path.join(folder, os.path.basename(name)) for folder in dict.fromkeys(folders)]
+    candidates += [os.path.join(folder, os.path.basename(file)) for folder in dict.fromkeys(folders)]
     for candidate in candidates:
         if os.path.isfile(candidate):
-            return candidate
+            return (name, candidate) if open_clip else (candidate, "")
+    what = f"{name}'s weights file" if open_clip else "the CLIP file"
+    pass_it = "weights='<path of that file>'" if open_clip else "backbone='<path of that file>'"
     raise ExportError(
-        f"{path} was trained on the CLIP file {name!r} (fingerprint {recorded.get('fingerprint')}), which "
-        f"is not at {', '.join(dict.fromkeys(candidates))}: pass backbone='<path of that file>' to "
-        "load_exported, or put the file next to the exported one"
+        f"{path} was trained on {what} {os.path.basename(file)!r} (fingerprint {recorded.get('fingerprint')}), "
+        f"which is not at {', '.join(dict.fromkeys(candidates))}: pass {pass_it} to load_exported, or put "
+        "the file next to the exported one"
     )
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from .prompts import PromptAssembler
 from .routing import topk_softmax
 from .templates import PromptForm
+from .towers import clip_dtype, logit_bias, text_tower
 
 # Kind name of an exported classifier -> the model class whose `from_export(clip_model, tensors,
 # metadata, router)` loads it (`clipprompt.exported` chooses by the file's metadata) and whose
@@ -77,7 +78,8 @@ class ContextSlots(NamedTuple):
 
 
 class PromptedCLIP(nn.Module):
-    """The frozen image tower and logit scale of a CLIP; subclasses add prompts and losses."""
+    """The frozen image tower, logit scale and logit bias (SigLIP's; None for OpenAI's CLIP) of a
+    CLIP (`clipprompt.towers`: OpenAI's or open_clip's); subclasses add prompts and losses."""
 
     # Candidates a router picks from (their templates), in index order; empty: no routing.
     routing_names = ()
@@ -97,10 +99,13 @@ class PromptedCLIP(nn.Module):
         super().__init__()
         self.image_encoder = clip_model.visual
         self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
+        self.logit_bias = logit_bias(clip_model)
+        self.dtype = clip_dtype(clip_model)
+        tower = text_tower(clip_model)
         # CLIP's token embedding (its vocabulary), held outside the module tree as the prompt
         # assemblers hold it: it belongs to the frozen CLIP, not to the model's state.
-        self._token_embedding = [clip_model.token_embedding]
+        self._token_embedding = [tower.token_embedding]
+        self.tokenizer = tower.tokenizer  # the model's (`clipprompt.tokenization`)
         self.register_buffer(
             "fixed_scale", None if scale is None else torch.as_tensor(float(scale)), persistent=False
         )
@@ -127,8 +132,13 @@ class PromptedCLIP(nn.Module):
         return self.fixed_scale if self.fixed_scale is not None else self.logit_scale.exp().float()
 
     def similarity_logits(self, image_features, text_features):
-        """The logits `s * <v, t>` of normalised features `[B, D]` and `[C, D]`."""
-        return self.scale() * image_features @ text_features.t()
+        """The logits `s * <v, t> (+ b)` of normalised features `[B, D]` and `[C, D]`."""
+        return self.add_bias(self.scale() * image_features @ text_features.t())
+
+    def add_bias(self, logits):
+        """`logits` plus the model's logit bias b, where it has one (SigLIP). b shifts every class
+        of an image alike: predictions, softmax and every loss over the classes are unchanged."""
+        return logits if self.logit_bias is None else logits + self.logit_bias.to(logits.dtype)
 
     def losses(self, image, label):
         """Cross-entropy of `classify`'s logits (CoOp, CoCoOp); models with more terms override it."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .prefix_sharing import SharedPrefix, shared_prefix
-from .templates import EOT_ID
+from .tokenization import CLIP_BPE, TokenizerError
 
 
 class PromptAssembler(nn.Module):
@@ -22,9 +22,13 @@ class PromptAssembler(nn.Module):
     rows, class c owning block c. A batch of tables `[B, S, d]` (CoCoOp: one context per
     image) gives a batch of prompts `[B, rows, L, d]`.
 
-    Sequences are cut after the longest EOT (`truncate=True`): CLIP's causal mask makes the
-    EOT feature independent of later positions, so this is exact. `truncate=False` pads to
-    CLIP's context length, as `clip.tokenize` does (the reference path).
+    Rows are laid out by `tokenizer` (`clipprompt.tokenization`; default CLIP's BPE): its special
+    tokens around the pieces, its padding, its context length, and the pooled position of each
+    row (`eot`: the EOT for CLIP's towers, the last position for SigLIP's). Sequences are cut
+    after the longest EOT (`truncate=True`): CLIP's causal mask makes the EOT feature independent
+    of later positions, so this is exact; only a tokenizer that is CLIP's BPE with EOT pooling
+    allows it (a causal tower is the text encoder's condition). `truncate=False` pads to the
+    context length, as the model's own tokenizer does (the reference path).
 
     The rows of one form are a prefix group (`SharedPrefix`): they begin with the same
     embeddings up to the class name (SOS and the shared context before it; SOS alone with
@@ -33,9 +37,23 @@ class PromptAssembler(nn.Module):
     """
 
     def __init__(
-        self, forms, classnames, token_embedding, context_length=77, class_specific=False, truncate=True
+        self,
+        forms,
+        classnames,
+        token_embedding,
+        context_length=None,
+        class_specific=False,
+        truncate=True,
+        tokenizer=None,
     ):
         super().__init__()
+        tokenizer = tokenizer or CLIP_BPE
+        if truncate and not (tokenizer.is_clip_bpe and tokenizer.pool == "argmax"):
+            raise TokenizerError(
+                f"prompts cannot be truncated exactly for the tokenizer {tokenizer.name} with "
+                f"{tokenizer.pool!r} pooling: build them with truncate=False (the full context)"
+            )
+        context_length = context_length or tokenizer.context_length
         self.forms = list(forms)
         self.num_classes = len(classnames)
         self.class_specific = class_specific
@@ -48,9 +66,12 @@ class PromptAssembler(nn.Module):
         offset = 0
         for form in self.forms:
             for c, name in enumerate(classnames):
-                ids, is_ctx = form.token_row(name)
+                ids, is_ctx = form.token_row(name, tokenizer)
                 if len(ids) > context_length:
-                    raise ValueError(f"prompt for class {name!r} has {len(ids)} tokens (> {context_length})")
+                    raise ValueError(
+                        f"the prompt of class {name!r} has {len(ids)} tokens, more than the text tower's "
+                        f"{context_length} positions: use fewer context vectors or a shorter template"
+                    )
                 base = offset + (c * ctx_per_class if class_specific else 0)
                 slot, k = [], 0
                 for flag in is_ctx:
@@ -60,14 +81,15 @@ class PromptAssembler(nn.Module):
                 slots.append(slot)
             offset += form.n_ctx
         length = max(map(len, rows)) if truncate else context_length
-        token_ids = torch.zeros(len(rows), length, dtype=torch.long)
+        token_ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
         slot_ids = torch.full((len(rows), length), -1, dtype=torch.long)
         for i, (ids, slot) in enumerate(zip(rows, slots)):
             token_ids[i, : len(ids)] = torch.tensor(ids)
             slot_ids[i, : len(slot)] = torch.tensor(slot)
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("slot_ids", slot_ids, persistent=False)
-        eot = (token_ids == EOT_ID).int().argmax(dim=1)
+        # Context slots marked -1 for the pooling rule: their placeholder id is no EOT or EOS.
+        eot = tokenizer.pool_positions(token_ids.masked_fill(slot_ids >= 0, -1))
         self.register_buffer("eot", eot, persistent=False)
         # Equal (token id, context slot) pairs mean equal embeddings, for any context table.
         form_of_row = torch.arange(len(self.forms)).repeat_interleave(self.num_classes)

@@ -1,15 +1,20 @@
 """CLIP's frozen text transformer applied to prompt embeddings, with speed options.
 
+The tower is OpenAI's or open_clip's (`clipprompt.towers.text_tower`: LayerScale, a projection
+with a bias, causal or not, the model's tokenizer and pooling). Truncation and the shared prefix
+need a causal tower that pools at CLIP's BPE EOT (`TextTower.prefix_exact`); another tower
+(SigLIP's) refuses them and runs its full context with its padding (`UnsupportedSpeedOption`).
+
 Speed options (all exact up to floating-point rounding, all parity-tested against
-`clip.model.CLIP.encode_text`):
+`clip.model.CLIP.encode_text` and open_clip's `encode_text`):
 - truncation: sequences are cut after the longest EOT of the batch (done by the caller, see
   `PromptAssembler`); CLIP's causal mask makes later positions irrelevant to the EOT feature;
 - shared prefix: rows that begin with the same embeddings (SOS and the context before the class
   name, for every class of a prompt form) have the same hidden states at those positions in
   every layer, again because of the causal mask; they run once per group
   (`clipprompt.prefix_sharing`);
-- fused attention: `scaled_dot_product_attention(is_causal=True)` instead of explicit
-  softmax(QKᵀ/√d + mask)·V (`attention="math"` keeps the reference path);
+- fused attention: `scaled_dot_product_attention` (`is_causal=True` for a causal tower) instead
+  of explicit softmax(QKᵀ/√d + mask)·V (`attention="math"` keeps the reference path);
 - chunking: at most `chunk_size` prompts per transformer call, bounding peak memory; prompts
   are grouped by length so that each chunk is cut after its own longest EOT (with a shared
   prefix: by group, see `prefix_sharing.prefix_calls`);
@@ -28,8 +33,25 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .prefix_sharing import SharedPrefix, pack, prefix_calls, shared_prefix
-from .templates import EOT_ID, SOT_ID, bpe, fill
-from .towers import replace_packed, replace_positions, text_tower
+from .templates import fill
+from .tokenization import CLIP_BPE, TokenizerError
+from .towers import UnsupportedTower, replace_packed, replace_positions, text_tower
+
+
+class UnsupportedSpeedOption(UnsupportedTower):
+    """Truncation or the shared prefix asked of a text tower on which they are not exact."""
+
+
+def check_speed_options(tower, truncate, share_prefix, keys=("truncate", "share_prefix")):
+    """Raise `UnsupportedSpeedOption` (naming `keys`, e.g. the config keys) unless truncation and
+    the shared prefix, where asked, are exact on `tower` (`TextTower.prefix_exact`)."""
+    asked = [key for key, on in zip(keys, (truncate, share_prefix)) if on]
+    if asked and not tower.prefix_exact:
+        raise UnsupportedSpeedOption(
+            f"{' and '.join(asked)} would change the text features of {tower.name}: "
+            f"{tower.why_not_prefix_exact()}. Set {' and '.join(f'{k} False' for k in asked)}: "
+            "its exact reference path (the full context with its padding; docs/BACKBONES.md)"
+        )
 
 
 def transformer_calls(eot, width, chunk_size=0, truncate=True):
@@ -54,10 +76,11 @@ def causal_mask(length, device):
 
 
 class TextEncoder(nn.Module):
-    """Maps prompt embeddings `[N, L, d]`, EOT positions `[N]`, optionally a `SharedPrefix` and
-    `DeepTextPrompts`, to text features `[N, D]`; `B` prompt sets `[B, N, L, d]` with the same
-    EOT positions and prefix groups (CoCoOp: one set per image) give `[B, N, D]`, no prefix
-    being shared between sets."""
+    """Maps prompt embeddings `[N, L, d]`, pooled (EOT) positions `[N]`, optionally a
+    `SharedPrefix` and `DeepTextPrompts`, to text features `[N, D]`; `B` prompt sets
+    `[B, N, L, d]` with the same positions and prefix groups (CoCoOp: one set per image) give
+    `[B, N, D]`, no prefix being shared between sets. `tokenizer` and `token_embedding` are the
+    tower's (hard prompts are tokenized and embedded with them)."""
 
     def __init__(
         self,
@@ -72,16 +95,27 @@ class TextEncoder(nn.Module):
         if attention not in ("fused", "math"):
             raise ValueError(f"attention must be 'fused' or 'math', not {attention!r}")
         tower = text_tower(clip_model)
+        check_speed_options(tower, truncate, share_prefix)
         self.blocks = tower.blocks
         self.positional_embedding = tower.positional_embedding
         self.ln_final = tower.ln_final
         self.text_projection = tower.projection
         self.dtype = tower.dtype
+        self.causal = tower.causal
+        self.prefix_exact = tower.prefix_exact  # hard prompts are truncated where this holds
+        self.tokenizer = tower.tokenizer
+        # Held outside the module tree: the embedding belongs to the frozen CLIP.
+        self._token_embedding = [tower.token_embedding]
+        self._tower = tower
         self.attention = attention
         self.chunk_size = chunk_size
         self.checkpointing = checkpointing
         self.truncate = truncate  # False keeps chunks at the width they are given (reference path)
         self.share_prefix = share_prefix  # False ignores SharedPrefix: every row runs every position
+
+    @property
+    def token_embedding(self):
+        return self._token_embedding[0]
 
     def forward(self, prompts, eot, prefix=None, deep=None):
         if prompts.dim() == 3:
@@ -119,24 +153,26 @@ class TextEncoder(nn.Module):
         return self._features(x, eot)
 
     def _features(self, x, eot):
-        # LayerNorm acts per token, so normalising only the EOT rows is exact.
+        # LayerNorm acts per token, so normalising only the pooled rows is exact.
         x = x[torch.arange(x.shape[0], device=x.device), eot]
-        return self.ln_final(x).to(self.dtype) @ self.text_projection
+        return self._tower.project(self.ln_final(x).to(self.dtype))
 
     def _block(self, block, x):
-        x = x + self._attend(block.attn, block.ln_1(x))
-        return x + block.mlp(block.ln_2(x))
+        x = x + _layer_scale(block, "ls_1", self._attend(block.attn, block.ln_1(x)))
+        return x + _layer_scale(block, "ls_2", block.mlp(block.ln_2(x)))
 
     def _attend(self, attn, x):
         q, k, v = _heads(attn, x).unbind(2)
         return attn.out_proj(_merge_heads(self._causal_attention(q, k, v)))
 
     def _causal_attention(self, q, k, v):
-        """Causal attention of `[..., L, dh]` queries, keys and values."""
+        """Attention of `[..., L, dh]` queries, keys and values: causal, unless the tower is not."""
         if self.attention == "fused":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        return scores.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf")).softmax(dim=-1) @ v
+        if self.causal:
+            scores = scores.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf"))
+        return scores.softmax(dim=-1) @ v
 
     def _encode_packed(self, prompts, packing, deep=None):
         """Features of one call's rows (in `packing.rows` order), each shared prefix run once."""
@@ -153,11 +189,11 @@ class TextEncoder(nn.Module):
                 x = checkpoint(self._packed_block, block, x, packing, use_reentrant=False)
             else:
                 x = self._packed_block(block, x, packing)
-        return self.ln_final(x[packing.eot_tokens]).to(self.dtype) @ self.text_projection
+        return self._tower.project(self.ln_final(x[packing.eot_tokens]).to(self.dtype))
 
     def _packed_block(self, block, x, packing):
-        x = x + self._packed_attend(block.attn, block.ln_1(x), packing)
-        return x + block.mlp(block.ln_2(x))
+        x = x + _layer_scale(block, "ls_1", self._packed_attend(block.attn, block.ln_1(x), packing))
+        return x + _layer_scale(block, "ls_2", block.mlp(block.ln_2(x)))
 
     def _packed_attend(self, attn, x, packing):
         """Attention over a packed sequence `[T, w]`: each prefix segment causally among
@@ -177,32 +213,42 @@ class TextEncoder(nn.Module):
         return attn.out_proj(torch.cat(outs))
 
 
-def tokenize(texts, context_length=77, truncate=True):
-    """Token ids `[N, L]` of full texts; L = longest EOT + 1 when truncating, else 77."""
-    rows = [[SOT_ID] + bpe(text) + [EOT_ID] for text in texts]
-    too_long = [t for t, r in zip(texts, rows) if len(r) > context_length]
-    if too_long:
-        raise ValueError(f"text longer than {context_length} tokens: {too_long[0]!r}")
-    length = max(map(len, rows)) if truncate else context_length
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+def _layer_scale(block, name, x):
+    """open_clip's LayerScale (`ls_1`, `ls_2`) of a residual branch; OpenAI's blocks have none."""
+    scale = getattr(block, name, None)
+    return x if scale is None else scale(x)
+
+
+def tokenize(texts, truncate=True, tokenizer=None):
+    """Token ids `[N, L]` of full texts by `tokenizer` (default CLIP's BPE, 77 positions):
+    L = the longest EOT position + 1 when truncating (a tokenizer that pools at CLIP's BPE EOT;
+    exact for a causal tower only), else the context length. A text too long for the context is
+    refused."""
+    tokenizer = tokenizer or CLIP_BPE
+    if truncate and not (tokenizer.is_clip_bpe and tokenizer.pool == "argmax"):
+        raise TokenizerError(f"texts cannot be truncated for {tokenizer}: tokenize them with truncate=False")
+    ids = tokenizer(texts)
+    if truncate:
+        ids = ids[:, : int(tokenizer.pool_positions(ids).max()) + 1]
     return ids
 
 
 @torch.no_grad()
 def encode_texts(encoder, token_embedding, texts, batch_size=1024, normalize=True, groups=None):
-    """Frozen text features of hard prompts (computed once and cached by the callers).
+    """Frozen text features of hard prompts (computed once and cached by the callers), tokenized
+    by the encoder's tokenizer (the model's own), cut after the longest EOT where that is exact.
 
     `groups` (one id per text, e.g. its template; default: all one group) says which texts the
     encoder may treat as one prefix group: those share their longest common token prefix.
     """
     feats = []
     device = token_embedding.weight.device
+    tokenizer = getattr(encoder, "tokenizer", CLIP_BPE)
+    truncate = getattr(encoder, "prefix_exact", True)  # a bidirectional tower sees its padding
     groups = torch.tensor(groups if groups is not None else [0] * len(texts), dtype=torch.long)
     for start in range(0, len(texts), batch_size):
-        ids = tokenize(texts[start : start + batch_size]).to(device)
-        eot = ids.argmax(dim=1)
+        ids = tokenize(texts[start : start + batch_size], truncate, tokenizer).to(device)
+        eot = tokenizer.pool_positions(ids)
         prefix = shared_prefix(ids, groups[start : start + batch_size].to(device), eot)
         feats.append(encoder(token_embedding(ids), eot, prefix).float())
     feats = torch.cat(feats)

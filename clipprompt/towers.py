@@ -1,5 +1,18 @@
-"""The frozen CLIP towers as prompt methods use them: the parts of the text tower that
-`TextEncoder` runs, per-layer prompt tokens in both towers, and the image tower's local features.
+"""The frozen CLIP towers as prompt methods use them, over OpenAI's CLIP and open_clip's `CLIP`
+and `CustomTextCLIP`: the parts of the text tower that `TextEncoder` runs (`text_tower`), per-layer
+prompt tokens in both towers, the image tower's local features, and what the classifier needs of
+the model (`clip_dtype`, `image_resolution`, `embed_dim`, `logit_bias`).
+
+Text towers (`TextTower`): token and positional embeddings, residual blocks (ln_1, attention from
+`in_proj_weight` / `in_proj_bias` / `out_proj`, ln_2, mlp, and open_clip's LayerScale `ls_1` /
+`ls_2` where it has them; `TextEncoder` runs the attention itself, batch first, so the blocks'
+own layout does not matter), the final norm, the projection (a matrix, or a linear layer with a
+bias in SigLIP's towers), whether attention is causal, and the model's tokenizer
+(`clipprompt.tokenization`) with its pooling. A tower that is causal, pools at the EOT and
+tokenizes with CLIP's BPE (`prefix_exact`) gets truncation and the shared prefix; others run the
+full context with their padding (docs/BACKBONES.md). Towers this interface cannot run exactly
+(Hugging Face text encoders, CoCa's class token, open_clip's custom attention blocks) are
+refused with `UnsupportedTower`.
 
 Per-layer ("deep") prompts, as VPT-deep, IVLP and MaPLe place them:
 - text: the context vectors of the prompt embeddings are the layer-0 tokens; `DeepTextPrompts`
@@ -7,43 +20,162 @@ Per-layer ("deep") prompts, as VPT-deep, IVLP and MaPLe place them:
   The tokens are the same for every class, so rows that share a prefix still share it, and
   truncation, chunking and the shared prefix stay exact (`TextEncoder` applies them on every
   path);
-- image (ViT): `encode_image(..., prompts=P)` with P `[J, n, w]` appends `P[0]` after the patch
-  and class tokens (after the positional embedding, before `ln_pre`) and replaces those last n
-  tokens with `P[j]` before block j, j = 1 .. J-1.
+- image (ViT: OpenAI's or open_clip's `VisionTransformer` with class-token pooling):
+  `encode_image(..., prompts=P)` with P `[J, n, w]` appends `P[0]` after the patch and class
+  tokens (after the positional embedding, before `ln_pre`) and replaces those last n tokens with
+  `P[j]` before block j, j = 1 .. J-1.
 
 Local features (PLOT): `encode_image(..., local=True)` also returns the projected patch tokens
 of a ViT (`ln_post` and `proj` applied to each, as to the class token) or every output of a
 ResNet's attention pool (its query at every position of the 7x7 map, as the class query).
-Without prompts and local features `encode_image` is CLIP's own image encoder, bit for bit.
+Without prompts and local features `encode_image` is the model's own image encoder, bit for bit;
+image towers from timm (EVA02, SigLIP) support only that.
 """
 
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .tokenization import CLIP_BPE, BPETokenizer
+
+
+class UnsupportedTower(ValueError):
+    """A tower of a backbone that this interface cannot run (exactly)."""
 
 
 class TextTower(NamedTuple):
-    """The parts of a CLIP text tower that `TextEncoder` runs, in order."""
+    """The parts of a CLIP text tower that `TextEncoder` runs, in order, and how it reads text."""
 
     token_embedding: torch.nn.Module
     positional_embedding: torch.Tensor  # [context length, w]
-    blocks: torch.nn.ModuleList  # residual blocks: ln_1, attn (in_proj, out_proj), ln_2, mlp
+    blocks: torch.nn.ModuleList  # residual blocks: ln_1, attn (in_proj, out_proj), ln_2, mlp (ls_1, ls_2)
     ln_final: torch.nn.Module
-    projection: torch.Tensor  # [w, D]
+    projection: torch.Tensor | nn.Linear | None  # [w, D] matrix, linear layer (with bias) or none
     dtype: torch.dtype
+    causal: bool = True  # causal attention (False: every position sees every other)
+    tokenizer: object = CLIP_BPE  # `clipprompt.tokenization.Tokenizer`, with the tower's pooling
+    name: str = "CLIP"
+
+    @property
+    def prefix_exact(self):
+        """Whether truncation and the shared prefix leave its features exactly as they are: a
+        causal tower that pools at the EOT of CLIP's BPE."""
+        return self.causal and self.tokenizer.is_clip_bpe and self.tokenizer.pool == "argmax"
+
+    def why_not_prefix_exact(self):
+        """What keeps truncation and the shared prefix from being exact on this tower."""
+        reasons = [] if self.causal else ["its attention is not causal"]
+        if self.tokenizer.pool != "argmax":
+            reasons.append(f"it pools at the {self.tokenizer.pool!r} position, not at the EOT")
+        if not self.tokenizer.is_clip_bpe:
+            reasons.append(f"its tokenizer is {self.tokenizer.name}, not CLIP's BPE")
+        return "; ".join(reasons)
+
+    def project(self, x):
+        """The projection of pooled, normalised tokens `[N, w]` into the joint space."""
+        if self.projection is None:
+            return x
+        if isinstance(self.projection, nn.Linear):
+            return self.projection(x)
+        return x @ self.projection
+
+    @property
+    def embed_dim(self):
+        if self.projection is None:
+            return self.positional_embedding.shape[1]
+        if isinstance(self.projection, nn.Linear):
+            return self.projection.out_features
+        return self.projection.shape[1]
+
+
+def is_open_clip(clip_model):
+    return type(clip_model).__module__.startswith("open_clip.")
 
 
 def text_tower(clip_model):
-    """The `TextTower` of an OpenAI `clip.model.CLIP`."""
+    """The `TextTower` of an OpenAI `clip.model.CLIP` or an open_clip `CLIP` / `CustomTextCLIP`
+    (loaded by `clipprompt.clip_loading.load_clip`, which gives it its tokenizer)."""
+    if not is_open_clip(clip_model):
+        length = clip_model.positional_embedding.shape[0]
+        tokenizer = CLIP_BPE if length == CLIP_BPE.context_length else BPETokenizer(context_length=length)
+        return TextTower(
+            clip_model.token_embedding,
+            clip_model.positional_embedding,
+            clip_model.transformer.resblocks,
+            clip_model.ln_final,
+            clip_model.text_projection,
+            clip_model.dtype,
+            tokenizer=tokenizer,
+        )
+    from .open_clip_backbone import backbone_of
+
+    text = getattr(clip_model, "text", clip_model)  # CustomTextCLIP keeps its tower apart
+    backbone = backbone_of(clip_model)
+    if not hasattr(text, "token_embedding"):
+        raise UnsupportedTower(
+            f"{backbone.name}: its text tower is {type(text).__name__} (a Hugging Face text encoder), "
+            "not a CLIP text transformer: prompts cannot be run through it (docs/BACKBONES.md)"
+        )
+    if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+        raise UnsupportedTower(
+            f"{backbone.name}: text towers with a class token or a padding mask (CoCa) are not supported"
+        )
+    for block in text.transformer.resblocks:
+        _check_block(block, backbone.name)
+    pool = getattr(text, "pool_type", None) or clip_model.text_pool_type
+    eos = getattr(text, "eos_id", None) if text is not clip_model else clip_model.text_eos_id
     return TextTower(
-        clip_model.token_embedding,
-        clip_model.positional_embedding,
-        clip_model.transformer.resblocks,
-        clip_model.ln_final,
-        clip_model.text_projection,
-        clip_model.dtype,
+        text.token_embedding,
+        text.positional_embedding,
+        text.transformer.resblocks,
+        text.ln_final,
+        text.text_projection,
+        text.transformer.get_cast_dtype(),
+        causal=text.attn_mask is not None,
+        tokenizer=backbone.tokenizer(text.positional_embedding.shape[0], pool, eos),
+        name=backbone.name,
     )
+
+
+def _check_block(block, name):
+    attn = getattr(block, "attn", None)
+    plain = isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
+    if not plain or hasattr(block, "ln_1_kv") or not attn.in_proj_weight.shape[0] == 3 * attn.embed_dim:
+        raise UnsupportedTower(
+            f"{name}: its text blocks are {type(block).__name__} with {type(attn).__name__} attention "
+            "(open_clip's custom blocks: qk-norm, scaled cosine attention, head scales); only CLIP's "
+            "residual attention blocks (LayerScale included) are supported"
+        )
+
+
+def clip_dtype(clip_model):
+    """The dtype of the image tower's weights (images are cast to it)."""
+    if not is_open_clip(clip_model):
+        return clip_model.dtype
+    visual = clip_model.visual
+    conv = getattr(visual, "conv1", None)
+    if conv is not None:
+        return conv.weight.dtype
+    return next(p.dtype for p in visual.parameters() if p.ndim >= 2)
+
+
+def image_resolution(clip_model):
+    """(height, width) of the images the image tower takes."""
+    visual = clip_model.visual
+    size = getattr(visual, "input_resolution", None) or visual.image_size
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
+def embed_dim(clip_model):
+    """The width of the joint image-text space (image and text features)."""
+    return text_tower(clip_model).embed_dim
+
+
+def logit_bias(clip_model):
+    """The model's learned logit bias (SigLIP), else None (OpenAI's CLIP has none)."""
+    return getattr(clip_model, "logit_bias", None)
 
 
 class DeepTextPrompts(NamedTuple):
@@ -83,8 +215,13 @@ class ImageOutput(NamedTuple):
 
 
 def is_vit(visual):
-    """Whether an image tower is a ViT (`clip.model.VisionTransformer`) rather than a ResNet."""
+    """Whether an image tower is a CLIP ViT (OpenAI's or open_clip's `VisionTransformer`)."""
     return hasattr(visual, "class_embedding") and hasattr(visual, "transformer")
+
+
+def is_resnet(visual):
+    """Whether an image tower is CLIP's ModifiedResNet (OpenAI's or open_clip's)."""
+    return hasattr(visual, "attnpool") and hasattr(visual, "layer4")
 
 
 def encode_image(visual, image, prompts=None, local=False):
@@ -93,13 +230,32 @@ def encode_image(visual, image, prompts=None, local=False):
     features when `local`."""
     if prompts is None and not local:
         return ImageOutput(visual(image), None)
-    if not is_vit(visual):
-        if prompts is not None:
-            raise ValueError(
-                "per-layer image prompts need a ViT image tower; this CLIP's image tower is a ResNet"
-            )
+    asked = "per-layer image prompts" if prompts is not None else "local image features"
+    if is_vit(visual):
+        _check_vit_pooling(visual, asked)
+        return _vit(visual, image, prompts, local)
+    if is_resnet(visual) and prompts is None:
         return _resnet_with_local(visual, image)
-    return _vit(visual, image, prompts, local)
+    kind = "a ResNet" if is_resnet(visual) else f"{type(visual).__name__} ({_trunk_name(visual)})"
+    towers = "a ViT image tower" if prompts is not None else "a ViT or ResNet image tower"
+    raise UnsupportedTower(
+        f"{asked} need {towers} (OpenAI's or open_clip's); this CLIP's image tower is {kind}"
+    )
+
+
+def _trunk_name(visual):
+    trunk = getattr(visual, "trunk", None)
+    return f"timm's {type(trunk).__name__}" if trunk is not None else "not a CLIP tower"
+
+
+def _check_vit_pooling(visual, asked):
+    """open_clip's ViTs may pool otherwise than by the class token; those are refused."""
+    pool = getattr(visual, "pool_type", "tok")
+    if getattr(visual, "attn_pool", None) is not None or pool != "tok":
+        how = (
+            "an attentional pooler" if getattr(visual, "attn_pool", None) is not None else f"{pool!r} pooling"
+        )
+        raise UnsupportedTower(f"{asked} need a ViT pooled by its class token; this image tower has {how}")
 
 
 def _vit(visual, image, prompts, local):
@@ -108,28 +264,39 @@ def _vit(visual, image, prompts, local):
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
     patches = x.shape[1] - 1
+    x = getattr(visual, "patch_dropout", nn.Identity())(x)  # open_clip's (an identity in eval mode)
     if prompts is not None:
         x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-    x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, w]: the blocks' layout
+    # OpenAI's blocks take [L, B, w]; open_clip's are batch first.
+    batch_first = getattr(visual.transformer, "batch_first", False)
+    x = visual.ln_pre(x) if batch_first else visual.ln_pre(x).permute(1, 0, 2)
     n = 0 if prompts is None else prompts.shape[1]
     for index, block in enumerate(visual.transformer.resblocks):
         if prompts is not None and 1 <= index < prompts.shape[0]:
-            x = torch.cat([x[:-n], prompts[index].to(x.dtype)[:, None].expand(-1, x.shape[1], -1)])
+            tokens = prompts[index].to(x.dtype)
+            if batch_first:
+                x = torch.cat([x[:, :-n], tokens.expand(x.shape[0], -1, -1)], dim=1)
+            else:
+                x = torch.cat([x[:-n], tokens[:, None].expand(-1, x.shape[1], -1)])
         x = block(x)
-    x = x.permute(1, 0, 2)  # [B, L, w]
-    features = visual.ln_post(x[:, 0]) @ visual.proj
-    locals_ = visual.ln_post(x[:, 1 : 1 + patches]) @ visual.proj if local else None
+    x = x if batch_first else x.permute(1, 0, 2)  # [B, L, w]
+    features = _vit_project(visual, visual.ln_post(x[:, 0]))
+    locals_ = _vit_project(visual, visual.ln_post(x[:, 1 : 1 + patches])) if local else None
     return ImageOutput(features, locals_)
 
 
+def _vit_project(visual, x):
+    return x if visual.proj is None else x @ visual.proj
+
+
 def _resnet_with_local(visual, image):
+    def act(i):  # OpenAI names the stem's activations relu1-3, open_clip act1-3
+        return getattr(visual, f"relu{i}", None) or getattr(visual, f"act{i}")
+
     x = image.to(visual.conv1.weight.dtype)
-    for conv, bn, relu in (
-        (visual.conv1, visual.bn1, visual.relu1),
-        (visual.conv2, visual.bn2, visual.relu2),
-    ):
+    for conv, bn, relu in ((visual.conv1, visual.bn1, act(1)), (visual.conv2, visual.bn2, act(2))):
         x = relu(bn(conv(x)))
-    x = visual.avgpool(visual.relu3(visual.bn3(visual.conv3(x))))
+    x = visual.avgpool(act(3)(visual.bn3(visual.conv3(x))))
     for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
         x = layer(x)
     out = _attention_pool(visual.attnpool, x)  # [HW + 1, B, D]

@@ -28,6 +28,23 @@ def tiny_clip_path(tmp_path_factory, tiny_clip):
 
 
 @pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """`tiny_open_clip(kind)`: (the `TinyOpenCLIP` of tests/open_clip_models.py, its loaded
+    frozen model), kind "causal", "layerscale" or "siglip"; each written once per session."""
+    from tests.open_clip_models import write_model
+
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            spec = write_model(kind, str(tmp_path_factory.mktemp(f"open_clip_{kind}")))
+            made[kind] = (spec, spec.load())
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def pets(tmp_path_factory):
     """Data root holding a generated Oxford Pets (6 classes; 4 train, 2 val and 3 test images
     per class, random pixels) for the end-to-end runs."""

@@ -72,6 +72,30 @@ def test_trainer_table(tmp_path):
     assert rows["MoCoOp"]["tokens_per_step"]["77-token"] == 6 * 3 * 77  # 6 pets experts x (2 + 1)
 
 
+def test_an_open_clip_backbone_on_every_text_path(tmp_path, tiny_open_clip):
+    """--backbone open_clip:<model> (here a tiny JSON config, tests/open_clip_models.py): its text
+    tower, with random weights, on every path; a text tower with only its reference path is refused."""
+    spec, _ = tiny_open_clip("layerscale")
+    options = [*FAST, "--backbone", spec.name, "--backbone-config", spec.config]
+    _, result = benchmark(
+        tmp_path, "--trainers", "CoOp", "--classes", "2", "--virtual", "0", "--batch", "1", options=options
+    )
+    assert result["machine"]["backbone"] == spec.name and result["args"]["image_size"] == 32
+    tokens = result["trainers"]["CoOp"]["tokens_per_step"]
+    assert tokens["shared"] < tokens["truncated"] == tokens["math"] < tokens["77-token"] == 2 * 77
+    assert set(result["trainers"]["CoOp"]["text_fwd_bwd"]) == set(PATHS)
+    siglip, _ = tiny_open_clip("siglip")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark", "--backbone", siglip.name, "--backbone-config", siglip.config],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert (
+        "the benchmark compares text-encoder paths, and this text tower has only its reference path"
+        in proc.stderr
+    )
+
+
 def test_dataset_size_table(tmp_path):
     _, result = benchmark(
         tmp_path, "--size", "eurosat", "--trainers", "ZeroshotCLIP", "CoCoOp", "MoCoOp",

@@ -1,7 +1,9 @@
 """The contract every registered trainer keeps, tested the way timm tests every model.
 
 Each trainer is built for given class names (`trainers.build_trainer`, no data loaders) on the
-tiny CLIP, and only its own entry points are called: `forward_backward` trains exactly the
+tiny CLIP and on a tiny open_clip model with LayerScale (every case), and on a SigLIP-style
+open_clip model (bidirectional text tower, its own tokenizer, logit bias; some cases), and only
+its own entry points are called: `forward_backward` trains exactly the
 tensors it declares learnable (and nothing of CLIP), `model_inference` returns the logits of
 the training path and depends on the learned tensors, evaluation with cached text features
 equals per-batch encoding, and a checkpoint round trip reproduces the predictions.
@@ -114,12 +116,31 @@ def test_every_registered_trainer_has_a_case():
     assert {case.trainer for case in CASES.values()} == set(repository_trainers())
 
 
-def build(name, tiny_clip, tiny_clip_path, output_dir):
+# Backbones (tests/open_clip_models.py for open_clip's) and the cases run on each.
+BACKBONES = {
+    "clip": list(CASES),
+    "open_clip": list(CASES),
+    "siglip": ["ZeroshotCLIP", "CoOp", "CoCoOp", "MoCoOp-release"],
+}
+
+
+@pytest.fixture(scope="module")
+def backbones(tiny_clip, tiny_clip_path, tiny_open_clip):
+    """backbone -> (frozen model, the config options that select it)."""
+    layerscale, siglip = tiny_open_clip("layerscale"), tiny_open_clip("siglip")
+    return {
+        "clip": (tiny_clip, ["MODEL.BACKBONE.NAME", tiny_clip_path]),
+        "open_clip": (layerscale[1], layerscale[0].opts()),
+        "siglip": (siglip[1], siglip[0].opts_for_reference_path()),
+    }
+
+
+def build(name, backbone, output_dir):
     case = CASES[name]
+    clip_model, backbone_opts = backbone
     # No warm-up: the first step runs at the configured rate, which moves every learnable tensor.
     opts = [
-        "MODEL.BACKBONE.NAME",
-        tiny_clip_path,
+        *backbone_opts,
         "INPUT.SIZE",
         "(32, 32)",
         "TRAINER.PREC",
@@ -130,7 +151,7 @@ def build(name, tiny_clip, tiny_clip_path, output_dir):
     ]
     cfg = make_cfg(case.trainer, PETS, case.config, opts, output_dir=str(output_dir))
     torch.manual_seed(0)  # the same initial learnable tensors for every build of a case
-    return build_trainer(cfg, BASE, BASE + NEW, clip_model=tiny_clip)
+    return build_trainer(cfg, BASE, BASE + NEW, clip_model=clip_model)
 
 
 def batch():
@@ -150,10 +171,10 @@ def perturb(trainer, seed=2):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture(params=list(CASES))
-def case(request, tiny_clip, tiny_clip_path, tmp_path):
-    name = request.param
-    return CASES[name], build(name, tiny_clip, tiny_clip_path, tmp_path)
+@pytest.fixture(params=[(n, b) for b, names in BACKBONES.items() for n in names], ids="/".join)
+def case(request, backbones, tmp_path):
+    name, backbone = request.param
+    return CASES[name], build(name, backbones[backbone], tmp_path)
 
 
 def test_learnable_tensors_are_exactly_the_declared_ones(case):
@@ -251,7 +272,7 @@ def test_cached_evaluation_equals_per_batch_encoding(case):
     assert model._text_cache is None
 
 
-def test_checkpoint_round_trip_reproduces_the_predictions(case, tiny_clip, tiny_clip_path, tmp_path):
+def test_checkpoint_round_trip_reproduces_the_predictions(case, backbones, request, tmp_path):
     expected, trainer = case
     if not expected.learnable:
         pytest.skip(f"{expected.trainer} learns nothing: it saves no checkpoint")
@@ -259,8 +280,8 @@ def test_checkpoint_round_trip_reproduces_the_predictions(case, tiny_clip, tiny_
     trainer.set_model_mode("eval")
     image = batch()["img"]
     trainer.save_model(0, str(tmp_path / "run"))
-    name = next(n for n, c in CASES.items() if c is expected)
-    fresh = build(name, tiny_clip, tiny_clip_path, tmp_path / "fresh")
+    name, backbone = request.node.callspec.params["case"]
+    fresh = build(name, backbones[backbone], tmp_path / "fresh")
     fresh.set_model_mode("eval")
     with torch.no_grad():
         assert not torch.equal(fresh.model_inference(image), trainer.model_inference(image))

@@ -157,10 +157,14 @@ def test_exported_logits_equal_the_trainers(name, exports):
         assert torch.equal(tensors["learned." + n], p.detach().float())
     assert metadata["trainer"] == trainer.cfg.TRAINER.NAME
     assert metadata["backbone"] == {
+        "library": "openai",
         "name": os.path.basename(trainer.cfg.MODEL.BACKBONE.NAME),
+        "weights": "",
+        "model_config": "",
         "fingerprint": trainer.backbone_fingerprint,
         "relative_path": os.path.relpath(trainer.cfg.MODEL.BACKBONE.NAME, os.path.dirname(path)),
     }
+    assert metadata["logit_bias"] is None  # OpenAI's CLIP has none
     # CLIP's scale (the tiny CLIP's is its initial 1 / 0.07), or MoCoOp's 1 / CLS_TEMPERATURE, set to 0.1.
     scale = 10.0 if name == "MoCoOp-paper" else trainer.model.logit_scale.exp().item()
     assert metadata["logit_scale"] == pytest.approx(scale, rel=1e-6)

@@ -17,6 +17,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 RUNTIME = {"torch", "torchvision", "openai-clip", "setuptools", "numpy", "pillow", "safetensors"}
+EXTRAS = {"open-clip": {"open-clip-torch", "transformers"}}  # optional: open_clip backbones
 LOAD = """
 import json, sys
 sys.modules["dassl"] = sys.modules["yacs"] = None  # neither may be imported
@@ -53,11 +54,15 @@ def installed(tmp_path_factory):
 def test_install_declares_the_runtime_dependencies(installed):
     (info,) = installed.glob("clipprompt-*.dist-info")
     metadata = Parser().parsestr((info / "METADATA").read_text())
-    required = {
-        line.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
-        for line in metadata.get_all("Requires-Dist")
-    }
-    assert required == RUNTIME
+
+    def name(line):
+        return line.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+
+    lines = metadata.get_all("Requires-Dist")
+    assert {name(line) for line in lines if ";" not in line} == RUNTIME
+    for extra, names in EXTRAS.items():
+        assert {name(line) for line in lines if f'extra == "{extra}"' in line} == names
+    assert set(metadata.get_all("Provides-Extra")) == set(EXTRAS)
     assert {p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")} == {"clipprompt"}
     assert (installed / "clipprompt" / "methods" / "mocoop.py").is_file()
 

@@ -1,5 +1,6 @@
 """Every text-encoder speed option leaves every trainer's model unchanged: same training losses,
-same gradients of the learnable tensors, same evaluation logits as the reference path, in fp32.
+same gradients of the learnable tensors, same evaluation logits as the reference path, in fp32,
+on the tiny CLIP and (some trainers and options) on a tiny open_clip model with LayerScale.
 
 Options (TRAINER.TEXT_ENCODER.*) against their reference: TRUNCATE True vs False (77 tokens),
 SHARE_PREFIX True vs False (alone, and with truncation, chunks, checkpointing and fused
@@ -130,9 +131,9 @@ LOSS_FLOOR = 1e-6
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_cfg(name, **encoder):
+def make_cfg(name, backbone=(), **encoder):
     trainer, config, extra = CONFIGS[name]
-    opts = ["INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32", *extra]
+    opts = [*backbone, "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32", *extra]
     for key, value in {**REFERENCE, **encoder}.items():
         opts += [f"TRAINER.TEXT_ENCODER.{key}", value]
     return trainers.make_cfg(trainer, PETS, config, opts)
@@ -236,3 +237,42 @@ def test_cached_evaluation_matches_per_batch_encoding(name, tiny_clip):
     assert_relative(cached, per_batch, "cached evaluation logits")
     torch.testing.assert_close(cached_again, cached, atol=0, rtol=0)
     assert model._text_cache is None
+
+
+# On open_clip's tiny model with LayerScale (tests/open_clip_models.py): the trainers whose prompts
+# put context before, around and after the class name, per image and per class, with the options
+# together and the shared prefix alone.
+OPEN_CLIP = [
+    (name, option)
+    for name in ("CoOp-middle", "CoOp-csc", "CoCoOp", "MoCoOp-mixed", "MoPD")
+    for option in ("share_prefix+truncate", "all")
+]
+
+
+@pytest.fixture(scope="module")
+def open_clip_reference(tiny_open_clip):
+    spec, model = tiny_open_clip("layerscale")
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            runs[name] = run(make_cfg(name, spec.opts()), model)
+        return runs[name]
+
+    return get
+
+
+@pytest.mark.parametrize(("name", "option"), OPEN_CLIP)
+def test_option_matches_reference_path_on_open_clip(name, option, tiny_open_clip, open_clip_reference):
+    spec, model = tiny_open_clip("layerscale")
+    ref = open_clip_reference(name)
+    fast = run(make_cfg(name, spec.opts(), **OPTIONS[option]), model)
+    for term, value in ref["losses"].items():
+        assert_relative(fast["losses"][term], value, term, floor=LOSS_FLOOR)
+    assert ref["grads"]
+    for tensor, grad in ref["grads"].items():
+        assert grad.abs().sum() > 0, f"{tensor} gets no gradient: the comparison would be empty"
+        assert_relative(fast["grads"][tensor], grad, f"gradient of {tensor}")
+    for buffer, value in ref["buffers"].items():
+        assert_relative(fast["buffers"][buffer], value, buffer)
+    assert_relative(fast["eval"], ref["eval"], "evaluation logits")

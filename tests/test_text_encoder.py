@@ -90,9 +90,7 @@ def test_chunks_group_prompts_by_length_and_keep_the_order(tiny_clip, monkeypatc
     encoder = TextEncoder(tiny_clip, chunk_size=3)
     widths = []
     encode = encoder._encode
-    monkeypatch.setattr(
-        encoder, "_encode", lambda x, e, deep=None: widths.append(x.shape[1]) or encode(x, e, deep)
-    )
+    monkeypatch.setattr(encoder, "_encode", lambda x, *rest: widths.append(x.shape[1]) or encode(x, *rest))
     with torch.no_grad():
         chunked = encoder(embeds, eot)
         full = TextEncoder(tiny_clip)(embeds, eot)
@@ -105,9 +103,7 @@ def test_untruncated_encoder_keeps_chunks_at_full_width(tiny_clip, monkeypatch):
     encoder = TextEncoder(tiny_clip, chunk_size=2, truncate=False)
     widths = []
     encode = encoder._encode
-    monkeypatch.setattr(
-        encoder, "_encode", lambda x, e, deep=None: widths.append(x.shape[1]) or encode(x, e, deep)
-    )
+    monkeypatch.setattr(encoder, "_encode", lambda x, *rest: widths.append(x.shape[1]) or encode(x, *rest))
     with torch.no_grad():
         feats = encoder(tiny_clip.token_embedding(ids), ids.argmax(1))
     assert widths == [77, 77]

@@ -1,9 +1,9 @@
-"""The nearest words of CLIP's vocabulary to each learned context vector of a trained run.
+"""The nearest words of the CLIP's vocabulary to each learned context vector of a trained run.
 
     python -m tools.interpret --model-dir RUN [--load-epoch N] [--topk K] [--root DATA]
 
-For every context vector of the run's checkpoint: the K token embeddings of CLIP's vocabulary
-nearest to it by Euclidean distance and by cosine similarity, with their distances. Vectors are
+For every context vector of the run's checkpoint: the K token embeddings of its CLIP's
+vocabulary (the backbone's tokenizer's: CLIP's BPE, or another open_clip model's) nearest to it by Euclidean distance and by cosine similarity, with their distances. Vectors are
 grouped per prompt as the run's model lays them out (`PromptedCLIP.context_slots`: per expert
 with the template it was initialised from, per class for class-specific context) and labelled
 by position, before or after the class name; the model may add a note on what they mean beyond
@@ -13,9 +13,9 @@ no learned context.
 The model is built from the run's own config.yaml (as trained) and loaded as evaluation loads
 it: without --load-epoch, the last epoch of a finished run. The result is printed and written
 to RUN/interpret-epoch<E>.json (atomically; an earlier file of this tool for the same epoch is
-replaced, any other file of that name is refused). In the JSON, `token` is CLIP's BPE token
-(`</w>` ends a word) and `text` its decoded text; printed, a word piece that the next token
-continues ends with "-".
+replaced, any other file of that name is refused). In the JSON, `token` is the vocabulary's
+token (CLIP's BPE: `</w>` ends a word) and `text` its decoded text; printed, a BPE word piece
+that the next token continues ends with "-".
 """
 
 import argparse
@@ -75,16 +75,12 @@ def layout(form):
     return " ".join(words).strip()
 
 
-def decode(token_id):
-    """(BPE token, its text); a token that is part of a multi-byte character shows its bytes."""
-    from clipprompt.templates import _TOKENIZER
+def decode(token_id, tokenizer=None):
+    """(token, its text) in `tokenizer`'s vocabulary (`clipprompt.tokenization`; default CLIP's
+    BPE, where a token that is part of a multi-byte character shows its bytes)."""
+    from clipprompt.tokenization import CLIP_BPE
 
-    token = _TOKENIZER.decoder[token_id]
-    text = _TOKENIZER.decode([token_id]).strip()
-    if "\ufffd" in text:
-        raw = bytes(_TOKENIZER.byte_decoder[ch] for ch in token.removesuffix("</w>"))
-        text = "<" + raw.hex(" ") + ">"
-    return token, text
+    return (tokenizer or CLIP_BPE).token_text(token_id)
 
 
 def nearest_tokens(vectors, embeddings, k):
@@ -100,10 +96,10 @@ def nearest_tokens(vectors, embeddings, k):
     return (near.indices, near.values), (similar.indices, similar.values)
 
 
-def _words(ids, values, key):
+def _words(ids, values, key, tokenizer):
     words = []
     for i, v in zip(ids.tolist(), values.tolist()):
-        token, text = decode(i)
+        token, text = decode(i, tokenizer)
         words.append({"id": i, "token": token, "text": text, key: v})
     return words
 
@@ -128,8 +124,8 @@ def interpret(trainer, k):
                     "position": "before" if before else "after",
                     "index": j + 1 if before else j + 1 - form.n_before,
                     "table_row": row,
-                    "euclidean": _words(near_ids[row], near_d[row], "distance"),
-                    "cosine": _words(sim_ids[row], sim_c[row], "similarity"),
+                    "euclidean": _words(near_ids[row], near_d[row], "distance", model.tokenizer),
+                    "cosine": _words(sim_ids[row], sim_c[row], "similarity", model.tokenizer),
                 }
             )
         prompts.append(
@@ -149,20 +145,23 @@ def interpret(trainer, k):
         "epoch": trainer.finished_epochs,
         "backbone": cfg.MODEL.BACKBONE.NAME,
         "vocabulary_size": embeddings.shape[0],
+        "tokenizer": model.tokenizer.name,
         "topk": k,
         "note": note,
         "prompts": prompts,
     }
 
 
-def _shown(word, key):
-    text = word["text"] if word["token"].endswith("</w>") else word["text"] + "-"
+def _shown(word, key, bpe):
+    text = word["text"] if word["token"].endswith("</w>") or not bpe else word["text"] + "-"
     return f"{text} ({word[key]:.3f})"
 
 
 def format_report(report, model_dir):
     title = f"{report['trainer']} run {model_dir} (epoch {report['epoch']})"
-    lines = [f"{title}: nearest of {report['vocabulary_size']:,} CLIP tokens, top {report['topk']}"]
+    tokens = f"{report['vocabulary_size']:,} tokens of {report['tokenizer']}"
+    lines = [f"{title}: nearest of {tokens}, top {report['topk']}"]
+    bpe = report["tokenizer"] == "CLIP BPE"
     if report["note"]:
         lines.append(f"{report['trainer']}: {report['note']}")
     for p in report["prompts"]:
@@ -170,8 +169,8 @@ def format_report(report, model_dir):
         lines.append(head + (f"  (initialised from {p['template']!r})" if p["template"] else ""))
         for v in p["vectors"]:
             lines.append(f"  {v['slot']:>4} {v['position']} {v['index']}")
-            lines.append("       euclidean: " + ", ".join(_shown(w, "distance") for w in v["euclidean"]))
-            lines.append("       cosine:    " + ", ".join(_shown(w, "similarity") for w in v["cosine"]))
+            lines.append("       euclidean: " + ", ".join(_shown(w, "distance", bpe) for w in v["euclidean"]))
+            lines.append("       cosine:    " + ", ".join(_shown(w, "similarity", bpe) for w in v["cosine"]))
     return "\n".join(lines)
 
 

@@ -72,8 +72,17 @@ def deep_update(base, override):
 def add_config(cfg):
     """Keys shared by every trainer of this repository (each trainer declares its own in its
     module's `add_config`)."""
-    # Directory for downloaded OpenAI CLIP weights ("" = clip's default, ~/.cache/clip).
+    # MODEL.BACKBONE.NAME (Dassl's key) is an OpenAI CLIP name ("ViT-B/16"), an OpenAI CLIP
+    # checkpoint file, or "open_clip:<model>" (docs/BACKBONES.md).
+    # Directory for downloaded weights ("" = ~/.cache/clip for OpenAI's, ~/.cache/open_clip for
+    # open_clip's, one folder per Hugging Face repository there).
     cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+    # open_clip only: the weights, an open_clip pretrained tag of the model ("laion2b_s34b_b88k"),
+    # "hf-hub:<org>/<repo>" (or "hf-hub:<org>/<repo>/<file>") or a checkpoint file.
+    cfg.MODEL.BACKBONE.WEIGHTS = ""
+    # open_clip only: a JSON model config in open_clip's format for models open_clip does not list
+    # ("" = open_clip's config of the model named in NAME).
+    cfg.MODEL.BACKBONE.MODEL_CONFIG = ""
     # fp32: everything in fp32; fp16: frozen CLIP weights in fp16 (CoOp's default), learnable
     # tensors and losses in fp32; amp: fp32 weights under torch.autocast.
     cfg.TRAINER.PREC = "fp16"

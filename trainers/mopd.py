@@ -70,7 +70,7 @@ class MoPD(PromptTrainer):
         templates = teacher_pool(opts.POOL, model_prompts(self.cfg).TEACHER_TEMPLATES)
         encoder = self.build_text_encoder(clip_model)
         print(f"Teacher pool {opts.POOL!r}: {len(templates)} templates, top {opts.NUM_TEACHERS} per image")
-        teacher_features = encode_templates(encoder, clip_model.token_embedding, templates, self.classnames)
+        teacher_features = encode_templates(encoder, encoder.token_embedding, templates, self.classnames)
         prompt = self.context_prompt(clip_model, opts)
         options = DistillationOptions(
             opts.NUM_TEACHERS, opts.W, opts.W2, opts.DISTILL_TEMPERATURE, opts.TEACHER_COMBINE

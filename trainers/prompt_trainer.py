@@ -35,8 +35,10 @@ from yacs.config import CfgNode as CN
 from clipprompt.clip_loading import backbone_fingerprint, load_clip
 from clipprompt.learnable import learnable_parameters
 from clipprompt.methods.coop import ContextPrompt
+from clipprompt.open_clip_backbone import architecture, pretrained_normalization
 from clipprompt.templates import check_template
-from clipprompt.text_encoder import TextEncoder
+from clipprompt.text_encoder import TextEncoder, check_speed_options
+from clipprompt.towers import image_resolution, text_tower
 from clipprompt.vocabulary import unlearnt_words_warning
 from datasets.loading import build_data_manager
 from trainers.runs.checkpoints import (
@@ -146,7 +148,11 @@ class PromptTrainer(TrainingLoop, TrainerX):
         learnable tensor."""
 
     def build_model(self):
-        self.model = self.make_model(self.load_clip())
+        clip_model = self.load_clip()
+        opts = self.cfg.TRAINER.TEXT_ENCODER
+        keys = ("TRAINER.TEXT_ENCODER.TRUNCATE", "TRAINER.TEXT_ENCODER.SHARE_PREFIX")
+        check_speed_options(text_tower(clip_model), opts.TRUNCATE, opts.SHARE_PREFIX, keys)
+        self.model = self.make_model(clip_model)
         self.register_learnable(self.model, param_groups=self.param_groups())
         if self.model.routing_names:
             self.routing_stats = RoutingStats(self.model.routing_names, self.model.top_k, self.classnames)
@@ -162,26 +168,26 @@ class PromptTrainer(TrainingLoop, TrainerX):
 
         On the device before any prompt learner is built: the prompt assemblers keep a
         reference to CLIP's token embedding outside their module tree."""
-        cfg = self.cfg
+        cfg, backbone = self.cfg, self.cfg.MODEL.BACKBONE
         if self._shared_clip is not None:
             model = copy.deepcopy(self._shared_clip) if self.trains_clip_weights() else self._shared_clip
         else:
             dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
-            print(f"Loading CLIP ({cfg.MODEL.BACKBONE.NAME})")
-            model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT, dtype)
+            weights = f", {backbone.WEIGHTS}" if backbone.WEIGHTS else ""
+            print(f"Loading CLIP ({backbone.NAME}{weights})")
+            model = load_clip(
+                backbone.NAME, backbone.DOWNLOAD_ROOT, dtype, backbone.WEIGHTS, backbone.MODEL_CONFIG
+            )
         # Before any CLIP weight is trained (MoCoOp's release preset trains LayerNorms).
         self.backbone_fingerprint = backbone_fingerprint(model)
-        warning = unlearnt_words_warning(
-            model.token_embedding, [*self.classnames, *self.all_classnames], cfg.MODEL.BACKBONE.NAME
-        )
-        if warning:
-            print(warning)
-        resolution = model.visual.input_resolution
-        if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
-            raise ValueError(
-                f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the image tower of "
-                f"{cfg.MODEL.BACKBONE.NAME} ({resolution} px): set INPUT.SIZE ({resolution}, {resolution})"
+        self.backbone_architecture = architecture(model)  # open_clip's model config, for exports
+        if not str(backbone.NAME).startswith("open_clip:"):  # the check reads CLIP's BPE vocabulary
+            warning = unlearnt_words_warning(
+                model.token_embedding, [*self.classnames, *self.all_classnames], backbone.NAME
             )
+            if warning:
+                print(warning)
+        check_input(cfg, model)
         return model.to(self.device)
 
     def context_prompt(self, clip_model, opts):
@@ -189,14 +195,16 @@ class PromptTrainer(TrainingLoop, TrainerX):
         CTX_INIT, and CoOp's CLASS_TOKEN_POSITION and CSC where the trainer declares them."""
         position, class_specific = opts.get("CLASS_TOKEN_POSITION", "end"), opts.get("CSC", False)
         truncate = self.cfg.TRAINER.TEXT_ENCODER.TRUNCATE
+        tower = text_tower(clip_model)
         return ContextPrompt(
             self.classnames,
-            clip_model.token_embedding,
+            tower.token_embedding,
             opts.N_CTX,
             opts.CTX_INIT,
             position,
             class_specific,
             truncate,
+            tower.tokenizer,
         )
 
     def build_text_encoder(self, clip_model):
@@ -354,9 +362,18 @@ class PromptTrainer(TrainingLoop, TrainerX):
     def checkpoint_identity(self):
         """What this trainer's checkpoints belong to (`trainers.runs.identity`)."""
         cfg, keys = self.cfg, config_values(self.cfg, self.identity_keys)
-        backbone = (cfg.MODEL.BACKBONE.NAME, self.backbone_fingerprint)
         names = (self.model.routing_names, self.classnames, self.class_specific_tensors())
-        return make_identity(cfg.TRAINER.NAME, *backbone, keys, *names, self.model.training_state())
+        backbone = cfg.MODEL.BACKBONE
+        return make_identity(
+            cfg.TRAINER.NAME,
+            backbone.NAME,
+            self.backbone_fingerprint,
+            keys,
+            *names,
+            self.model.training_state(),
+            backbone.WEIGHTS,
+            backbone.MODEL_CONFIG,
+        )
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Dassl's hook; `model_name` is set only for `model-best.pth.tar`, which the
@@ -399,3 +416,24 @@ class PromptTrainer(TrainingLoop, TrainerX):
         best = epoch is None and self.cfg.TEST.FINAL_MODEL == "best_val"
         models = {name: self._models[name] for name in self.get_model_names()}
         self.finished_epochs = load_for_evaluation(models, directory, self.checkpoint_identity(), epoch, best)
+
+
+def check_input(cfg, clip_model):
+    """INPUT.SIZE must be the image tower's; INPUT.PIXEL_MEAN / PIXEL_STD those the backbone's
+    weights were trained with, where its pretrained tag says (open_clip: SigLIP's 0.5, ...)."""
+    name, resolution = cfg.MODEL.BACKBONE.NAME, image_resolution(clip_model)
+    if tuple(cfg.INPUT.SIZE) != resolution:
+        raise ValueError(
+            f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the image tower of {name} "
+            f"({resolution[0]} x {resolution[1]} px): set INPUT.SIZE {resolution}"
+        )
+    preprocess = pretrained_normalization(clip_model)
+    if preprocess is None:
+        return
+    for key, expected in (("PIXEL_MEAN", preprocess["mean"]), ("PIXEL_STD", preprocess["std"])):
+        given = tuple(float(v) for v in cfg.INPUT[key])
+        if any(abs(a - b) > 1e-6 for a, b in zip(given, expected)) or len(given) != len(expected):
+            raise ValueError(
+                f"INPUT.{key} {list(given)} is not the normalisation {name} ({cfg.MODEL.BACKBONE.WEIGHTS}) "
+                f"was trained with: set INPUT.{key} {list(expected)}"
+            )

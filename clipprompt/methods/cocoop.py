@@ -19,6 +19,7 @@ from torch import nn
 from ..learnable import load_learnable
 from ..model import PromptedCLIP, PromptWork, exported_kind
 from ..text_encoder import TextEncoder
+from ..towers import text_tower
 from .coop import ContextPrompt
 
 
@@ -40,9 +41,12 @@ class ConditionalPrompt(ContextPrompt):
     """Context table `[M, d]` shifted per image: `forward(image_features)` → `[B, rows, L, d]`."""
 
     def __init__(self, classnames, clip_model, n_ctx, ctx_init, reduction, truncate=True):
-        super().__init__(classnames, clip_model.token_embedding, n_ctx, ctx_init, truncate=truncate)
-        text_dim = clip_model.token_embedding.weight.shape[1]
-        self.meta_net = MetaNet(clip_model.visual.output_dim, text_dim, reduction)
+        tower = text_tower(clip_model)
+        super().__init__(
+            classnames, tower.token_embedding, n_ctx, ctx_init, truncate=truncate, tokenizer=tower.tokenizer
+        )
+        text_dim = tower.token_embedding.weight.shape[1]
+        self.meta_net = MetaNet(tower.embed_dim, text_dim, reduction)
 
     def forward(self, image_features):
         shift = self.meta_net(image_features)  # [B, d]
@@ -68,7 +72,7 @@ class ConditionalCLIP(PromptedCLIP):
     def classify_features(self, image_features):
         text_features = self.text_features(image_features)
         logits = (text_features @ image_features[:, :, None]).squeeze(-1)
-        return self.scale() * logits, None
+        return self.add_bias(self.scale() * logits), None
 
     def prompt_work(self, batch, training=True):
         return PromptWork(self.prompt_learner.assembler, self.text_encoder, None, batch, self.text_features)

@@ -19,7 +19,8 @@ class ContextPrompt(nn.Module):
     """CoOp's prompt `[SOS] v1 .. vM CLASS . [EOS]` over a list of classes: M learnable context
     vectors shared by all classes (one set per class with `class_specific`), placed before the
     class name ("end"), around it ("middle") or after it ("front"), initialised from the words
-    `ctx_init` or N(0, 0.02²). Also the student of KgCoOp and MoPD and the base of CoCoOp."""
+    `ctx_init` or N(0, 0.02²), in the tokens of `tokenizer` (the model's; default CLIP's BPE).
+    Also the student of KgCoOp and MoPD and the base of CoCoOp."""
 
     def __init__(
         self,
@@ -30,11 +31,17 @@ class ContextPrompt(nn.Module):
         position="end",
         class_specific=False,
         truncate=True,
+        tokenizer=None,
     ):
         super().__init__()
-        form = PromptForm.coop(n_ctx, ctx_init, position)
+        form = PromptForm.coop(n_ctx, ctx_init, position, tokenizer)
         self.assembler = PromptAssembler(
-            [form], classnames, token_embedding, class_specific=class_specific, truncate=truncate
+            [form],
+            classnames,
+            token_embedding,
+            class_specific=class_specific,
+            truncate=truncate,
+            tokenizer=tokenizer,
         )
         self.ctx = nn.Parameter(self.assembler.init_table())
 

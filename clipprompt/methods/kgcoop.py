@@ -41,7 +41,7 @@ class KnowledgeGuidedCLIP(SoftPromptCLIP):
 
     def __init__(self, clip_model, prompt_learner, text_encoder, template, classnames, weight):
         super().__init__(clip_model, prompt_learner, text_encoder)
-        hard = encode_templates(text_encoder, clip_model.token_embedding, [template], classnames)[0]
+        hard = encode_templates(text_encoder, text_encoder.token_embedding, [template], classnames)[0]
         self.register_buffer("hard_features", hard, persistent=False)
         self.template = template
         self.weight = weight

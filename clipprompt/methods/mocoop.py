@@ -27,6 +27,7 @@ from ..prompts import PromptAssembler
 from ..routing import Router, gather_selected, topk_softmax
 from ..templates import PromptForm
 from ..text_encoder import encode_templates
+from ..towers import text_tower
 
 
 def validate_groups(group_sizes, templates):
@@ -161,7 +162,8 @@ def resblock_norms(image_encoder, key="TRAINER.MOCOOP.FINETUNE_IMAGE_LN"):
     blocks = getattr(getattr(image_encoder, "transformer", None), "resblocks", None)
     if blocks is None:
         raise ValueError(
-            f"{key} needs a ViT image tower (residual blocks with ln_1/ln_2); set it to False for a ResNet CLIP"
+            f"{key} needs a ViT image tower (residual blocks with ln_1/ln_2); this image tower is "
+            f"{type(image_encoder).__name__}: set it to False"
         )
     # fp32 in every PREC mode: OpenAI's fp16 layout keeps LayerNorms in fp32.
     return [p for block in blocks for norm in (block.ln_1, block.ln_2) for p in norm.parameters()]
@@ -172,9 +174,10 @@ class ExpertPrompts(nn.Module):
 
     def __init__(self, templates, text_classnames, clip_model, truncate):
         super().__init__()
-        forms = [PromptForm.from_template(t) for t in templates]
+        tower = text_tower(clip_model)
+        forms = [PromptForm.from_template(t, tower.tokenizer) for t in templates]
         self.assembler = PromptAssembler(
-            forms, text_classnames, clip_model.token_embedding, truncate=truncate
+            forms, text_classnames, tower.token_embedding, truncate=truncate, tokenizer=tower.tokenizer
         )
         self.ctx = nn.Parameter(self.assembler.init_table())
 
@@ -200,7 +203,8 @@ class ExpertMixtureCLIP(PromptedCLIP):
 
     def classify_features(self, image_features):
         routing = self.route(image_features)
-        return mix_expert_logits(image_features, self.expert_features(), *routing, self.scale()), routing
+        logits = mix_expert_logits(image_features, self.expert_features(), *routing, self.scale())
+        return self.add_bias(logits), routing
 
     def export_tensors(self):
         return {"expert_features": self.expert_features()}
@@ -257,7 +261,7 @@ class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
         self.routing_names = tuple(first_templates)
         self.top_k = options.top_k
         self.prompt_learner = ExpertPrompts(first_templates, text_classnames, clip_model, truncate)
-        embed_dim = clip_model.text_projection.shape[1]
+        embed_dim = text_tower(clip_model).embed_dim
         self.router = Router(embed_dim, self.num_experts)
         self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
         self.image_norms = resblock_norms(self.image_encoder) if options.finetune_image_ln else []
@@ -265,7 +269,7 @@ class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
             p.requires_grad_(True)
 
         # Hard features: every template of every group for every text class, once, frozen.
-        hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
+        hard = encode_templates(text_encoder, text_encoder.token_embedding, templates, text_classnames)
         prototypes, group_mean = group_features(hard, groups)
         self.register_buffer("hard", hard, persistent=False)
         self.register_buffer("prototypes", prototypes, persistent=False)
@@ -315,7 +319,7 @@ class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
         scores = self.router_scores(v)
         routing = Routing(*topk_softmax(scores, opts.top_k))
         soft = self.soft_features()  # one encoder call: all experts x all text classes
-        logits = mix_expert_logits(v, soft[:, : self.num_classes], *routing, self.scale())
+        logits = self.add_bias(mix_expert_logits(v, soft[:, : self.num_classes], *routing, self.scale()))
         terms = {"loss_cls": F.cross_entropy(logits, label)}
         if opts.router_loss_weight:
             loss = router_loss(scores, self.router_target(v, label), opts.router_kl)

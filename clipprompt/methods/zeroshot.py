@@ -24,7 +24,7 @@ class HandCraftedCLIP(FixedFeaturesCLIP):
     """Fixed class weights: the (ensembled) text features of hand-crafted prompts."""
 
     def __init__(self, clip_model, text_encoder, templates, classnames):
-        per_template = encode_templates(text_encoder, clip_model.token_embedding, templates, classnames)
+        per_template = encode_templates(text_encoder, text_encoder.token_embedding, templates, classnames)
         super().__init__(clip_model, F.normalize(per_template.mean(dim=0), dim=-1))
         self.template_list = list(templates)
 

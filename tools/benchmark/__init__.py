@@ -3,7 +3,8 @@
     python -m tools.benchmark [--size default|eurosat|sun397|imagenet] [--device cpu|cuda]
         [--classes C] [--virtual V] [--experts G] [--batch B] [--eval-batch E]
         [--prec fp32|fp16|amp] [--repeats N] [--threads T] [--trainers CoOp MoCoOp ...]
-        [--dataset oxford_pets] [--forward] [--json out.json]
+        [--dataset oxford_pets] [--forward] [--backbone open_clip:<model> [--backbone-config JSON]]
+        [--json out.json]
     python -m tools.benchmark --suite targets --threads 1    # the shared prefix's targets
     python -m tools.benchmark --suite precision --threads 1  # PREC amp against fp32
     python -m tools.benchmark --suite gpu                    # the CUDA measurements
@@ -11,7 +12,9 @@
 Every model is a real trainer: the config comes from `trainers.make_cfg` (the dataset config and
 the trainer config the protocol scripts use, per-dataset files included) and the model from
 the trainer's own `build_model`, with CLIP ViT-B/16's architecture and random weights loaded
-through `MODEL.BACKBONE.NAME`. Only Dassl's data loaders are left out: the trainer is given
+through `MODEL.BACKBONE.NAME` (`--backbone open_clip:<model>`, for the trainer tables: that
+open_clip model's architecture, with random weights, at its image size; a model whose text tower
+has only its reference path is refused, docs/BACKBONES.md). Only Dassl's data loaders are left out: the trainer is given
 the class names directly and fed random images. Class names are the dataset's where the
 repository knows them (EuroSAT), else generated (1-3 words, rare words split into several BPE
 tokens; `--classnames-file` takes a real list); the templates are the dataset config's.

@@ -156,13 +156,15 @@ def expert_subset(dataset, experts):
     return ["DATASET.PROMPTS.EXPERT_GROUPS", repr(sizes), "DATASET.PROMPTS.EXPERT_TEMPLATES", repr(templates)]
 
 
-def make_cfg(name, args, clip_path, opts=()):
+def make_cfg(name, args, backbone, opts=()):
     """The config of benchmark row `name` for `args.dataset` (with `args.experts`: the first
-    that many expert groups of the dataset's prompts), at `args.prec`, plus `opts`."""
+    that many expert groups of the dataset's prompts), at `args.prec`, plus `opts`; `backbone`
+    is {name, weights, model_config} (MODEL.BACKBONE's keys)."""
     trainer, config, _ = TRAINERS[name]
     extra = expert_subset(args.dataset, args.experts) if args.experts else []
     options = [
-        "MODEL.BACKBONE.NAME", clip_path, "TRAINER.PREC", args.prec, "INPUT.SIZE",
+        "MODEL.BACKBONE.NAME", backbone["name"], "MODEL.BACKBONE.WEIGHTS", backbone["weights"],
+        "MODEL.BACKBONE.MODEL_CONFIG", backbone["model_config"], "TRAINER.PREC", args.prec, "INPUT.SIZE",
         f"({args.image_size}, {args.image_size})", "USE_CUDA", str(args.device == "cuda"), *extra, *opts,
     ]  # fmt: skip
     config_file = os.path.join(REPO, trainer_config(trainer, config, args.dataset, REPO))
@@ -174,19 +176,23 @@ class Bench:
     frozen CLIP is loaded once per weight dtype and shared (a trainer that trains CLIP weights
     copies it)."""
 
-    def __init__(self, args, device, clip_path):
+    def __init__(self, args, device, backbone):
         self.args = args
         self.device = device
-        self.clip_path = clip_path
+        self.backbone = backbone  # {name, weights, model_config}: MODEL.BACKBONE's keys
         self.frozen_clips = {}  # by weight dtype
 
     def build(self, name, base, virtual, opts=(), args=None):
         """Benchmark row `name` for `base` classes (+ `virtual` text classes) with the
         config overrides `opts`; `args` replaces the command line's dataset, experts, precision."""
-        cfg = make_cfg(name, args or self.args, self.clip_path, opts)
+        cfg = make_cfg(name, args or self.args, self.backbone, opts)
         dtype = torch.float16 if cfg.TRAINER.PREC == "fp16" else torch.float32
         if dtype not in self.frozen_clips:
-            self.frozen_clips[dtype] = load_clip(self.clip_path, dtype=dtype).to(self.device)
+            b = self.backbone
+            clip_model = load_clip(
+                b["name"], dtype=dtype, weights=b["weights"], model_config=b["model_config"]
+            )
+            self.frozen_clips[dtype] = clip_model.to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):
             trainer = trainers.build_trainer(
                 cfg, base, list(base) + list(virtual), clip_model=self.frozen_clips[dtype]

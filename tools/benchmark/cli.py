@@ -13,6 +13,8 @@ import torch
 
 import tools.benchmark
 from clipprompt.clip_loading import build_tiny_clip, convert_weights, save_clip_state_dict
+from clipprompt.open_clip_backbone import OpenCLIPSource, build_open_clip, convert_weights_to_lp, model_config
+from clipprompt.towers import image_resolution, text_tower
 from tools.benchmark.build import REPO, SIZES, TRAINERS, VIT_B16, Bench
 from tools.benchmark.gpu import run_gpu
 from tools.benchmark.imagenet import IMAGENET, IMAGENET_CPU, imagenet_scale
@@ -130,10 +132,29 @@ def parse_args(argv=None):
         "targets and gpu suites toy sizes (a few classes, batch 1): to test the script, the numbers "
         "mean nothing",
     )
+    p.add_argument(
+        "--backbone",
+        default="",
+        help="open_clip:<model> (e.g. open_clip:ViT-B-16): that open_clip model's architecture with random "
+        "weights instead of CLIP ViT-B/16's (its image size; the trainer tables only; docs/BACKBONES.md)",
+    )
+    p.add_argument(
+        "--backbone-config",
+        default="",
+        help="with --backbone: a JSON model config (MODEL.BACKBONE.MODEL_CONFIG)",
+    )
     p.add_argument("--json", help="result file (default: output/benchmark/<suite or size>_<device>.json)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
+    if args.backbone and (not args.backbone.startswith("open_clip:") or args.toy):
+        p.error("--backbone takes open_clip:<model> (without --toy, which is a tiny OpenAI CLIP)")
+    if args.backbone and (args.suite != "table" or args.size == "imagenet"):
+        p.error(
+            "--backbone measures the trainer tables (--suite table; the ImageNet memory model is ViT-B/16's)"
+        )
+    if args.backbone_config and not args.backbone:
+        p.error("--backbone-config needs --backbone open_clip:<model>")
     apply_defaults(args)
     if (
         min(args.classes, args.batch or 1, args.eval_batch or 1, args.repeats, args.eval_repeats) < 1
@@ -168,7 +189,7 @@ def apply_defaults(args):
         "eval_repeats": 1 if cpu else 3,
         "eval_warmup": 0 if cpu else 1,
         "experts": small["experts"] if imagenet else None,
-        "image_size": 32 if args.toy else VIT_B16["image_resolution"],
+        "image_size": 32 if args.toy else VIT_B16["image_resolution"],  # --backbone: its own
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -219,16 +240,10 @@ def main(argv=None):
         flush=True,
     )
 
-    architecture = TOY_CLIP if args.toy else VIT_B16
-    clip_model = build_tiny_clip(**{**architecture, "image_resolution": args.image_size})
-    weight_bytes = {"fp32": sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())}
     with tempfile.TemporaryDirectory() as tmp:
-        clip_path = save_clip_state_dict(clip_model, os.path.join(tmp, "vit_b16_random.pt"))
-        half = copy.deepcopy(clip_model)
-        convert_weights(half)
-        weight_bytes["fp16"] = sum(t.numel() * t.element_size() for t in half.state_dict().values())
-        del clip_model, half
-        bench = Bench(args, device, clip_path)
+        backbone, weight_bytes = random_backbone(args, tmp)
+        info["backbone"] = backbone["name"]
+        bench = Bench(args, device, backbone)
         result = {"args": vars(args), "machine": info, "memory_method": peak.method}
         result.update(run_suite(args, device, bench, peak, weight_bytes))
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
@@ -244,6 +259,39 @@ def main(argv=None):
     with open(path, "w") as f:
         json.dump(result, f, indent=1, default=str)
     print(f"\nWrote {path} ({result['wall_s']} s)")
+
+
+def random_backbone(args, folder):
+    """The backbone the benchmark measures, with random weights saved in `folder`: CLIP ViT-B/16's
+    architecture (`--toy`: a tiny CLIP) or `--backbone`'s open_clip model (its image size is
+    then `--image-size`). Returns ({name, weights, model_config}, {dtype: bytes of the weights})."""
+    if args.backbone:
+        source = OpenCLIPSource.parse(args.backbone, model_config=args.backbone_config)
+        clip_model = build_open_clip(model_config(source), source)
+        tower = text_tower(clip_model)
+        if not tower.prefix_exact:
+            raise SystemExit(
+                f"--backbone {source.name}: the benchmark compares text-encoder paths, and this text tower has "
+                f"only its reference path ({tower.why_not_prefix_exact()})"
+            )
+        args.image_size = image_resolution(clip_model)[0]
+        path = os.path.join(folder, "open_clip_random.pt")
+        torch.save(clip_model.state_dict(), path)
+        backbone = {"name": source.name, "weights": path, "model_config": args.backbone_config}
+        half = copy.deepcopy(clip_model)
+        convert_weights_to_lp(half)
+    else:
+        architecture = TOY_CLIP if args.toy else VIT_B16
+        clip_model = build_tiny_clip(**{**architecture, "image_resolution": args.image_size})
+        path = save_clip_state_dict(clip_model, os.path.join(folder, "vit_b16_random.pt"))
+        backbone = {"name": path, "weights": "", "model_config": ""}
+        half = copy.deepcopy(clip_model)
+        convert_weights(half)
+    weight_bytes = {
+        name: sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        for name, model in (("fp32", clip_model), ("fp16", half))
+    }
+    return backbone, weight_bytes
 
 
 def run_suite(args, device, bench, peak, weight_bytes):

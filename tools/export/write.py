@@ -16,7 +16,7 @@ import torch
 
 from clipprompt.atomic import WriteError, write_error_message
 from clipprompt.clip_loading import CheckpointError
-from clipprompt.exported import LEARNED, backbone_record, save_exported
+from clipprompt.exported import LEARNED, portable_backbone, save_exported
 from clipprompt.learnable import CheckpointMismatch, learnable_parameters
 from tools.export.run import add_run_arguments, load_run
 from trainers.runs.checkpoints import UnreadableCheckpoint
@@ -40,6 +40,14 @@ def without_folders(text):
     return re.sub(r"(?<![\w.])/[^\s()]*", lambda m: os.path.basename(m.group(0).rstrip("/")) or "/", text)
 
 
+def backbone_metadata(trainer):
+    """The run's backbone as its checkpoints record it, and an open_clip model's config itself
+    ("architecture"), so that the file loads where the config file is not."""
+    record = trainer.checkpoint_identity()["backbone"]
+    architecture = trainer.backbone_architecture
+    return record | ({"architecture": architecture} if architecture is not None else {})
+
+
 @torch.no_grad()
 def exported(trainer, model_dir, classes_from):
     """(tensors, metadata) of the exported classifier of a loaded trainer: what its model says
@@ -59,12 +67,13 @@ def exported(trainer, model_dir, classes_from):
     metadata = {
         "kind": model.export_kind,
         "trainer": cfg.TRAINER.NAME,
-        "backbone": backbone_record(cfg.MODEL.BACKBONE.NAME, trainer.backbone_fingerprint),
+        "backbone": backbone_metadata(trainer),
         "classnames": list(trainer.classnames),
         "templates": model.templates(),
         "routing": None,
         "preprocessing": preprocessing(cfg),
         "logit_scale": tensors["logit_scale"].item(),
+        "logit_bias": None if model.logit_bias is None else model.logit_bias.item(),
         "run": {
             "model_dir": os.path.basename(os.path.normpath(model_dir)),
             "epoch": trainer.finished_epochs,
@@ -105,9 +114,8 @@ def main(argv=None):
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     tensors, metadata = exported(trainer, args.model_dir, where)
-    # The CLIP file's path relative to the destination, so that it is found from any folder.
-    backbone = trainer.cfg.MODEL.BACKBONE.NAME
-    metadata["backbone"] = backbone_record(backbone, trainer.backbone_fingerprint, args.out)
+    # The CLIP's file by its name and its path relative to the destination: found from any folder.
+    metadata["backbone"] = portable_backbone(metadata["backbone"], args.out)
     try:
         save_exported(args.out, tensors, metadata)
     except WriteError as err:  # disk full, read-only folder

@@ -8,7 +8,13 @@ identity, a plain dict (readable with `torch.load(weights_only=True)`) stored un
     {
         "version": 1,
         "trainer": "CoOp",
-        "backbone": {"name": "ViT-B/16", "fingerprint": "<clip_loading.backbone_fingerprint>"},
+        "backbone": {                               # clip_loading.backbone_record
+            "library": "openai",                    # or "open_clip"
+            "name": "ViT-B/16",                     # MODEL.BACKBONE.NAME ("open_clip:ViT-B-16")
+            "weights": "",                          # open_clip: tag, hf-hub: name or file
+            "model_config": "",                     # open_clip: MODEL.BACKBONE.MODEL_CONFIG
+            "fingerprint": "<clip_loading.backbone_fingerprint>",
+        },
         "keys": {"TRAINER.COOP.N_CTX": 16, ...},    # config keys that define the tensors
         "candidates": ["a photo of a {}.", ...],    # routed experts / teachers, or []
         "classnames": ["abyssinian", ...],          # the model's classes, in label order
@@ -17,11 +23,13 @@ identity, a plain dict (readable with `torch.load(weights_only=True)`) stored un
     }
 
 `identity_problems` compares a checkpoint's identity with the one of the model it is loaded
-into: the backbone is compared by fingerprint (the name may be a path that moved), the class
+into: the backbone is compared by fingerprint (the name or weights may be a path that moved;
+checkpoints of an earlier version record only name and fingerprint), the class
 names only where the tensors depend on them (so base -> new stays allowed for shared
 contexts), unless `same_classes` asks for them (resuming a training run).
 """
 
+from clipprompt.clip_loading import backbone_record
 from clipprompt.learnable import CheckpointMismatch
 
 IDENTITY_VERSION = 1
@@ -46,19 +54,33 @@ def config_values(cfg, keys):
 
 
 def make_identity(
-    trainer, backbone_name, fingerprint, keys, candidates, classnames, class_specific, model_state=()
+    trainer,
+    backbone_name,
+    fingerprint,
+    keys,
+    candidates,
+    classnames,
+    class_specific,
+    model_state=(),
+    weights="",
+    model_config="",
 ):
     """The identity dict (module docstring); `keys` maps config keys to their values."""
     return {
         "version": IDENTITY_VERSION,
         "trainer": trainer,
-        "backbone": {"name": backbone_name, "fingerprint": fingerprint},
+        "backbone": backbone_record(backbone_name, fingerprint, weights, model_config),
         "keys": {key: plain(value) for key, value in keys.items()},
         "candidates": list(candidates),
         "classnames": list(classnames),
         "class_specific": bool(class_specific),
         "model_state": sorted(model_state),
     }
+
+
+def _backbone(record):
+    weights = f" with weights {record['weights']!r}" if record.get("weights") else ""
+    return f"{record['name']!r}{weights} with fingerprint {record['fingerprint']}"
 
 
 def _class_difference(saved, current):
@@ -76,10 +98,7 @@ def identity_problems(saved, current, same_classes=False):
         errors.append(f"trainer {saved['trainer']} (checkpoint) vs {current['trainer']} (this model)")
     old, new = saved["backbone"], current["backbone"]
     if old["fingerprint"] != new["fingerprint"]:
-        errors.append(
-            f"backbone {old['name']!r} with fingerprint {old['fingerprint']} (checkpoint) vs "
-            f"{new['name']!r} with fingerprint {new['fingerprint']} (this model)"
-        )
+        errors.append(f"backbone {_backbone(old)} (checkpoint) vs {_backbone(new)} (this model)")
     for key in sorted(set(saved["keys"]) | set(current["keys"])):
         if key not in saved["keys"] or key not in current["keys"]:
             unchecked.append(key)
