@@ -126,7 +126,8 @@ def test_dataset_size_table(tmp_path):
 @pytest.fixture(scope="module")
 def bench(tiny_clip_path):
     args = argparse.Namespace(dataset="oxford_pets", experts=None, prec="fp32", image_size=32, device="cpu")
-    return Bench(args, torch.device("cpu"), tiny_clip_path)
+    backbone = {"name": tiny_clip_path, "weights": "", "model_config": ""}  # MODEL.BACKBONE.*
+    return Bench(args, torch.device("cpu"), backbone)
 
 
 @pytest.mark.parametrize("name", ["CoOp", "KgCoOp", "CoCoOp", "MoCoOp", "MoPD", "LASP", "ProGrad"])
