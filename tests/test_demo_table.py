@@ -83,7 +83,8 @@ def test_a_readme_without_markers_is_an_error(tree):
 
 def test_the_repository_readme_has_a_row_for_every_demo_run_the_docs_name():
     """README's own table parses, and each row names a config that scripts/demo.sh can run:
-    the five trainers' `demo` and MoCoOp's two ablations, then other trainers' `demo`."""
+    the five trainers' `demo` and MoCoOp's two ablations, then other trainers' `demo` (and the
+    zero-shot and CoOp references on the ViT demo CLIP, `demo_vit`)."""
     readme = os.path.join(ROOT, "README.md")
     with open(readme, encoding="utf-8") as f:
         _, rows = table.table_rows(f.read(), readme)
@@ -93,7 +94,7 @@ def test_the_repository_readme_has_a_row_for_every_demo_run_the_docs_name():
         ("MoCoOp", "demo_moe"),
         ("MoCoOp", "demo_router_tau007"),
     ]
-    assert {config for _, config in pairs[7:]} <= {"demo"} and ("LASP", "demo") in pairs[7:]
+    assert {config for _, config in pairs[7:]} <= {"demo", "demo_vit"} and ("LASP", "demo") in pairs[7:]
     for trainer, config in pairs:
         assert os.path.isfile(os.path.join(ROOT, "configs", "trainers", trainer, f"{config}.yaml"))
 
