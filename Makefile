@@ -10,7 +10,7 @@ test:
 	@PY=$$(DEV=1 bash scripts/setup_env.sh) && \
 	echo "[test] ruff check ." && "$$PY" -m ruff check . && \
 	echo "[test] ruff format --check ." && "$$PY" -m ruff format --check . && \
-	echo "[test] python -m pytest -rs tests" && "$$PY" -m pytest -rs tests
+	echo "[test] python -m pytest -rs -n auto tests" && "$$PY" -m pytest -rs -n auto tests
 
 demo:
 	@PY=$$(bash scripts/setup_env.sh) && PYTHON="$$PY" bash scripts/demo.sh

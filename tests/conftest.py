@@ -1,5 +1,7 @@
+import fcntl
 import importlib.util
 import os
+import shutil
 import sys
 
 import pytest
@@ -11,6 +13,13 @@ if ROOT not in sys.path:
 
 from clipprompt.clip_loading import build_tiny_clip, save_clip_state_dict
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest-xdist: the cores are shared by the workers (and the train.py runs they start), each
+    # taking its share of threads rather than every worker spinning one per core.
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def tiny_clip():
@@ -21,10 +30,33 @@ def tiny_clip():
     return model
 
 
+def shared_folder(tmp_path_factory, name, make):
+    """The folder `name`, filled by `make(folder)` once per test run: with pytest-xdist, once for
+    all workers (the first that asks makes it under a lock, the others wait and reuse it), so that
+    the data sets and trained runs of the end-to-end tests are not made once per worker. A folder
+    whose making failed is made again by the next one that asks."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above every worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory, tiny_clip):
     """The tiny CLIP saved as a plain state dict, loadable through MODEL.BACKBONE.NAME."""
-    return save_clip_state_dict(tiny_clip, str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt"))
+    folder = shared_folder(
+        tmp_path_factory, "clip", lambda f: save_clip_state_dict(tiny_clip, str(f / "tiny_clip.pt"))
+    )
+    return str(folder / "tiny_clip.pt")
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +83,10 @@ def pets(tmp_path_factory):
     from tests.dataset_layouts import make_oxford_pets
     from tests.e2e import randomise_images
 
-    root = tmp_path_factory.mktemp("pets")
-    randomise_images(make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
-    return str(root)
+    def make(root):
+        randomise_images(make_oxford_pets(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
+
+    return str(shared_folder(tmp_path_factory, "pets", make))
 
 
 @pytest.fixture(scope="session")
@@ -62,27 +95,27 @@ def dtd(tmp_path_factory):
     from tests.dataset_layouts import make_dtd
     from tests.e2e import randomise_images
 
-    root = tmp_path_factory.mktemp("dtd")
-    randomise_images(make_dtd(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
-    return str(root)
+    def make(root):
+        randomise_images(make_dtd(str(root), num_classes=6, per_class=(4, 2, 3)).dataset_dir)
+
+    return str(shared_folder(tmp_path_factory, "dtd", make))
 
 
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory, tiny_clip_path, pets, dtd):
     """`base_run(name)`: the output directory of a 2-epoch train.py run of `tests.e2e.CASES[name]`
-    on the base classes (seed 1), trained once per session on first use."""
+    on the base classes (seed 1), trained once per test run on first use (`shared_folder`)."""
     from tests.e2e import CASES, run_train
 
-    runs = {}
     roots = {"pets": pets, "dtd": dtd}
 
+    def train(folder, case):
+        out = str(folder / "train_base")
+        run_train(*case.args(roots[case.data], tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "base"))
+
     def get(name):
-        if name not in runs:
-            case = CASES[name]
-            out = str(tmp_path_factory.mktemp(name) / "train_base")
-            run_train(*case.args(roots[case.data], tiny_clip_path, out, "DATASET.SUBSAMPLE_CLASSES", "base"))
-            runs[name] = out
-        return runs[name]
+        folder = shared_folder(tmp_path_factory, f"base_run_{name}", lambda f: train(f, CASES[name]))
+        return str(folder / "train_base")
 
     return get
 

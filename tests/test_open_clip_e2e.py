@@ -112,10 +112,13 @@ def test_a_trained_run_predicts_and_exports_as_it_evaluates(tiny_open_clip, pets
     exported = str(tmp_path / "coop.safetensors")
     export_main(["--model-dir", run, "--out", exported, "--device", "cpu"])
     backbone = read_exported(exported)[1]["backbone"]
-    assert {k: backbone[k] for k in ("library", "name", "weights", "fingerprint")} == {
+    # The weights file by its name and its path from the exported file (no folder of this machine).
+    keys = ("library", "name", "weights", "relative_path", "fingerprint")
+    assert {k: backbone[k] for k in keys} == {
         "library": "open_clip",
         "name": spec.name,
-        "weights": spec.weights,
+        "weights": os.path.basename(spec.weights),
+        "relative_path": os.path.relpath(spec.weights, tmp_path),
         "fingerprint": trainer.backbone_fingerprint,
     }
     with open(spec.config, encoding="utf-8") as f:
