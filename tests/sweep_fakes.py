@@ -6,6 +6,7 @@ squeue about one job it no longer knows, sbatch refusing a submission."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,18 @@ def sweep(repo, *args, wait=True, report=False, **env):
     tables at the end unless `report`."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FAKE_SLEEP": "0", **env}
     cmd = [sys.executable, "-m", "tools.sweep", "--data", "data", *args, *([] if report else ["--no-report"])]
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C reaches the sweep as in a terminal, also where the test run was started in the
+        # background by a shell (which starts it with SIGINT ignored, and Python keeps that).
+        # (one call between fork and exec, touching no lock: safe beside the runner's threads)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
     if not wait:
         return proc
     out, err = proc.communicate(timeout=120)
