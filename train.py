@@ -34,6 +34,7 @@ from dassl.utils import collect_env_info, set_random_seed
 
 import trainers
 from clipprompt.atomic import WriteError, naming_write_errors, write_error_message, write_text_atomically
+from clipprompt.clip_loading import CheckpointError
 from trainers.runs.determinism import set_determinism
 from trainers.runs.folder import RunLog, config_changes, describe_changes, held_results, run_seed, start_log
 from trainers.runs.lock import RunFolderBusy, lock_run_folder
@@ -189,6 +190,11 @@ def main(argv=None):
         finally:
             lock.release()
     except RunFolderBusy as err:
+        raise SystemExit(f"error: {err}") from None
+    except CheckpointError as err:  # the CLIP cannot be loaded (not downloaded, not a CLIP, ...)
+        print(f"error: {err}")  # in the run's log too
+        if isinstance(sys.stdout, RunLog):
+            sys.stdout.close()
         raise SystemExit(f"error: {err}") from None
     except WriteError as err:  # disk full, read-only output: one line, not a traceback
         if isinstance(sys.stdout, RunLog):

@@ -183,3 +183,16 @@ def test_a_checkpoint_that_fills_the_disk_is_a_write_error_naming_it(tmp_path, f
         "No space left on device",
     )
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.e2e
+def test_a_clip_that_cannot_be_loaded_ends_train_py_with_one_line(pets, tmp_path):
+    """A missing CLIP file (as a missing download) is one line on stderr naming the file and what
+    to do, and the same line in the run's log: no traceback."""
+    missing = tmp_path / "no_such_clip.pt"
+    out = tmp_path / "run"
+    proc = run_train(*coop_args(pets, str(missing), str(out)), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(missing) in last, last
+    assert last in (out / "log.txt").read_text(encoding="utf-8")
