@@ -22,6 +22,11 @@ def add_config(cfg):
     add_deep_prompt_keys(cfg.TRAINER.IVLP)
 
 
+# The keys of `add_deep_prompt_keys`: they decide the learned tensors' shapes and layout, so a
+# checkpoint names them in its identity (IVLP's and PromptSRC's `identity_keys`).
+DEEP_PROMPT_KEYS = ("N_CTX_TEXT", "N_CTX_VISION", "CTX_INIT", "PROMPT_DEPTH_TEXT", "PROMPT_DEPTH_VISION")
+
+
 def add_deep_prompt_keys(node):
     """The prompt keys IVLP and PromptSRC share (the released configs' names)."""
     # Learnable text tokens per layer n (layer 0 sits after SOS, in place of words).
@@ -75,10 +80,7 @@ def check_towers(clip_model, backbone, trainer, text, image):
 class IVLP(PromptTrainer):
     add_config = staticmethod(add_config)
     benchmark_rows = (("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx", True),)
-    identity_keys = tuple(
-        f"TRAINER.IVLP.{k}"
-        for k in ("N_CTX_TEXT", "N_CTX_VISION", "CTX_INIT", "PROMPT_DEPTH_TEXT", "PROMPT_DEPTH_VISION")
-    )
+    identity_keys = tuple(f"TRAINER.IVLP.{k}" for k in DEEP_PROMPT_KEYS)
 
     @classmethod
     def check_cfg(cls, cfg):

@@ -16,7 +16,13 @@ from yacs.config import CfgNode as CN
 from clipprompt.methods.promptsrc import SelfRegulatingCLIP, frozen_templates, gaussian_weights
 
 from .config import model_prompts
-from .ivlp import add_deep_prompt_keys, check_deep_prompt_keys, check_deep_towers, independent_prompts
+from .ivlp import (
+    DEEP_PROMPT_KEYS,
+    add_deep_prompt_keys,
+    check_deep_prompt_keys,
+    check_deep_towers,
+    independent_prompts,
+)
 from .prompt_trainer import PromptTrainer
 
 
@@ -43,10 +49,7 @@ def add_config(cfg):
 class PromptSRC(PromptTrainer):
     add_config = staticmethod(add_config)
     benchmark_rows = (("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx", True),)
-    identity_keys = tuple(
-        f"TRAINER.PROMPTSRC.{k}"
-        for k in ("N_CTX_TEXT", "N_CTX_VISION", "CTX_INIT", "PROMPT_DEPTH_TEXT", "PROMPT_DEPTH_VISION")
-    )
+    identity_keys = tuple(f"TRAINER.PROMPTSRC.{k}" for k in DEEP_PROMPT_KEYS)
 
     @classmethod
     def check_cfg(cls, cfg):

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..caching import CachedTextFeatures
-from ..model import ClassFeaturesCLIP, ContextSlots, PromptWork
+from ..model import ClassFeaturesCLIP, ContextSlots
 from ..prompts import PromptAssembler
 from ..text_encoder import encode_templates
-from .mocoop import resblock_norms, text_loss_lasp
+from ..towers import text_tower
+from .mocoop import GroupedSoftPrompts, resblock_norms, text_loss_lasp
 
 
 def template_groups(sizes, num_templates):
@@ -89,7 +90,7 @@ class GroupPrompts(nn.Module):
         return self.assembler(self.ctx, rows)
 
 
-class LanguageAwareCLIP(CachedTextFeatures, ClassFeaturesCLIP):
+class LanguageAwareCLIP(GroupedSoftPrompts, CachedTextFeatures, ClassFeaturesCLIP):
     """LASP's model: G soft prompts over the text classes, the frozen hand-crafted features of
     every template for every text class, and optionally a text bias and trainable image-tower
     LayerNorms (`options`)."""
@@ -115,7 +116,7 @@ class LanguageAwareCLIP(CachedTextFeatures, ClassFeaturesCLIP):
         self.prompt_learner = GroupPrompts(
             form, len(groups), text_classnames, clip_model.token_embedding, truncate
         )
-        embed_dim = clip_model.text_projection.shape[1]
+        embed_dim = text_tower(clip_model).embed_dim
         self.text_bias = nn.Parameter(torch.zeros(embed_dim)) if options.text_bias else None
         self.image_norms = (
             resblock_norms(self.image_encoder, "TRAINER.LASP.FINETUNE_IMAGE_LN")
@@ -126,16 +127,7 @@ class LanguageAwareCLIP(CachedTextFeatures, ClassFeaturesCLIP):
             p.requires_grad_(True)
         hard = encode_templates(text_encoder, clip_model.token_embedding, templates, text_classnames)
         self.register_buffer("hard", hard, persistent=False)
-        # Rows of the classification classes (the first C text classes) of every group.
-        rows = torch.arange(len(groups))[:, None] * self.num_text_classes + torch.arange(num_classes)
-        self.register_buffer("class_rows", rows.flatten(), persistent=False)
-
-    def soft_features(self, rows=None):
-        """Normalised learned features `[G, C'', D]` of the given prompt rows (all by default)."""
-        feats = self.text_encoder(*self.prompt_learner(rows)).float()
-        if self.text_bias is not None:
-            feats = feats + self.text_bias
-        return F.normalize(feats, dim=-1).view(len(self.groups), -1, feats.shape[-1])
+        self.register_class_rows(num_classes)
 
     @staticmethod
     def ensemble(soft):
@@ -166,14 +158,6 @@ class LanguageAwareCLIP(CachedTextFeatures, ClassFeaturesCLIP):
             text = text_to_text_loss(soft, self.noisy(self.hard), self.groups, self.scale())
             terms["loss_text"] = self.options.text_loss_weight * text
         return terms, logits, None
-
-    def prompt_work(self, batch, training=True):
-        # A training step encodes every group for every text class; an evaluation the
-        # classification classes of every group (once per evaluation, cached).
-        rows = None if training else self.class_rows
-        return PromptWork(
-            self.prompt_learner.assembler, self.text_encoder, rows, 1, lambda v: self.soft_features(rows)
-        )
 
     def context_slots(self, classnames):
         form = self.prompt_learner.assembler.forms[0]

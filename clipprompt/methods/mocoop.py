@@ -234,7 +234,34 @@ class ExportedExperts(ExpertMixtureCLIP):
         return self.fixed_features
 
 
-class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
+class GroupedSoftPrompts:
+    """What MoCoOp's experts and LASP's template groups share: one soft prompt per group of
+    `groups`, each over every text class (the run's classes first), encoded by `text_encoder` from
+    `prompt_learner(rows)` and shifted by `text_bias` (or None); `num_text_classes` per group."""
+
+    def register_class_rows(self, num_classes):
+        """`class_rows`: the rows of the classification classes (the first `num_classes` text
+        classes) of every group."""
+        rows = torch.arange(len(self.groups))[:, None] * self.num_text_classes + torch.arange(num_classes)
+        self.register_buffer("class_rows", rows.flatten(), persistent=False)
+
+    def soft_features(self, rows=None):
+        """Normalised soft features `[G, C', D]` of the given prompt rows (all text classes by default)."""
+        feats = self.text_encoder(*self.prompt_learner(rows)).float()
+        if self.text_bias is not None:
+            feats = feats + self.text_bias
+        return F.normalize(feats, dim=-1).view(len(self.groups), -1, feats.shape[-1])
+
+    def prompt_work(self, batch, training=True):
+        # A training step encodes every group for every text class; an evaluation the
+        # classification classes of every group (once per evaluation, cached).
+        rows = None if training else self.class_rows
+        return PromptWork(
+            self.prompt_learner.assembler, self.text_encoder, rows, 1, lambda v: self.soft_features(rows)
+        )
+
+
+class MixtureCLIP(GroupedSoftPrompts, CachedTextFeatures, ExpertMixtureCLIP):
     """G experts over the text classes (this run's classes first, then virtual ones), a router,
     and the frozen hard features of every template of every group."""
 
@@ -274,16 +301,7 @@ class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
         self.register_buffer("hard", hard, persistent=False)
         self.register_buffer("prototypes", prototypes, persistent=False)
         self.register_buffer("group_mean", group_mean, persistent=False)
-        # Rows of the classification classes (the first C text classes) of every expert.
-        rows = torch.arange(self.num_experts)[:, None] * self.num_text_classes + torch.arange(num_classes)
-        self.register_buffer("class_rows", rows.flatten(), persistent=False)
-
-    def soft_features(self, rows=None):
-        """Normalised soft features [G, C', D] of the given prompt rows (all text classes by default)."""
-        feats = self.text_encoder(*self.prompt_learner(rows)).float()
-        if self.text_bias is not None:
-            feats = feats + self.text_bias
-        return F.normalize(feats, dim=-1).view(self.num_experts, -1, feats.shape[-1])
+        self.register_class_rows(num_classes)
 
     def router_scores(self, v):
         """Router scores `[B, G]` of normalised image features, in fp32 (routing and its losses
@@ -331,14 +349,6 @@ class MixtureCLIP(CachedTextFeatures, ExpertMixtureCLIP):
                 text = text_loss_prototype(soft, self.prototypes, opts.text_temperature)
             terms["loss_text"] = opts.text_loss_weight * text
         return terms, logits, routing
-
-    def prompt_work(self, batch, training=True):
-        # A training step encodes every expert for every text class; an evaluation the
-        # classification classes of every expert (once per evaluation, cached).
-        rows = None if training else self.class_rows
-        return PromptWork(
-            self.prompt_learner.assembler, self.text_encoder, rows, 1, lambda v: self.soft_features(rows)
-        )
 
     def context_slots(self, classnames):
         assembler, first, slots = self.prompt_learner.assembler, 0, []
