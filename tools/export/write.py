@@ -49,10 +49,10 @@ def backbone_metadata(trainer):
 
 
 @torch.no_grad()
-def exported(trainer, model_dir, classes_from):
-    """(tensors, metadata) of the exported classifier of a loaded trainer: what its model says
-    it needs (`PromptedCLIP.export_tensors` / `export_metadata`), its learned tensors, router
-    and logit scale, and the metadata every kind shares."""
+def exported(trainer, model_dir, classes_from, out):
+    """(tensors, metadata) of the exported classifier of a loaded trainer, to be written to `out`:
+    what its model says it needs (`PromptedCLIP.export_tensors` / `export_metadata`), its learned
+    tensors, router and logit scale, and the metadata every kind shares."""
     cfg, model = trainer.cfg, trainer.model
     if not model.export_kind:
         raise ValueError(f"{cfg.TRAINER.NAME}'s model ({type(model).__name__}) has no exported form")
@@ -67,7 +67,8 @@ def exported(trainer, model_dir, classes_from):
     metadata = {
         "kind": model.export_kind,
         "trainer": cfg.TRAINER.NAME,
-        "backbone": backbone_metadata(trainer),
+        # The CLIP's file by its name and its path relative to `out`: found from any folder.
+        "backbone": portable_backbone(backbone_metadata(trainer), out),
         "classnames": list(trainer.classnames),
         "templates": model.templates(),
         "routing": None,
@@ -113,9 +114,7 @@ def main(argv=None):
         trainer, where = load_run(*run, args.subsample_classes, args.device)
     except (CheckpointMismatch, CheckpointError, UnreadableCheckpoint, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    tensors, metadata = exported(trainer, args.model_dir, where)
-    # The CLIP's file by its name and its path relative to the destination: found from any folder.
-    metadata["backbone"] = portable_backbone(metadata["backbone"], args.out)
+    tensors, metadata = exported(trainer, args.model_dir, where, args.out)
     try:
         save_exported(args.out, tensors, metadata)
     except WriteError as err:  # disk full, read-only folder
